@@ -1,0 +1,87 @@
+// Package metrics defines the Prometheus collectors of an lkagent worker.
+// Every series carries the worker's agent_name and deployment as constant
+// labels, so staging and production workers can be compared side by side;
+// no series carries a job id or room name (those go to the logs).
+//
+// The worker package creates and feeds these collectors; most programs only
+// scrape them (Options.HTTPAddr) or pass their own registry
+// (Options.Registerer).
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "lkagent"
+
+// Worker holds one worker's collectors. Its methods are safe for concurrent
+// use; a nil *Worker discards everything.
+type Worker struct {
+	Connected          prometheus.Gauge
+	Registrations      prometheus.Counter
+	ReconnectAttempts  prometheus.Counter
+	Disconnects        *prometheus.CounterVec
+	OffersReceived     prometheus.Counter
+	OffersAccepted     prometheus.Counter
+	OffersDeclined     *prometheus.CounterVec
+	AssignmentTimeouts prometheus.Counter
+	UnexpectedAssigns  prometheus.Counter
+	JobsRunning        prometheus.Gauge
+	JobsFinished       *prometheus.CounterVec
+	JobDuration        prometheus.Histogram
+	LaunchLatency      prometheus.Histogram
+	DecisionLatency    prometheus.Histogram
+	Load               prometheus.Gauge
+	Draining           prometheus.Gauge
+}
+
+// New creates a worker's collectors labelled with agentName and deployment
+// and registers them with reg.
+func New(reg prometheus.Registerer, agentName, deployment string) (*Worker, error) {
+	labels := prometheus.Labels{"agent_name": agentName, "deployment": deployment}
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help, ConstLabels: labels})
+	}
+	gauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Name: name, Help: help, ConstLabels: labels})
+	}
+	hist := func(name, help string, buckets []float64) prometheus.Histogram {
+		return prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Name: name, Help: help, ConstLabels: labels, Buckets: buckets})
+	}
+	fast := prometheus.ExponentialBuckets(0.00001, 4, 12) // 10µs … ~42s
+	m := &Worker{
+		Connected:         gauge("connected", "1 while the worker is registered with the server, else 0."),
+		Registrations:     counter("registrations_total", "Successful registrations with the server."),
+		ReconnectAttempts: counter("reconnect_attempts_total", "Reconnect attempts after a lost or failed connection."),
+		Disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "disconnects_total",
+			Help: "Connections lost, by reason.", ConstLabels: labels}, []string{"reason"}),
+		OffersReceived: counter("offers_received_total", "Job offers (availability requests) received."),
+		OffersAccepted: counter("offers_accepted_total", "Job offers accepted."),
+		OffersDeclined: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "offers_declined_total",
+			Help: "Job offers declined, by reason.", ConstLabels: labels}, []string{"reason"}),
+		AssignmentTimeouts: counter("assignment_timeouts_total", "Accepted offers whose assignment never came; their slot was released."),
+		UnexpectedAssigns:  counter("unexpected_assignments_total", "Assignments for jobs this worker did not accept or already ran; not run."),
+		JobsRunning:        gauge("jobs_running", "Jobs whose handler is running."),
+		JobsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "jobs_finished_total",
+			Help: "Jobs ended, by status: success, failed, terminated, panicked.", ConstLabels: labels}, []string{"status"}),
+		JobDuration:     hist("job_duration_seconds", "Time from handler start to job end.", prometheus.ExponentialBuckets(0.01, 4, 12)),
+		LaunchLatency:   hist("job_launch_latency_seconds", "Time from assignment received to handler started.", fast),
+		DecisionLatency: hist("offer_decision_latency_seconds", "Time from offer received to availability answer.", fast),
+		Load:            gauge("load", "Load the worker reports to the server, 0 to 1."),
+		Draining:        gauge("draining", "1 while the worker drains, else 0."),
+	}
+	for _, c := range []prometheus.Collector{m.Connected, m.Registrations, m.ReconnectAttempts, m.Disconnects,
+		m.OffersReceived, m.OffersAccepted, m.OffersDeclined, m.AssignmentTimeouts, m.UnexpectedAssigns,
+		m.JobsRunning, m.JobsFinished, m.JobDuration, m.LaunchLatency, m.DecisionLatency, m.Load, m.Draining} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// Seconds converts d for a histogram observation.
+func Seconds(d time.Duration) float64 { return d.Seconds() }

@@ -1,0 +1,58 @@
+package worker
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lkagent/lkagent/metrics"
+)
+
+// observer feeds the worker's metrics.
+type observer struct{ m *metrics.Worker }
+
+func newObserver(reg prometheus.Registerer, agentName, deployment string) (*observer, error) {
+	m, err := metrics.New(reg, agentName, deployment)
+	if err != nil {
+		return nil, err
+	}
+	return &observer{m: m}, nil
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (o *observer) registered(up bool) {
+	o.m.Connected.Set(b2f(up))
+	if up {
+		o.m.Registrations.Inc()
+	}
+}
+func (o *observer) reconnect()                 { o.m.ReconnectAttempts.Inc() }
+func (o *observer) disconnected(reason string) { o.m.Disconnects.WithLabelValues(reason).Inc() }
+func (o *observer) offer()                     { o.m.OffersReceived.Inc() }
+func (o *observer) assignmentTimeout()         { o.m.AssignmentTimeouts.Inc() }
+func (o *observer) duplicateAssignment()       { o.m.UnexpectedAssigns.Inc() }
+func (o *observer) setLoad(v float64)          { o.m.Load.Set(v) }
+func (o *observer) setDraining(v bool)         { o.m.Draining.Set(b2f(v)) }
+func (o *observer) accepted(took time.Duration) {
+	o.m.OffersAccepted.Inc()
+	o.m.DecisionLatency.Observe(took.Seconds())
+}
+func (o *observer) declined(reason string, took time.Duration) {
+	o.m.OffersDeclined.WithLabelValues(reason).Inc()
+	o.m.DecisionLatency.Observe(took.Seconds())
+}
+func (o *observer) jobStarted(launch time.Duration) {
+	o.m.JobsRunning.Inc()
+	o.m.LaunchLatency.Observe(launch.Seconds())
+}
+func (o *observer) jobFinished(status string, took time.Duration) {
+	o.m.JobsRunning.Dec()
+	o.m.JobsFinished.WithLabelValues(status).Inc()
+	o.m.JobDuration.Observe(took.Seconds())
+}

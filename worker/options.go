@@ -1,0 +1,261 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/livekit/protocol/agent"
+	"github.com/livekit/protocol/livekit"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lkagent/lkagent/job"
+)
+
+// Environment variables read for options left empty.
+const (
+	EnvURL        = "LIVEKIT_URL"
+	EnvAPIKey     = "LIVEKIT_API_KEY"
+	EnvAPISecret  = "LIVEKIT_API_SECRET"
+	EnvDeployment = "LIVEKIT_AGENT_DEPLOYMENT"
+)
+
+// Defaults of [Options]. Every zero field takes the default named here.
+const (
+	DefaultOnRequestTimeout  = 5 * time.Second
+	DefaultRegisterTimeout   = 10 * time.Second
+	DefaultPingInterval      = 10 * time.Second
+	DefaultPongTimeout       = 10 * time.Second
+	DefaultLoadThreshold     = 0.7
+	DefaultStatusInterval    = 2500 * time.Millisecond
+	DefaultAssignmentTimeout = 7500 * time.Millisecond
+	DefaultDrainTimeout      = 30 * time.Minute
+	DefaultShutdownTimeout   = 10 * time.Second
+	DefaultMinBackoff        = 500 * time.Millisecond
+	DefaultMaxBackoff        = 30 * time.Second
+)
+
+// RequestFunc decides a job offer: it calls r.Accept or r.Reject. An error,
+// a panic, or returning after the OnRequestTimeout declines the offer.
+type RequestFunc func(ctx context.Context, r *job.Request) error
+
+// Options configure a [Worker]. Only AgentName (and the connection settings,
+// which may come from the environment) are usually set; every other field
+// has a default suited to production.
+type Options struct {
+	// URL of the LiveKit server: ws, wss, http or https. Default $LIVEKIT_URL.
+	URL string
+	// APIKey and APISecret sign the worker's token. Default
+	// $LIVEKIT_API_KEY and $LIVEKIT_API_SECRET. The secret is never logged.
+	APIKey    string
+	APISecret string
+
+	// AgentName is the name dispatches address ("" is the automatic agent,
+	// dispatched to every new room).
+	AgentName string
+	// Deployment is the label this worker registers with ("staging",
+	// "canary", …; "" is production). Default $LIVEKIT_AGENT_DEPLOYMENT.
+	// At most 64 bytes, no '_', no whitespace or control bytes.
+	Deployment string
+	// JobType is the kind of job served: JT_ROOM (default), JT_PUBLISHER or
+	// JT_PARTICIPANT.
+	JobType livekit.JobType
+	// Version is reported to the server; default "lkagent/<version>".
+	Version string
+	// Permissions of the agent participant; nil = the server's default
+	// (subscribe, publish, publish data, update metadata).
+	Permissions *livekit.ParticipantPermission
+
+	// OnRequest decides each offer; nil accepts every offer of this
+	// worker's agent and deployment with identity "agent-<job id>".
+	OnRequest RequestFunc
+	// OnRequestTimeout bounds OnRequest; default 5s (the server waits 10s).
+	OnRequestTimeout time.Duration
+
+	// MaxJobs caps the jobs running at once (accepted offers count as soon
+	// as they are accepted); 0 = no cap.
+	MaxJobs int
+	// LoadFunc reports the worker's load in [0, 1]; default: running jobs
+	// divided by MaxJobs, or 0 without MaxJobs.
+	LoadFunc func() float64
+	// LoadThreshold: at or above it the worker reports itself full and
+	// declines offers. Default 0.7, range (0, 1].
+	LoadThreshold float64
+	// StatusInterval is how often load is reported besides on every change;
+	// default 2.5s.
+	StatusInterval time.Duration
+	// AssignmentTimeout releases the slot of an accepted offer whose
+	// assignment never came; default 7.5s.
+	AssignmentTimeout time.Duration
+
+	// RegisterTimeout bounds dial plus registration; default 10s.
+	RegisterTimeout time.Duration
+	// PingInterval is how often the worker pings the server; default 10s.
+	PingInterval time.Duration
+	// PongTimeout: a connection with no pong for PingInterval+PongTimeout
+	// is dead; default 10s.
+	PongTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the reconnect delay (exponential,
+	// full jitter); defaults 500ms and 30s.
+	MinBackoff time.Duration
+	MaxBackoff time.Duration
+	// MaxRetry is how many reconnect attempts in a row may fail before Run
+	// gives up; 0 = keep trying.
+	MaxRetry int
+
+	// DrainTimeout is how long a stopping worker waits for running jobs
+	// before cancelling them; default 30m. ShutdownTimeout is how long it
+	// then waits for cancelled handlers and shutdown hooks; default 10s.
+	// With Kubernetes, set terminationGracePeriodSeconds above their sum.
+	DrainTimeout    time.Duration
+	ShutdownTimeout time.Duration
+
+	// Logger receives the worker's logs; default slog.Default().
+	Logger *slog.Logger
+	// OnStateChange, if set, is called (from the worker's own goroutine,
+	// keep it quick) on every connection state change.
+	OnStateChange func(StateChange)
+
+	// Registerer receives the worker's Prometheus collectors; nil = a
+	// registry of the worker's own (see [Worker.Gatherer]). The worker never
+	// registers into the global registry on its own.
+	Registerer prometheus.Registerer
+	// HTTPAddr, if set, serves /metrics, /healthz, /readyz, / and /worker
+	// there (for example ":8081"). Expose it only inside the cluster.
+	HTTPAddr string
+}
+
+// OptionError reports an invalid option: which one, the rule, and the value
+// (never a secret's value).
+type OptionError struct {
+	Option string
+	Value  string
+	Rule   string
+}
+
+func (e *OptionError) Error() string {
+	if e.Value == "" {
+		return fmt.Sprintf("worker: option %s: %s", e.Option, e.Rule)
+	}
+	return fmt.Sprintf("worker: option %s = %q: %s", e.Option, e.Value, e.Rule)
+}
+
+// withDefaults fills zero fields from getenv and the defaults, and validates
+// the result.
+func (o Options) withDefaults(getenv func(string) string) (Options, error) {
+	if o.URL == "" {
+		o.URL = getenv(EnvURL)
+	}
+	if o.APIKey == "" {
+		o.APIKey = getenv(EnvAPIKey)
+	}
+	if o.APISecret == "" {
+		o.APISecret = getenv(EnvAPISecret)
+	}
+	if o.Deployment == "" {
+		o.Deployment = getenv(EnvDeployment)
+	}
+	if o.Version == "" {
+		o.Version = "lkagent/" + Version
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	setDur := func(d *time.Duration, def time.Duration) {
+		if *d == 0 {
+			*d = def
+		}
+	}
+	setDur(&o.OnRequestTimeout, DefaultOnRequestTimeout)
+	setDur(&o.RegisterTimeout, DefaultRegisterTimeout)
+	setDur(&o.PingInterval, DefaultPingInterval)
+	setDur(&o.PongTimeout, DefaultPongTimeout)
+	setDur(&o.StatusInterval, DefaultStatusInterval)
+	setDur(&o.AssignmentTimeout, DefaultAssignmentTimeout)
+	setDur(&o.DrainTimeout, DefaultDrainTimeout)
+	setDur(&o.ShutdownTimeout, DefaultShutdownTimeout)
+	setDur(&o.MinBackoff, DefaultMinBackoff)
+	setDur(&o.MaxBackoff, DefaultMaxBackoff)
+	if o.LoadThreshold == 0 {
+		o.LoadThreshold = DefaultLoadThreshold
+	}
+	return o, o.validate()
+}
+
+func (o *Options) validate() error {
+	if o.URL == "" {
+		return &OptionError{Option: "URL", Rule: "required: set Options.URL or " + EnvURL + " (for example ws://127.0.0.1:7880)"}
+	}
+	u, err := url.Parse(o.URL)
+	if err != nil {
+		return &OptionError{Option: "URL", Value: o.URL, Rule: "not a URL: " + err.Error()}
+	}
+	switch u.Scheme {
+	case "ws", "wss", "http", "https":
+	default:
+		return &OptionError{Option: "URL", Value: o.URL, Rule: "scheme must be ws, wss, http or https"}
+	}
+	if u.Host == "" {
+		return &OptionError{Option: "URL", Value: o.URL, Rule: "has no host"}
+	}
+	if o.APIKey == "" {
+		return &OptionError{Option: "APIKey", Rule: "required: set Options.APIKey or " + EnvAPIKey}
+	}
+	if o.APISecret == "" {
+		return &OptionError{Option: "APISecret", Rule: "required: set Options.APISecret or " + EnvAPISecret}
+	}
+	if err := agent.ValidateDeployment(o.Deployment); err != nil {
+		return &OptionError{Option: "Deployment", Value: o.Deployment,
+			Rule: err.Error() + " (a deployment is at most 64 bytes, without '_', whitespace or control bytes; \"\" is production)"}
+	}
+	if !livekit.IsJobType(o.JobType) {
+		return &OptionError{Option: "JobType", Value: o.JobType.String(), Rule: "must be JT_ROOM, JT_PUBLISHER or JT_PARTICIPANT"}
+	}
+	if o.MaxJobs < 0 {
+		return &OptionError{Option: "MaxJobs", Value: fmt.Sprint(o.MaxJobs), Rule: "must be >= 0 (0 = no cap)"}
+	}
+	if o.LoadThreshold <= 0 || o.LoadThreshold > 1 {
+		return &OptionError{Option: "LoadThreshold", Value: fmt.Sprint(o.LoadThreshold), Rule: "must be in (0, 1]"}
+	}
+	if o.MaxRetry < 0 {
+		return &OptionError{Option: "MaxRetry", Value: fmt.Sprint(o.MaxRetry), Rule: "must be >= 0 (0 = keep trying)"}
+	}
+	if o.MinBackoff > o.MaxBackoff {
+		return &OptionError{Option: "MinBackoff", Value: o.MinBackoff.String(), Rule: "must not exceed MaxBackoff (" + o.MaxBackoff.String() + ")"}
+	}
+	for name, d := range map[string]time.Duration{
+		"OnRequestTimeout": o.OnRequestTimeout, "RegisterTimeout": o.RegisterTimeout,
+		"PingInterval": o.PingInterval, "PongTimeout": o.PongTimeout, "StatusInterval": o.StatusInterval,
+		"AssignmentTimeout": o.AssignmentTimeout, "DrainTimeout": o.DrainTimeout,
+		"ShutdownTimeout": o.ShutdownTimeout, "MinBackoff": o.MinBackoff, "MaxBackoff": o.MaxBackoff,
+	} {
+		if d < 0 {
+			return &OptionError{Option: name, Value: d.String(), Rule: "must not be negative"}
+		}
+	}
+	return nil
+}
+
+// agentURL is the worker endpoint for base: http(s) becomes ws(s), path /agent.
+func agentURL(base string) string {
+	u, _ := url.Parse(wsURL(base))
+	u.Path = strings.TrimSuffix(u.Path, "/") + "/agent"
+	return u.String()
+}
+
+// wsURL converts an http(s) URL to ws(s); ws(s) URLs are returned as they are.
+func wsURL(base string) string {
+	switch {
+	case strings.HasPrefix(base, "http://"):
+		return "ws://" + strings.TrimPrefix(base, "http://")
+	case strings.HasPrefix(base, "https://"):
+		return "wss://" + strings.TrimPrefix(base, "https://")
+	}
+	return base
+}
+
+func osGetenv(k string) string { return os.Getenv(k) }

@@ -1,0 +1,267 @@
+// Package worker runs LiveKit agent jobs: it registers with a LiveKit server
+// under an agent name and a deployment label, answers the server's job
+// offers, and runs a [job.Handler] for each job it takes.
+//
+// A worker takes only jobs of its own agent name and deployment: the server
+// routes by both, and the worker checks every offer again and declines (and
+// counts) any that is not its own.
+//
+//	w, err := worker.New(worker.Options{AgentName: "support-bot", Deployment: "staging"}, handle)
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	err = w.Run(ctx) // until ctx ends; then drains
+//
+// Run survives lost connections (reconnecting with backoff, jobs untouched)
+// and, when its context ends, drains: it stops taking offers, lets running
+// jobs finish up to Options.DrainTimeout, then cancels them.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/livekit/protocol/livekit"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lkagent/lkagent/job"
+)
+
+// Worker is one registered agent worker. Create it with [New] and run it
+// with [Worker.Run].
+type Worker struct {
+	o       Options
+	handler job.Handler
+	log     *slog.Logger
+	dialer  *websocket.Dialer
+	base    time.Time // timing base for JobJoinTiming
+	obs     *observer
+	gather  prometheus.Gatherer
+
+	runMu sync.Mutex // held while Run runs
+
+	mu         sync.Mutex
+	draining   bool
+	sess       *session // registered session, nil while disconnected
+	workerID   string
+	connected  bool
+	gaveUp     bool
+	jobs       map[string]*activeJob
+	reserved   map[string]*reservation
+	recent     recentSet // jobs that ended, so a repeated assignment never reruns one
+	outbox     []*livekit.UpdateJobStatus
+	seq        uint64
+	jobsChange chan struct{} // closed and replaced whenever a job ends
+	lastLoop   time.Time     // last time a worker loop turned (for /healthz)
+
+	jobWG  sync.WaitGroup // job handler goroutines
+	userWG sync.WaitGroup // OnRequest calls
+}
+
+// New validates opts (filling empty fields from the environment and the
+// defaults) and returns a worker that runs handler for each job it takes.
+func New(opts Options, handler job.Handler) (*Worker, error) {
+	return newWorker(opts, handler, osGetenv)
+}
+
+func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*Worker, error) {
+	if handler == nil {
+		return nil, &OptionError{Option: "handler", Rule: "required: pass the job handler to worker.New"}
+	}
+	o, err := opts.withDefaults(getenv)
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{
+		o:       o,
+		handler: handler,
+		dialer: &websocket.Dialer{
+			HandshakeTimeout: o.RegisterTimeout,
+			Proxy:            websocket.DefaultDialer.Proxy,
+		},
+		base:       time.Now(),
+		jobs:       make(map[string]*activeJob),
+		reserved:   make(map[string]*reservation),
+		recent:     newRecentSet(4096),
+		jobsChange: make(chan struct{}),
+	}
+	w.log = o.Logger.With(slog.String("agent_name", o.AgentName), slog.String("deployment", o.Deployment))
+	reg := o.Registerer
+	if reg == nil {
+		r := prometheus.NewRegistry()
+		reg, w.gather = r, r
+	} else if g, ok := reg.(prometheus.Gatherer); ok {
+		w.gather = g
+	}
+	obs, err := newObserver(reg, o.AgentName, o.Deployment)
+	if err != nil {
+		return nil, fmt.Errorf("worker: register metrics: %w", err)
+	}
+	w.obs = obs
+	return w, nil
+}
+
+// Run connects, registers and serves jobs until ctx ends, reconnecting
+// whenever the connection is lost. When ctx ends it drains: it tells the
+// server it is full, declines new offers, waits up to DrainTimeout for
+// running jobs, cancels the rest (waiting up to ShutdownTimeout), reports
+// their final status and closes the connection. Run returns nil after a
+// drain, or the error that stopped it: ErrUnauthorized, ErrGaveUp, or an
+// *OptionError. A worker can Run again after Run returned.
+func (w *Worker) Run(ctx context.Context) error {
+	if !w.runMu.TryLock() {
+		return ErrAlreadyRunning
+	}
+	defer w.runMu.Unlock()
+	w.mu.Lock()
+	w.draining, w.gaveUp = false, false
+	w.mu.Unlock()
+
+	// The connection outlives ctx: the drain still needs it.
+	connCtx, stopConn := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopConn()
+	jobCtx, cancelJobs := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancelJobs(job.ErrWorkerStopped)
+
+	connDone := make(chan error, 1)
+	go func() { connDone <- w.connectLoop(connCtx, jobCtx) }()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-connDone:
+		connDone = nil
+	}
+	w.shutdown(runErr != nil)
+	stopConn()
+	if connDone != nil {
+		<-connDone
+	}
+	cancelJobs(job.ErrWorkerStopped)
+	w.userWG.Wait()
+	return runErr
+}
+
+// shutdown drains (or, when the connection loop failed, stops) the jobs.
+func (w *Worker) shutdown(failed bool) {
+	w.setDraining(true)
+	if n := w.runningJobs(); n > 0 && !failed {
+		w.log.Info("draining", slog.Int("running_jobs", n), slog.Duration("drain_timeout", w.o.DrainTimeout))
+		dctx, cancel := context.WithTimeout(context.Background(), w.o.DrainTimeout)
+		w.waitJobs(dctx)
+		cancel()
+	}
+	if n := w.cancelAllJobs(cancelCause(failed)); n > 0 {
+		w.log.Warn("cancelling running jobs", slog.Int("jobs", n), slog.Any("cause", cancelCause(failed)))
+		sctx, cancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
+		if !w.waitJobs(sctx) {
+			w.log.Error("job handlers did not return within the shutdown timeout; leaving them behind",
+				slog.Int("jobs", w.runningJobs()), slog.Duration("shutdown_timeout", w.o.ShutdownTimeout))
+		}
+		cancel()
+	}
+	// Give the final statuses a moment to reach the server.
+	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	w.flushOutbox(fctx)
+	cancel()
+}
+
+func cancelCause(failed bool) error {
+	if failed {
+		return job.ErrWorkerStopped
+	}
+	return job.ErrDrainTimeout
+}
+
+// Drain makes the worker stop taking jobs (it reports itself full and
+// declines offers) and waits until its running jobs ended or ctx is done.
+// The worker stays connected; Run keeps going until its own context ends.
+// Drain returns ctx's error if jobs were still running.
+func (w *Worker) Drain(ctx context.Context) error {
+	w.setDraining(true)
+	if !w.waitJobs(ctx) {
+		return fmt.Errorf("worker: drain: %d jobs still running: %w", w.runningJobs(), ctx.Err())
+	}
+	return nil
+}
+
+func (w *Worker) setDraining(v bool) {
+	w.mu.Lock()
+	changed := w.draining != v
+	w.draining = v
+	s := w.sess
+	w.mu.Unlock()
+	if changed {
+		w.obs.setDraining(v)
+		if s != nil {
+			s.kickStatus()
+		}
+	}
+}
+
+func (w *Worker) runningJobs() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.jobs)
+}
+
+// waitJobs waits until no job runs; false if ctx ended first.
+func (w *Worker) waitJobs(ctx context.Context) bool {
+	for {
+		w.mu.Lock()
+		n, ch := len(w.jobs), w.jobsChange
+		w.mu.Unlock()
+		if n == 0 {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+func (w *Worker) cancelAllJobs(cause error) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, a := range w.jobs {
+		a.ctl.Cancel(cause)
+	}
+	return len(w.jobs)
+}
+
+// flushOutbox waits until queued job statuses were written, while a
+// connection is up, or ctx ends.
+func (w *Worker) flushOutbox(ctx context.Context) {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		w.mu.Lock()
+		n, s := len(w.outbox), w.sess
+		w.mu.Unlock()
+		if n == 0 || s == nil {
+			if n > 0 {
+				w.log.Warn("job statuses not delivered: not connected", slog.Int("statuses", n))
+			}
+			return
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			w.log.Warn("job statuses not delivered in time", slog.Int("statuses", n))
+			return
+		}
+	}
+}
+
+// Gatherer returns the registry the worker's metrics are in: its own
+// registry, or Options.Registerer when that is also a Gatherer.
+func (w *Worker) Gatherer() prometheus.Gatherer { return w.gather }
+
+var errStopped = errors.New("worker stopped")
