@@ -291,7 +291,7 @@ func (w *Worker) handleAssignment(jobCtx context.Context, a *livekit.JobAssignme
 		Identity: res.identity,
 		URL:      url,
 		Token:    a.GetToken(),
-		Logger:   w.log.With(slog.String("worker_id", w.workerID)),
+		Logger:   w.o.Logger.With(slog.String("worker_id", w.workerID)),
 		Timing:   timing,
 	})
 	aj := &activeJob{job: j, ctl: ctl, started: timing.Launched}
