@@ -58,6 +58,7 @@ type Worker struct {
 	seq        uint64
 	jobsChange chan struct{} // closed and replaced whenever a job ends
 	lastLoop   time.Time     // last time a worker loop turned (for /healthz)
+	httpAddr   string        // bound address of the HTTP endpoints
 
 	jobWG  sync.WaitGroup // job handler goroutines
 	userWG sync.WaitGroup // OnRequest calls
@@ -119,8 +120,16 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	defer w.runMu.Unlock()
 	w.mu.Lock()
-	w.draining, w.gaveUp = false, false
+	w.draining, w.gaveUp, w.lastLoop = false, false, time.Now()
 	w.mu.Unlock()
+	w.obs.setDraining(false)
+	if w.o.HTTPAddr != "" {
+		ln, err := w.listenHTTP()
+		if err != nil {
+			return err
+		}
+		defer w.serveHTTP(ln)()
+	}
 
 	// The connection outlives ctx: the drain still needs it.
 	connCtx, stopConn := context.WithCancel(context.WithoutCancel(ctx))

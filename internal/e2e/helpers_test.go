@@ -1,0 +1,222 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/livekit/protocol/livekit"
+	lklogger "github.com/livekit/protocol/logger"
+	lksdk "github.com/livekit/server-sdk-go/v2"
+
+	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/job"
+	"github.com/lkagent/lkagent/worker"
+)
+
+// srv is the one real server all tests of this package share; each test
+// uses agent names and rooms of its own, so tests never see each other's
+// jobs. Set once in TestMain, read-only afterwards.
+var srv *lkserver.Server
+
+// serverLog keeps the server's output, for assertions on what it saw.
+var serverLog = &syncBuffer{}
+
+func TestMain(m *testing.M) {
+	lksdk.SetLogger(lklogger.GetDiscardLogger())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	s, err := lkserver.Start(ctx, lkserver.Options{Logs: serverLog})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: start LiveKit server:", err)
+		os.Exit(1)
+	}
+	srv = s
+	code := m.Run()
+	_ = s.Stop()
+	os.Exit(code)
+}
+
+// syncBuffer is a goroutine-safe bytes.Buffer.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// uniq returns prefix plus a random suffix: agent names and rooms of one
+// test never collide with another's.
+func uniq(prefix string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// testLogger writes the worker's logs to the test log.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// ran records one handler run.
+type ran struct {
+	Worker     string // deployment of the worker that ran it
+	Deployment string // j.Deployment()
+	Room       string
+	JobID      string
+	Identity   string
+}
+
+// startWorker runs a worker against srv until the test ends, and waits
+// until it is registered.
+func startWorker(t *testing.T, o worker.Options, h job.Handler) *worker.Worker {
+	t.Helper()
+	o.URL, o.APIKey, o.APISecret = srv.URL(), srv.APIKey(), srv.APISecret()
+	if o.Logger == nil {
+		o.Logger = testLogger(t)
+	}
+	registered := make(chan struct{})
+	var once sync.Once
+	prev := o.OnStateChange
+	o.OnStateChange = func(c worker.StateChange) {
+		if c.State == worker.StateRegistered {
+			once.Do(func() { close(registered) })
+		}
+		if prev != nil {
+			prev(c)
+		}
+	}
+	w, err := worker.New(o, h)
+	if err != nil {
+		t.Fatalf("worker.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run returned %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Errorf("Run did not return within 60s of its context ending")
+		}
+	})
+	select {
+	case <-registered:
+	case err := <-done:
+		t.Fatalf("worker stopped before registering: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("worker did not register within 30s")
+	}
+	return w
+}
+
+// recorder is a handler that records runs and waits for ctx.
+type recorder struct {
+	deployment string
+	hold       bool // wait for ctx instead of returning at once
+	runs       chan ran
+}
+
+func newRecorder(deployment string, hold bool) *recorder {
+	return &recorder{deployment: deployment, hold: hold, runs: make(chan ran, 100)}
+}
+
+func (r *recorder) handle(ctx context.Context, j *job.Job) error {
+	r.runs <- ran{Worker: r.deployment, Deployment: j.Deployment(), Room: j.RoomName(), JobID: j.ID(), Identity: j.Identity()}
+	if r.hold {
+		<-ctx.Done()
+	}
+	return nil
+}
+
+func dispatchClient() *lksdk.AgentDispatchClient {
+	return lksdk.NewAgentDispatchServiceClient(srv.HTTPURL(), srv.APIKey(), srv.APISecret())
+}
+
+func roomClient() *lksdk.RoomServiceClient {
+	return lksdk.NewRoomServiceClient(srv.HTTPURL(), srv.APIKey(), srv.APISecret())
+}
+
+func createDispatch(t *testing.T, agentName, room, deployment string) *livekit.AgentDispatch {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	d, err := dispatchClient().CreateDispatch(ctx, &livekit.CreateAgentDispatchRequest{
+		AgentName: agentName, Room: room, Deployment: deployment,
+	})
+	if err != nil {
+		t.Fatalf("CreateDispatch(agent=%q room=%q deployment=%q): %v", agentName, room, deployment, err)
+	}
+	return d
+}
+
+// waitRun waits for the next run recorded on any of chans.
+func waitRun(t *testing.T, timeout time.Duration, chans ...chan ran) ran {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		for _, c := range chans {
+			select {
+			case r := <-c:
+				return r
+			default:
+			}
+		}
+		select {
+		case <-deadline:
+			t.Fatalf("no job ran within %s", timeout)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// expectNoRun fails if any of chans records a run within d.
+func expectNoRun(t *testing.T, d time.Duration, chans ...chan ran) {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		for _, c := range chans {
+			select {
+			case r := <-c:
+				t.Fatalf("unexpected run: %+v", r)
+			default:
+			}
+		}
+		select {
+		case <-deadline:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
