@@ -172,6 +172,7 @@ func (w *Worker) decide(r *job.Request) error {
 
 // reserve holds a slot for an offer; it returns a decline reason or "".
 func (w *Worker) reserve(id string) string {
+	userLoad, hasUserLoad := w.userLoad()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.draining {
@@ -189,7 +190,11 @@ func (w *Worker) reserve(id string) string {
 	if w.o.MaxJobs > 0 && len(w.jobs)+len(w.reserved) >= w.o.MaxJobs {
 		return DeclineFull
 	}
-	if w.loadLocked() >= w.o.LoadThreshold {
+	load := w.loadLocked()
+	if hasUserLoad {
+		load = userLoad
+	}
+	if load >= w.o.LoadThreshold {
 		return DeclineFull
 	}
 	w.reserved[id] = &reservation{}
@@ -254,8 +259,8 @@ func (w *Worker) dropReservations() {
 func (w *Worker) handleAssignment(jobCtx context.Context, a *livekit.JobAssignment, received time.Time) {
 	info := a.GetJob()
 	id := info.GetId()
-	log := w.log.With(slog.String("job_id", id), slog.String("room", info.GetRoom().GetName()))
 	w.mu.Lock()
+	log := w.log.With(slog.String("job_id", id), slog.String("room", info.GetRoom().GetName()), slog.String("worker_id", w.workerID))
 	res, ok := w.reserved[id]
 	if ok {
 		delete(w.reserved, id)
@@ -379,11 +384,17 @@ func (w *Worker) kickStatus() {
 	}
 }
 
-// loadLocked is the current load; w.mu is held.
-func (w *Worker) loadLocked() float64 {
-	if w.o.LoadFunc != nil {
-		return w.o.LoadFunc()
+// userLoad calls Options.LoadFunc, outside the worker's lock, clamped to
+// [0, 1]; false without a LoadFunc.
+func (w *Worker) userLoad() (float64, bool) {
+	if w.o.LoadFunc == nil {
+		return 0, false
 	}
+	return min(max(w.o.LoadFunc(), 0), 1), true
+}
+
+// loadLocked is the load from running jobs; w.mu is held.
+func (w *Worker) loadLocked() float64 {
 	if w.o.MaxJobs > 0 {
 		return float64(len(w.jobs)+len(w.reserved)) / float64(w.o.MaxJobs)
 	}
@@ -392,9 +403,13 @@ func (w *Worker) loadLocked() float64 {
 
 // workerStatus builds the next UpdateWorkerStatus.
 func (w *Worker) workerStatus() *livekit.UpdateWorkerStatus {
+	userLoad, hasUserLoad := w.userLoad()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	load := w.loadLocked()
+	if hasUserLoad {
+		load = userLoad
+	}
 	st := livekit.WorkerStatus_WS_AVAILABLE
 	if w.draining || load >= w.o.LoadThreshold || (w.o.MaxJobs > 0 && len(w.jobs)+len(w.reserved) >= w.o.MaxJobs) {
 		st = livekit.WorkerStatus_WS_FULL

@@ -79,8 +79,10 @@ type Options struct {
 	// MaxJobs caps the jobs running at once (accepted offers count as soon
 	// as they are accepted); 0 = no cap.
 	MaxJobs int
-	// LoadFunc reports the worker's load in [0, 1]; default: running jobs
-	// divided by MaxJobs, or 0 without MaxJobs.
+	// LoadFunc reports the worker's load in [0, 1] (values outside are
+	// clamped); it is called on every offer and status report, so keep it
+	// cheap. Default: running and reserved jobs divided by MaxJobs, or 0
+	// without MaxJobs.
 	LoadFunc func() float64
 	// LoadThreshold: at or above it the worker reports itself full and
 	// declines offers. Default 0.7, range (0, 1].

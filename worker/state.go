@@ -74,6 +74,7 @@ type JobSnapshot struct {
 
 // Snapshot returns the worker's current state.
 func (w *Worker) Snapshot() Snapshot {
+	userLoad, hasUserLoad := w.userLoad()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	now := time.Now()
@@ -87,6 +88,9 @@ func (w *Worker) Snapshot() Snapshot {
 		Load:         w.loadLocked(),
 		Jobs:         make([]JobSnapshot, 0, len(w.jobs)),
 		LastActivity: w.lastLoop,
+	}
+	if hasUserLoad {
+		s.Load = userLoad
 	}
 	for _, a := range w.jobs {
 		s.Jobs = append(s.Jobs, JobSnapshot{ID: a.job.ID(), Room: a.job.RoomName(), Identity: a.job.Identity(),
