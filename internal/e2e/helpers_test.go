@@ -219,4 +219,3 @@ func expectNoRun(t *testing.T, d time.Duration, chans ...chan ran) {
 		}
 	}
 }
-
