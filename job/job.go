@@ -218,8 +218,9 @@ func (j *Job) Shutdown(reason string) {
 // OnShutdown registers fn to run once when the job ends, after the handler
 // returned and before the room is left and the end is reported. Hooks run in
 // the order they were added, with a context bounded by the runtime's
-// shutdown timeout; reason is why the job ended (nil when the handler
-// returned nil on its own).
+// shutdown timeout; reason is why the job ended: the cause its context was
+// cancelled with, else the handler's error (nil when the handler returned
+// nil on its own).
 func (j *Job) OnShutdown(fn func(ctx context.Context, reason error)) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -275,7 +276,7 @@ func (c *Control) Finish(ctx context.Context, err error) error {
 	j.mu.Unlock()
 
 	reason := err
-	if cause := context.Cause(c.ctx); cause != nil && reason == nil {
+	if cause := context.Cause(c.ctx); cause != nil {
 		reason = cause
 	}
 	for _, fn := range hooks {
