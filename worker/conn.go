@@ -26,6 +26,9 @@ const maxFrame = 4 << 20
 // was dropped, not lost.
 const quickDrop = 2 * time.Second
 
+// statusGap is the least time between two worker status updates.
+const statusGap = 50 * time.Millisecond
+
 // stableAfter: a connection that lived this long resets the backoff.
 const stableAfter = 30 * time.Second
 
@@ -312,6 +315,12 @@ func (s *session) writeLoop() {
 		}
 		return true
 	}
+	var lastStatus time.Time
+	var statusLater <-chan time.Time
+	sendStatus := func() bool {
+		lastStatus, statusLater = time.Now(), nil
+		return write(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_UpdateWorker{UpdateWorker: s.w.workerStatus()}})
+	}
 	for {
 		select {
 		case <-s.done:
@@ -326,7 +335,18 @@ func (s *session) writeLoop() {
 				return
 			}
 		case <-s.status:
-			if !write(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_UpdateWorker{UpdateWorker: s.w.workerStatus()}}) {
+			// Throttle: job churn must not turn into a status write per job.
+			if wait := statusGap - time.Since(lastStatus); wait > 0 {
+				if statusLater == nil {
+					statusLater = time.After(wait)
+				}
+				continue
+			}
+			if !sendStatus() {
+				return
+			}
+		case <-statusLater:
+			if !sendStatus() {
 				return
 			}
 		case <-s.kick:
