@@ -13,6 +13,7 @@ import (
 	"github.com/livekit/protocol/livekit"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lkagent/lkagent/internal/cpuload"
 	"github.com/lkagent/lkagent/job"
 )
 
@@ -82,7 +83,8 @@ type Options struct {
 	// LoadFunc reports the worker's load in [0, 1] (values outside are
 	// clamped); it is called on every offer and status report, so keep it
 	// cheap. Default: running and reserved jobs divided by MaxJobs, or 0
-	// without MaxJobs.
+	// without MaxJobs (then only LoadFunc can make the worker full: see
+	// [CPULoad]).
 	LoadFunc func() float64
 	// LoadThreshold: at or above it the worker reports itself full and
 	// declines offers. Default 0.7, range (0, 1].
@@ -261,3 +263,11 @@ func wsURL(base string) string {
 }
 
 func osGetenv(k string) string { return os.Getenv(k) }
+
+// CPULoad returns a LoadFunc that reports the CPU this process used, as a
+// fraction of the CPU it may use (the container's cgroup quota where one is
+// set), averaged over at least a second. It suits workers whose jobs are
+// CPU-bound and of uneven size, where a job count says little.
+func CPULoad() func() float64 {
+	return cpuload.New(time.Second).Load
+}
