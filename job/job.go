@@ -66,6 +66,9 @@ type Params struct {
 	// Timing carries the instants the runtime already recorded (offer
 	// received, accepted, assignment received, launched).
 	Timing Timing
+	// OnConnected, if set, is called once [Job.Connect] joined the room,
+	// with the timing so far (runtimes report it to the server).
+	OnConnected func(Timing)
 }
 
 // Timing records the instants of a job's start, the ones the server's
@@ -110,6 +113,7 @@ type Job struct {
 	token    string
 	log      *slog.Logger
 	cancel   context.CancelCauseFunc
+	onConn   func(Timing)
 
 	mu     sync.Mutex
 	room   *lksdk.Room
@@ -142,6 +146,7 @@ func New(parent context.Context, p Params) (*Job, *Control) {
 		token:    p.Token,
 		log:      log,
 		cancel:   cancel,
+		onConn:   p.OnConnected,
 		timing:   p.Timing,
 	}
 	return j, &Control{job: j, ctx: ctx}
@@ -199,6 +204,9 @@ func (j *Job) Connect(ctx context.Context, cb *lksdk.RoomCallback, opts ...lksdk
 	j.room = room
 	j.log.Debug("joined room", slog.String("identity", j.identity),
 		slog.Duration("took", j.timing.Connected.Sub(j.timing.ConnectCalled)))
+	if j.onConn != nil {
+		j.onConn(j.timing)
+	}
 	return room, nil
 }
 

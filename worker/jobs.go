@@ -298,6 +298,9 @@ func (w *Worker) handleAssignment(jobCtx context.Context, a *livekit.JobAssignme
 		Token:    a.GetToken(),
 		Logger:   w.o.Logger.With(slog.String("worker_id", w.workerID)),
 		Timing:   timing,
+		OnConnected: func(t job.Timing) {
+			w.enqueue(&livekit.UpdateJobStatus{JobId: id, Status: livekit.JobStatus_JS_RUNNING, JoinTiming: t.Proto(w.base)})
+		},
 	})
 	aj := &activeJob{job: j, ctl: ctl, started: timing.Launched}
 	w.jobs[id] = aj
