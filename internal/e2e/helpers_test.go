@@ -98,9 +98,7 @@ type ran struct {
 func startWorker(t *testing.T, o worker.Options, h job.Handler) *worker.Worker {
 	t.Helper()
 	o.URL, o.APIKey, o.APISecret = srv.URL(), srv.APIKey(), srv.APISecret()
-	if o.Logger == nil {
-		o.Logger = testLogger(t)
-	}
+	testDefaults(t, &o)
 	registered := make(chan struct{})
 	var once sync.Once
 	prev := o.OnStateChange
@@ -217,5 +215,16 @@ func expectNoRun(t *testing.T, d time.Duration, chans ...chan ran) {
 			return
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+// testDefaults sets what every test worker needs: logs in the test log, and
+// a short drain so that a test's end cancels jobs still holding.
+func testDefaults(t *testing.T, o *worker.Options) {
+	if o.Logger == nil {
+		o.Logger = testLogger(t)
+	}
+	if o.DrainTimeout == 0 {
+		o.DrainTimeout = time.Second
 	}
 }

@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/livekit/protocol/auth"
+	"github.com/livekit/protocol/livekit"
 	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
@@ -33,7 +35,7 @@ func get(t *testing.T, url string) (int, string) {
 // labels (a subset), summed over the rest.
 func metricValue(t *testing.T, body, name string, labels map[string]string) (float64, uint64) {
 	t.Helper()
-	var p expfmt.TextParser
+	p := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
 	if err != nil {
 		t.Fatalf("parse /metrics: %v", err)
@@ -128,8 +130,13 @@ func TestMetricsAndEndpointsPerDeployment(t *testing.T) {
 	}
 
 	// Production: one job that fails.
-	prodRoom := uniq("room")
-	createDispatch(t, agent, prodRoom, "")
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	if _, err := dispatchClient().CreateDispatch(dctx, &livekit.CreateAgentDispatchRequest{
+		AgentName: agent, Room: uniq("room"), Metadata: "fail",
+	}); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, 20*time.Second, "the production job to run", func() bool { return len(wp.Snapshot().Jobs) == 1 })
 	close(release)
 	waitFor(t, 20*time.Second, "both jobs to end", func() bool {

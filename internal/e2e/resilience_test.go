@@ -19,9 +19,7 @@ import (
 func runOn(t *testing.T, s *lkserver.Server, o worker.Options, h job.Handler, registrations *atomic.Int32) {
 	t.Helper()
 	o.URL, o.APIKey, o.APISecret = s.URL(), s.APIKey(), s.APISecret()
-	if o.Logger == nil {
-		o.Logger = testLogger(t)
-	}
+	testDefaults(t, &o)
 	o.OnStateChange = func(c worker.StateChange) {
 		if c.State == worker.StateRegistered {
 			registrations.Add(1)
@@ -93,16 +91,17 @@ func TestServerRestartReregisters(t *testing.T) {
 		t.Fatalf("first dispatch ran as %+v", got)
 	}
 
+	killed := time.Now()
 	if err := s.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	restarted := time.Now()
 	if err := s.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	up := time.Since(restarted)
-	took := waitFor(t, 30*time.Second, "re-registration of both workers", func() bool { return regS.Load() >= 2 && regP.Load() >= 2 })
-	t.Logf("server back after %s; workers re-registered %s later", up.Round(time.Millisecond), took.Round(time.Millisecond))
+	up := time.Since(killed)
+	waitFor(t, 30*time.Second, "re-registration of both workers", func() bool { return regS.Load() >= 2 && regP.Load() >= 2 })
+	t.Logf("server killed and back up after %s; both workers re-registered %s after the kill",
+		up.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
 	if cancelled.Load() {
 		t.Fatal("the running handler was cancelled by the control-plane loss")
 	}
