@@ -1,12 +1,30 @@
 // Package lkserver runs real LiveKit server processes (and the Redis they
 // need for multi-node setups) for tests and demos.
 //
-// Every server listens on loopback only, on ports picked at runtime, so test
-// packages running in parallel never collide. The server binary is a pinned
+// Servers listen on 127.0.0.1 (the WebRTC ICE/TCP port excepted, see
+// [Options]) on ports picked at runtime, so test packages running in
+// parallel never collide. The server binary is a pinned
 // livekit-server release ([Version]) that [Binary] locates or builds once per
 // machine.
 //
 // Child processes are started in their own process group and, on Linux, are
 // killed by the kernel when the process that started them dies, so a crashed
 // or killed test binary never leaves a server behind.
+//
+// In a test:
+//
+//	srv := lkserver.StartTB(t, lkserver.Options{})
+//	room, err := lksdk.ConnectToRoom(srv.URL(), lksdk.ConnectInfo{
+//		APIKey: srv.APIKey(), APISecret: srv.APISecret(),
+//		RoomName: "room", ParticipantIdentity: "alice",
+//	}, nil)
+//
+// Several nodes sharing a Redis:
+//
+//	r := lkserver.StartRedisTB(t)
+//	a := lkserver.StartTB(t, lkserver.Options{RedisAddr: r.Addr()})
+//	b := lkserver.StartTB(t, lkserver.Options{RedisAddr: r.Addr(), APIKey: a.APIKey(), APISecret: a.APISecret()})
+//
+// To share one server between the tests of a package, see [RunMain] and
+// [Shared].
 package lkserver

@@ -2,6 +2,7 @@ package lkserver
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os/exec"
@@ -56,6 +57,22 @@ func startProcess(path string, args, env []string, out io.Writer) (*process, err
 		return nil, fmt.Errorf("start %s: %w", path, err)
 	}
 	return p, nil
+}
+
+// context returns a copy of ctx that is also canceled when the process
+// exits. Readiness checks use it so that a check against a port that turned
+// out to belong to someone else, whose listener may never answer, is
+// abandoned as soon as the child gives up.
+func (p *process) context(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-p.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // pid returns the process id.

@@ -22,7 +22,6 @@ var ErrRedisNotInstalled = errors.New("redis-server not found in PATH (install t
 // port, without persistence.
 type Redis struct {
 	addr string
-	dir  string // working directory, removed on Stop
 	tail *logTail
 
 	stopOnce sync.Once
@@ -53,13 +52,8 @@ func startRedis(ctx context.Context, bin string) (*Redis, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "lkserver-redis-")
-	if err != nil {
-		return nil, fmt.Errorf("create redis dir: %w", err)
-	}
 	r := &Redis{
 		addr: net.JoinHostPort(Host, strconv.Itoa(ports[0])),
-		dir:  dir,
 		tail: newLogTail(nil),
 	}
 	args := []string{
@@ -68,15 +62,16 @@ func startRedis(ctx context.Context, bin string) (*Redis, error) {
 		"--save", "",
 		"--appendonly", "no",
 		"--daemonize", "no",
-		"--dir", dir,
+		// Persistence is off so nothing should be written, but keep the
+		// working directory away from the caller's regardless.
+		"--dir", os.TempDir(),
 	}
 	r.proc, err = startProcess(bin, args, os.Environ(), r.tail)
 	if err != nil {
-		os.RemoveAll(dir)
 		return nil, err
 	}
 	if err := waitRedis(ctx, r.addr, r.proc); err != nil {
-		r.Stop()
+		r.proc.terminate(0, time.Second)
 		err = fmt.Errorf("redis-server on %s did not become ready: %w", r.addr, err)
 		if strings.Contains(r.tail.String(), "Address already in use") {
 			err = fmt.Errorf("%w: %w", &portInUseError{Port: ports[0]}, err)
@@ -91,6 +86,8 @@ func startRedis(ctx context.Context, bin string) (*Redis, error) {
 func waitRedis(ctx context.Context, addr string, proc *process) error {
 	ctx, cancel := context.WithTimeoutCause(ctx, startTimeout, fmt.Errorf("no PONG from %s within %s", addr, startTimeout))
 	defer cancel()
+	ctx, abort := proc.context(ctx)
+	defer abort()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	var last error
@@ -102,6 +99,9 @@ func waitRedis(ctx context.Context, addr string, proc *process) error {
 		case <-proc.done:
 			return fmt.Errorf("process exited: %v", proc.err)
 		case <-ctx.Done():
+			if proc.exited() {
+				return fmt.Errorf("process exited: %v", proc.err)
+			}
 			return fmt.Errorf("%w (last check: %v)", context.Cause(ctx), last)
 		case <-tick.C:
 		}
@@ -133,20 +133,16 @@ func ping(ctx context.Context, addr string) error {
 // Addr returns the host:port Redis listens on, for [Options.RedisAddr].
 func (r *Redis) Addr() string { return r.addr }
 
-// Stop stops Redis (SIGTERM, then SIGKILL after a few seconds), waits for
-// it to exit and removes its working directory. It is idempotent.
+// Stop stops Redis (SIGTERM, then SIGKILL after a few seconds) and waits
+// for it to exit. It is idempotent. It returns an error only if Redis had
+// crashed before, including the end of its output.
 func (r *Redis) Stop() error {
 	var err error
 	r.stopOnce.Do(func() {
-		if r.proc != nil {
-			if e := r.proc.unexpectedExit(); e != nil {
-				err = withLog(fmt.Errorf("redis-server: %w", e), "redis-server", r.tail)
-			}
-			r.proc.terminate(0, stopKill)
+		if e := r.proc.unexpectedExit(); e != nil {
+			err = withLog(fmt.Errorf("redis-server: %w", e), "redis-server", r.tail)
 		}
-		if e := os.RemoveAll(r.dir); e != nil && err == nil {
-			err = fmt.Errorf("remove redis dir: %w", e)
-		}
+		r.proc.terminate(0, stopKill)
 	})
 	return err
 }

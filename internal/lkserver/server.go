@@ -48,7 +48,9 @@ type Options struct {
 	// Port is the HTTP/WebSocket port; 0 picks a free port.
 	Port int
 	// RTCTCPPort and RTCUDPPort are the WebRTC ICE/TCP and ICE/UDP ports;
-	// 0 picks free ports.
+	// 0 picks free ports. The server binds the ICE/TCP port on all
+	// interfaces (it has no setting to restrict it); everything else is
+	// bound to 127.0.0.1 only.
 	RTCTCPPort, RTCUDPPort int
 	// RedisAddr is the host:port of a Redis shared by the nodes of a
 	// multi-node deployment; "" runs a single node without Redis.
@@ -69,7 +71,7 @@ type Server struct {
 	ops sync.Mutex // serializes Stop, Kill and Restart
 
 	mu   sync.Mutex
-	proc *process // nil before the first start and after a failed start
+	proc *process // most recent run, possibly exited; nil before the first
 	tail *logTail // output of the most recent run
 }
 
@@ -148,8 +150,9 @@ type portInUseError struct{ Port int }
 
 func (e *portInUseError) Error() string { return fmt.Sprintf("port %d already in use", e.Port) }
 
-// in reports whether the busy port is one of ports that was 0, that is,
-// picked by this package rather than by the caller.
+// in reports whether the busy port was picked by this package, given the
+// caller's port choices want (0 = pick): the caller left at least one port
+// to us and did not choose the busy port itself.
 func (e *portInUseError) in(want ...int) bool {
 	return slices.Contains(want, 0) && e.Port != 0 && !slices.Contains(want, e.Port)
 }
@@ -257,17 +260,8 @@ func yamlString(s string) string {
 func waitHealthy(ctx context.Context, url string, proc *process) error {
 	ctx, cancel := context.WithTimeoutCause(ctx, startTimeout, fmt.Errorf("no healthy answer from %s within %s", url, startTimeout))
 	defer cancel()
-	// Abort a pending check when the process exits: if the port belongs to
-	// someone else, that listener may never answer.
-	ctx, abort := context.WithCancel(ctx)
+	ctx, abort := proc.context(ctx)
 	defer abort()
-	go func() {
-		select {
-		case <-proc.done:
-			abort()
-		case <-ctx.Done():
-		}
-	}()
 	client := &http.Client{Timeout: time.Second}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
