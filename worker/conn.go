@@ -26,6 +26,9 @@ const maxFrame = 4 << 20
 // was dropped, not lost.
 const quickDrop = 2 * time.Second
 
+// maxRefusals: registrations refused in a row before Run gives up.
+const maxRefusals = 3
+
 // statusGap is the least time between two worker status updates.
 const statusGap = 50 * time.Millisecond
 
@@ -35,7 +38,7 @@ const stableAfter = 30 * time.Second
 // connectLoop keeps the worker registered until ctx ends or a fatal error.
 func (w *Worker) connectLoop(ctx, jobCtx context.Context) error {
 	instanceID := randomID()
-	failures, quickDrops := 0, 0
+	failures, quickDrops, refusals := 0, 0, 0
 	for {
 		start := time.Now()
 		w.notify(StateChange{State: StateConnecting, Attempt: failures + 1})
@@ -49,6 +52,18 @@ func (w *Worker) connectLoop(ctx, jobCtx context.Context) error {
 			w.log.Error("worker cannot connect", slog.Any("error", err))
 			w.notify(StateChange{State: StateStopped, Err: fatal.err})
 			return fatal.err
+		}
+		// A server that keeps closing the socket instead of answering the
+		// registration will not change its mind: stop after a few tries.
+		if errors.Is(err, ErrRegistrationRefused) {
+			if refusals++; refusals >= maxRefusals {
+				err = fmt.Errorf("%w (%d times in a row; check that the server supports agent workers and the registration's agent name, job type and deployment)", err, refusals)
+				w.log.Error("worker cannot register", slog.Any("error", err))
+				w.notify(StateChange{State: StateStopped, Err: err})
+				return err
+			}
+		} else {
+			refusals = 0
 		}
 		lived := time.Since(start)
 		if registered && lived >= stableAfter {
@@ -280,6 +295,14 @@ func (w *Worker) runSession(ctx, jobCtx context.Context, instanceID string) (reg
 	w.sess, w.connected = nil, false
 	w.mu.Unlock()
 	w.obs.registered(false)
+	// Unblock the read loop, which may wait on a dead connection (no pong)
+	// forever. A stopping worker first gives the server a moment to answer
+	// its close frame.
+	grace := time.Duration(0)
+	if errors.Is(s.closeErr, errStopped) {
+		grace = time.Second
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(grace))
 	wg.Wait()
 	ws.Close()
 	w.dropReservations()

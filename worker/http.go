@@ -84,20 +84,18 @@ type workerInfo struct {
 
 // unhealthy says why the worker is not live, or "".
 func (w *Worker) unhealthy() string {
-	if !w.runMu.TryLock() {
-		// Run holds the lock: running. Check the loops turn.
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		if w.gaveUp {
-			return "gave up reconnecting"
-		}
-		if w.connected && time.Since(w.lastLoop) > 3*w.o.StatusInterval+w.o.PingInterval {
-			return fmt.Sprintf("worker loop stalled: last turned %s ago", time.Since(w.lastLoop).Round(time.Second))
-		}
-		return ""
+	if !w.running.Load() {
+		return "worker is not running"
 	}
-	w.runMu.Unlock()
-	return "worker is not running"
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.gaveUp {
+		return "gave up reconnecting"
+	}
+	if w.connected && time.Since(w.lastLoop) > 3*w.o.StatusInterval+w.o.PingInterval {
+		return fmt.Sprintf("worker loop stalled: last turned %s ago", time.Since(w.lastLoop).Round(time.Second))
+	}
+	return ""
 }
 
 // notReady says why the worker takes no jobs, or "".

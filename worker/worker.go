@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -43,7 +44,8 @@ type Worker struct {
 	obs     *observer
 	gather  prometheus.Gatherer
 
-	runMu sync.Mutex // held while Run runs
+	runMu   sync.Mutex  // held while Run runs
+	running atomic.Bool // Run is running (for /healthz)
 
 	mu         sync.Mutex
 	draining   bool
@@ -119,6 +121,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		return ErrAlreadyRunning
 	}
 	defer w.runMu.Unlock()
+	w.running.Store(true)
+	defer w.running.Store(false)
 	w.mu.Lock()
 	w.draining, w.gaveUp, w.lastLoop = false, false, time.Now()
 	w.mu.Unlock()
