@@ -156,8 +156,26 @@ func (w *Worker) Run(ctx context.Context) error {
 		<-connDone
 	}
 	cancelJobs(job.ErrWorkerStopped)
-	w.userWG.Wait()
+	w.waitOnRequests()
 	return runErr
+}
+
+// waitOnRequests waits for OnRequest calls still running, up to
+// ShutdownTimeout: a call that ignores its context is left behind.
+func (w *Worker) waitOnRequests() {
+	done := make(chan struct{})
+	go func() {
+		w.userWG.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(w.o.ShutdownTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		w.log.Error("OnRequest did not return within the shutdown timeout; leaving it behind",
+			slog.Duration("shutdown_timeout", w.o.ShutdownTimeout))
+	}
 }
 
 // shutdown drains (or, when the connection loop failed, stops) the jobs.

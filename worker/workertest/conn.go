@@ -1,0 +1,435 @@
+package workertest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/livekit/protocol/livekit"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// Token is the room token [Conn.Dispatch] assigns jobs with. It is not a
+// valid LiveKit token: a handler that joins the room with it fails.
+const Token = "workertest-token"
+
+// Conn is one worker connection, as the server sees it. The test plays the
+// server through it. Its methods are safe for concurrent use; the messages
+// it returns are the ones received, to be treated as read-only.
+type Conn struct {
+	srv     *Server
+	ws      *websocket.Conn
+	apiKey  string
+	done    chan struct{} // closed when the connection ended
+	noPongs atomic.Bool
+	writeMu sync.Mutex
+
+	// Set once at registration, before the Conn is published.
+	reg      *livekit.RegisterWorkerRequest
+	workerID string
+
+	mu             sync.Mutex
+	msgs           []*livekit.WorkerMessage
+	jobStatuses    []*livekit.UpdateJobStatus
+	workerStatuses []*livekit.UpdateWorkerStatus
+	offers         map[string][]chan *livekit.AvailabilityResponse
+	closeCode      int
+	err            error
+	changed        chan struct{} // closed and replaced on every change
+}
+
+func newConn(s *Server, ws *websocket.Conn, apiKey string) *Conn {
+	return &Conn{
+		srv:     s,
+		ws:      ws,
+		apiKey:  apiKey,
+		done:    make(chan struct{}),
+		offers:  make(map[string][]chan *livekit.AvailabilityResponse),
+		changed: make(chan struct{}),
+	}
+}
+
+// Registration is the worker's registration request: agent name,
+// deployment, job type, version, instance id, permissions.
+func (c *Conn) Registration() *livekit.RegisterWorkerRequest { return c.reg }
+
+// WorkerID is the id the server gave this registration (AW_…).
+func (c *Conn) WorkerID() string { return c.workerID }
+
+// APIKey is the API key the worker's token was issued by.
+func (c *Conn) APIKey() string { return c.apiKey }
+
+// Done is closed when the connection has ended.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err is why the connection ended (nil while it is open): the read error,
+// a *websocket.CloseError when the worker closed it with a close frame, or
+// a protocol violation.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// CloseCode is the status code of the close frame the worker sent
+// (websocket.CloseNormalClosure, 1000, when a worker stops cleanly), or 0
+// if it sent none.
+func (c *Conn) CloseCode() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closeCode
+}
+
+// Messages returns every message received on the connection so far, the
+// registration included, in order.
+func (c *Conn) Messages() []*livekit.WorkerMessage {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*livekit.WorkerMessage(nil), c.msgs...)
+}
+
+// JobStatuses returns the job status updates received so far, in order.
+func (c *Conn) JobStatuses() []*livekit.UpdateJobStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*livekit.UpdateJobStatus(nil), c.jobStatuses...)
+}
+
+// WorkerStatuses returns the worker status updates received so far, in
+// order.
+func (c *Conn) WorkerStatuses() []*livekit.UpdateWorkerStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*livekit.UpdateWorkerStatus(nil), c.workerStatuses...)
+}
+
+// Offer offers j to the worker (an AvailabilityRequest) and returns its
+// answer. It fails if no answer comes within Options.OfferTimeout, if ctx
+// ends, or if the connection ends first. Concurrent offers of one job id
+// are answered in the order they were sent.
+func (c *Conn) Offer(ctx context.Context, j *livekit.Job) (*livekit.AvailabilityResponse, error) {
+	id := j.GetId()
+	ch := make(chan *livekit.AvailabilityResponse, 1)
+	c.mu.Lock()
+	c.offers[id] = append(c.offers[id], ch)
+	c.mu.Unlock()
+	defer c.dropOffer(id, ch)
+
+	if err := c.Send(ctx, &livekit.ServerMessage{Message: &livekit.ServerMessage_Availability{
+		Availability: &livekit.AvailabilityRequest{Job: j},
+	}}); err != nil {
+		return nil, err
+	}
+	t := time.NewTimer(c.srv.opts.OfferTimeout)
+	defer t.Stop()
+	select {
+	case res := <-ch:
+		return res, nil
+	case <-t.C:
+		return nil, fmt.Errorf("workertest: offer of job %s: no answer within %s", id, c.srv.opts.OfferTimeout)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("workertest: offer of job %s: %w", id, ctx.Err())
+	case <-c.done:
+		return nil, fmt.Errorf("workertest: offer of job %s: %w", id, ErrClosed)
+	}
+}
+
+func (c *Conn) dropOffer(id string, ch chan *livekit.AvailabilityResponse) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	q := c.offers[id]
+	for i, x := range q {
+		if x == ch {
+			q = append(q[:i:i], q[i+1:]...)
+			break
+		}
+	}
+	if len(q) == 0 {
+		delete(c.offers, id)
+	} else {
+		c.offers[id] = q
+	}
+}
+
+// Assign assigns j to the worker (a JobAssignment with token and no URL,
+// which means the URL the worker connected to).
+func (c *Conn) Assign(ctx context.Context, j *livekit.Job, token string) error {
+	return c.Send(ctx, &livekit.ServerMessage{Message: &livekit.ServerMessage_Assignment{
+		Assignment: &livekit.JobAssignment{Job: j, Token: token},
+	}})
+}
+
+// Dispatch offers j and, if the worker accepts, assigns it with [Token]. It
+// returns the worker's answer to the offer; the job runs if
+// res.GetAvailable() is true and err is nil.
+func (c *Conn) Dispatch(ctx context.Context, j *livekit.Job) (res *livekit.AvailabilityResponse, err error) {
+	res, err = c.Offer(ctx, j)
+	if err != nil || !res.GetAvailable() || res.GetTerminate() {
+		return res, err
+	}
+	return res, c.Assign(ctx, j, Token)
+}
+
+// Terminate asks the worker to stop job jobID (a JobTermination).
+func (c *Conn) Terminate(jobID string) error {
+	return c.Send(context.Background(), &livekit.ServerMessage{Message: &livekit.ServerMessage_Termination{
+		Termination: &livekit.JobTermination{JobId: jobID},
+	}})
+}
+
+// SendGoAway tells the worker that the server is draining this connection.
+func (c *Conn) SendGoAway() error {
+	return c.Send(context.Background(), &livekit.ServerMessage{Message: &livekit.ServerMessage_GoAway{
+		GoAway: &livekit.AgentHttp_GoAway{Reason: "workertest"},
+	}})
+}
+
+// UnknownMessage returns the frame [Conn.SendUnknown] sends: a well-formed
+// ServerMessage whose only field has a number no version of the protocol
+// defines, as a newer server's new kind of message looks to an older
+// worker.
+func UnknownMessage() []byte {
+	return protowire.AppendBytes(protowire.AppendTag(nil, 4242, protowire.BytesType), []byte("from the future"))
+}
+
+// SendUnknown sends [UnknownMessage]. A worker should ignore it.
+func (c *Conn) SendUnknown() error {
+	return c.write(context.Background(), websocket.BinaryMessage, UnknownMessage())
+}
+
+// Send sends m to the worker, for messages the other methods do not cover
+// (an assignment with a URL, a resuming offer, an offer not waited for).
+func (c *Conn) Send(ctx context.Context, m *livekit.ServerMessage) error {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("workertest: marshal: %w", err)
+	}
+	return c.write(ctx, websocket.BinaryMessage, b)
+}
+
+// SendRaw sends data as one frame of type msgType (websocket.BinaryMessage,
+// websocket.TextMessage, …) as it is: garbage, text, oversized frames.
+func (c *Conn) SendRaw(msgType int, data []byte) error {
+	return c.write(context.Background(), msgType, data)
+}
+
+// Drop closes the connection abruptly, without a close frame, as a lost
+// network or a crashed server does.
+func (c *Conn) Drop() {
+	_ = c.ws.NetConn().Close()
+}
+
+// StopPongs makes the server stop answering the worker's pings.
+func (c *Conn) StopPongs() { c.noPongs.Store(true) }
+
+// ResumePongs makes the server answer the worker's pings again.
+func (c *Conn) ResumePongs() { c.noPongs.Store(false) }
+
+// WaitJobStatus waits until the worker reported status for jobID on this
+// connection and returns that report (the first if there are several). It
+// fails if ctx ends, or if the connection ended without such a report.
+func (c *Conn) WaitJobStatus(ctx context.Context, jobID string, status livekit.JobStatus) (*livekit.UpdateJobStatus, error) {
+	var found *livekit.UpdateJobStatus
+	err := c.waitFor(ctx, func() bool {
+		for _, u := range c.jobStatuses {
+			if u.GetJobId() == jobID && u.GetStatus() == status {
+				found = u
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		return nil, fmt.Errorf("workertest: wait for job %s to report %s: %w", jobID, status, err)
+	}
+	return found, nil
+}
+
+// WaitWorkerStatus waits until the worker sent a status update on this
+// connection for which match returns true, and returns it. It fails if ctx
+// ends, or if the connection ended without such an update.
+func (c *Conn) WaitWorkerStatus(ctx context.Context, match func(*livekit.UpdateWorkerStatus) bool) (*livekit.UpdateWorkerStatus, error) {
+	var found *livekit.UpdateWorkerStatus
+	err := c.waitFor(ctx, func() bool {
+		for _, u := range c.workerStatuses {
+			if match(u) {
+				found = u
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		return nil, fmt.Errorf("workertest: wait for a worker status: %w", err)
+	}
+	return found, nil
+}
+
+// waitFor waits until check (called with c.mu held) is true.
+func (c *Conn) waitFor(ctx context.Context, check func() bool) error {
+	for {
+		c.mu.Lock()
+		ok, ch := check(), c.changed
+		c.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-c.done:
+			c.mu.Lock()
+			ok := check()
+			c.mu.Unlock()
+			if ok {
+				return nil
+			}
+			return ErrClosed
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// write sends one frame; at most one write runs at a time.
+func (c *Conn) write(ctx context.Context, msgType int, data []byte) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	deadline := time.Now().Add(writeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = c.ws.SetWriteDeadline(deadline)
+	if err := c.ws.WriteMessage(msgType, data); err != nil {
+		select {
+		case <-c.done:
+			return fmt.Errorf("workertest: send: %w: %v", ErrClosed, err)
+		default:
+			return fmt.Errorf("workertest: send: %w", err)
+		}
+	}
+	return nil
+}
+
+// handshake waits for the registration and answers it; false if the
+// connection must be closed.
+func (c *Conn) handshake() bool {
+	_ = c.ws.SetReadDeadline(time.Now().Add(RegisterTimeout))
+	for {
+		m, ok := c.read()
+		if !ok {
+			return false
+		}
+		switch x := m.GetMessage().(type) {
+		case *livekit.WorkerMessage_Register:
+			if !c.srv.register(c, x.Register) {
+				c.fail(errors.New("workertest: registration refused"))
+				return false
+			}
+			_ = c.ws.SetReadDeadline(time.Time{})
+			return true
+		case *livekit.WorkerMessage_Ping:
+			c.pong(x.Ping)
+		}
+	}
+}
+
+// readLoop serves the registered connection until it ends.
+func (c *Conn) readLoop() {
+	for {
+		m, ok := c.read()
+		if !ok {
+			return
+		}
+		switch x := m.GetMessage().(type) {
+		case *livekit.WorkerMessage_Ping:
+			c.pong(x.Ping)
+		case *livekit.WorkerMessage_Availability:
+			id := x.Availability.GetJobId()
+			c.mu.Lock()
+			if q := c.offers[id]; len(q) > 0 {
+				q[0] <- x.Availability
+				c.offers[id] = q[1:]
+			}
+			c.mu.Unlock()
+		case *livekit.WorkerMessage_UpdateJob:
+			c.mu.Lock()
+			c.jobStatuses = append(c.jobStatuses, x.UpdateJob)
+			c.bumpLocked()
+			c.mu.Unlock()
+			c.srv.addStatus(x.UpdateJob)
+		case *livekit.WorkerMessage_UpdateWorker:
+			c.mu.Lock()
+			c.workerStatuses = append(c.workerStatuses, x.UpdateWorker)
+			c.bumpLocked()
+			c.mu.Unlock()
+		}
+	}
+}
+
+// read reads and records one message. A read error or a frame that is not
+// a binary WorkerMessage ends the connection, as on the real server.
+func (c *Conn) read() (*livekit.WorkerMessage, bool) {
+	typ, b, err := c.ws.ReadMessage()
+	if err != nil {
+		c.fail(err)
+		return nil, false
+	}
+	if typ != websocket.BinaryMessage {
+		c.fail(fmt.Errorf("workertest: protocol violation: frame of type %d", typ))
+		return nil, false
+	}
+	m := &livekit.WorkerMessage{}
+	if err := proto.Unmarshal(b, m); err != nil {
+		c.fail(fmt.Errorf("workertest: protocol violation: %w", err))
+		return nil, false
+	}
+	c.mu.Lock()
+	c.msgs = append(c.msgs, m)
+	c.bumpLocked()
+	c.mu.Unlock()
+	return m, true
+}
+
+func (c *Conn) pong(p *livekit.WorkerPing) {
+	if c.noPongs.Load() {
+		return
+	}
+	_ = c.Send(context.Background(), &livekit.ServerMessage{Message: &livekit.ServerMessage_Pong{
+		Pong: &livekit.WorkerPong{LastTimestamp: p.GetTimestamp(), Timestamp: time.Now().UnixMilli()},
+	}})
+}
+
+// fail records why the connection ends (the first reason wins).
+func (c *Conn) fail(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return
+	}
+	c.err = err
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		c.closeCode = ce.Code
+	}
+}
+
+// end marks the connection ended; called once, after the socket closed.
+func (c *Conn) end() {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = ErrClosed
+	}
+	close(c.done)
+	c.bumpLocked()
+	c.mu.Unlock()
+}
+
+func (c *Conn) bumpLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
