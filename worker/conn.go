@@ -74,7 +74,12 @@ func (w *Worker) connectLoop(ctx, jobCtx context.Context) error {
 			w.log.Warn("the server dropped the worker right after registering it; this usually means the server could not serve this registration (check its logs for the agent name, deployment and job type), or that another process keeps superseding this worker",
 				slog.Int("times_in_a_row", quickDrops), slog.Any("error", err))
 		}
-		failures++
+		// A go-away is the server's routine drain, not a failure: it
+		// neither counts toward MaxRetry nor waits.
+		goAway := errors.Is(err, ErrGoAway)
+		if !goAway {
+			failures++
+		}
 		if w.o.MaxRetry > 0 && failures > w.o.MaxRetry {
 			err = &gaveUpError{attempts: failures, last: err}
 			w.mu.Lock()
@@ -84,9 +89,9 @@ func (w *Worker) connectLoop(ctx, jobCtx context.Context) error {
 			w.notify(StateChange{State: StateStopped, Err: err})
 			return err
 		}
-		delay := backoff(failures, w.o.MinBackoff, w.o.MaxBackoff)
-		if errors.Is(err, ErrGoAway) {
-			delay = 0
+		var delay time.Duration
+		if !goAway {
+			delay = backoff(failures, w.o.MinBackoff, w.o.MaxBackoff)
 		}
 		w.obs.reconnect()
 		w.obs.disconnected(disconnectReason(registered, err))
@@ -104,7 +109,7 @@ func (w *Worker) connectLoop(ctx, jobCtx context.Context) error {
 }
 
 // backoff is the delay before attempt n (1-based): exponential from min,
-// capped at max, with full jitter.
+// capped at max, with full jitter (uniform in [0, that]).
 func backoff(n int, min, max time.Duration) time.Duration {
 	d := min
 	for i := 1; i < n && d < max; i++ {
@@ -113,7 +118,7 @@ func backoff(n int, min, max time.Duration) time.Duration {
 	if d > max {
 		d = max
 	}
-	return min/2 + rand.N(d-min/2+1)
+	return rand.N(d + 1)
 }
 
 func randomID() string {
@@ -192,6 +197,9 @@ func (w *Worker) dial(ctx context.Context, instanceID string) (*websocket.Conn, 
 		return nil, nil, fmt.Errorf("worker: connect %s: %w", target, err)
 	}
 	ws.SetReadLimit(maxFrame)
+	// Registration reads ignore ctx: close the socket when it ends.
+	stop := context.AfterFunc(ctx, func() { ws.Close() })
+	defer stop()
 	reg := &livekit.WorkerMessage{Message: &livekit.WorkerMessage_Register{Register: &livekit.RegisterWorkerRequest{
 		Type:               w.o.JobType,
 		AgentName:          w.o.AgentName,

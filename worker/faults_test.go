@@ -376,8 +376,10 @@ func TestCloseAfterRegisterWarnsAndBacksOff(t *testing.T) {
 		if d.Attempt != i+1 {
 			t.Errorf("disconnect %d reports attempt %d, want %d: the backoff was reset", i+1, d.Attempt, i+1)
 		}
-		if d.RetryIn < o.MinBackoff/2 || d.RetryIn > o.MaxBackoff {
-			t.Errorf("disconnect %d retries in %s, want a backoff within [%s, %s]", i+1, d.RetryIn, o.MinBackoff/2, o.MaxBackoff)
+		// Full jitter: uniform in [0, MinBackoff·2^(attempt-1)], capped.
+		ceiling := min(o.MinBackoff<<i, o.MaxBackoff)
+		if d.RetryIn < 0 || d.RetryIn > ceiling {
+			t.Errorf("disconnect %d retries in %s, want a backoff within [0, %s]", i+1, d.RetryIn, ceiling)
 		}
 	}
 	if r.w.Snapshot().GaveUp {
