@@ -197,8 +197,16 @@ func (w *Worker) dial(ctx context.Context, instanceID string) (*websocket.Conn, 
 		return nil, nil, fmt.Errorf("worker: connect %s: %w", target, err)
 	}
 	ws.SetReadLimit(maxFrame)
-	// Registration reads ignore ctx: close the socket when it ends.
-	stop := context.AfterFunc(ctx, func() { ws.Close() })
+	// Registration reads ignore ctx: when it ends, end the wait too.
+	var regMu sync.Mutex
+	regDone := false
+	stop := context.AfterFunc(ctx, func() {
+		regMu.Lock()
+		defer regMu.Unlock()
+		if !regDone {
+			_ = ws.SetReadDeadline(time.Now())
+		}
+	})
 	defer stop()
 	reg := &livekit.WorkerMessage{Message: &livekit.WorkerMessage_Register{Register: &livekit.RegisterWorkerRequest{
 		Type:               w.o.JobType,
@@ -219,6 +227,12 @@ func (w *Worker) dial(ctx context.Context, instanceID string) (*websocket.Conn, 
 	for {
 		msg, err := readMsg(ws)
 		if err != nil {
+			if ctx.Err() != nil {
+				_ = ws.WriteControl(websocket.CloseMessage,
+					websocket.FormatCloseMessage(websocket.CloseNormalClosure, "worker stopped"), time.Now().Add(time.Second))
+				ws.Close()
+				return nil, nil, fmt.Errorf("worker: registration interrupted: %w", ctx.Err())
+			}
 			ws.Close()
 			var ce *websocket.CloseError
 			if errors.As(err, &ce) || errors.Is(err, errFrame) {
@@ -227,6 +241,9 @@ func (w *Worker) dial(ctx context.Context, instanceID string) (*websocket.Conn, 
 			return nil, nil, fmt.Errorf("worker: wait for registration: %w", err)
 		}
 		if r := msg.GetRegister(); r != nil {
+			regMu.Lock()
+			regDone = true
+			regMu.Unlock()
 			_ = ws.SetReadDeadline(time.Time{})
 			_ = ws.SetWriteDeadline(time.Time{})
 			return ws, r, nil

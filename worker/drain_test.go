@@ -208,3 +208,21 @@ func TestDrainKeepsWorkerConnected(t *testing.T) {
 		t.Errorf("close code %d, want a normal close frame", code)
 	}
 }
+
+// Stopping a worker while the server sits on its registration ends Run at
+// once, not after RegisterTimeout.
+func TestStopDuringRegistration(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServerWithOptions(t, workertest.Options{RegisterDelay: 20 * time.Second})
+	o := testOptions(srv, "slow-register", "")
+	o.RegisterTimeout = 30 * time.Second
+	r := startWorker(t, o, newRecorder().handle)
+	eventually(t, "the registration attempt", func() bool { return srv.Attempts() >= 1 })
+	start := time.Now()
+	if err := r.stop(); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Run took %s to return while registering, want well under RegisterTimeout", took)
+	}
+}
