@@ -32,4 +32,3 @@ func TestBackoffGrowsCappedWithFullJitter(t *testing.T) {
 		}
 	}
 }
-
