@@ -1,24 +1,24 @@
 package workertest
 
 import (
-	"fmt"
-	"sync/atomic"
+	"crypto/rand"
+	"encoding/hex"
 
 	"github.com/livekit/protocol/livekit"
 )
 
-var jobSeq atomic.Uint64
-
 // NewJob returns a room job (JT_ROOM) for agentName and deployment ("" is
 // production), with an id, a dispatch id and a room of its own: ids are
-// unique within the process.
+// random, so they never collide.
 func NewJob(agentName, deployment string) *livekit.Job {
-	n := jobSeq.Add(1)
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	n := hex.EncodeToString(b)
 	return &livekit.Job{
-		Id:         fmt.Sprintf("AJ_workertest%d", n),
-		DispatchId: fmt.Sprintf("AD_workertest%d", n),
+		Id:         "AJ_" + n,
+		DispatchId: "AD_" + n,
 		Type:       livekit.JobType_JT_ROOM,
-		Room:       &livekit.Room{Sid: fmt.Sprintf("RM_workertest%d", n), Name: fmt.Sprintf("room-%d", n)},
+		Room:       &livekit.Room{Sid: "RM_" + n, Name: "room-" + n},
 		AgentName:  agentName,
 		Deployment: deployment,
 	}

@@ -1,0 +1,145 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/livekit/protocol/livekit"
+
+	"github.com/lkagent/lkagent/job"
+	"github.com/lkagent/lkagent/worker"
+	"github.com/lkagent/lkagent/worker/workertest"
+)
+
+// A staging worker runs staging jobs and declines everything else. The
+// fake server here stands in for LiveKit; against a real server only the
+// URL and keys change.
+func ExampleNew() {
+	srv := workertest.NewServer(nil)
+	defer srv.Close()
+
+	w, err := worker.New(worker.Options{
+		URL: srv.URL(), APIKey: "key", APISecret: "secret",
+		AgentName:  "support-bot",
+		Deployment: "staging",
+		Logger:     slog.New(slog.DiscardHandler),
+	}, func(ctx context.Context, j *job.Job) error {
+		fmt.Printf("running %s job in %s\n", j.Deployment(), j.RoomName())
+		return nil
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+
+	wait, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	conn, _ := srv.WaitWorker(wait)
+	fmt.Printf("registered as %q, deployment %q\n", conn.Registration().GetAgentName(), conn.Registration().GetDeployment())
+
+	staging := workertest.NewJob("support-bot", "staging")
+	staging.Room.Name = "room-1"
+	res, _ := conn.Dispatch(wait, staging)
+	fmt.Println("staging offer accepted:", res.GetAvailable())
+	st, _ := conn.WaitJobStatus(wait, staging.Id, livekit.JobStatus_JS_SUCCESS)
+	fmt.Println("status:", st.GetStatus())
+
+	prod := workertest.NewJob("support-bot", "")
+	res, _ = conn.Offer(wait, prod)
+	fmt.Println("production offer accepted:", res.GetAvailable())
+
+	cancel()
+	fmt.Println("Run:", <-done)
+	// Output:
+	// registered as "support-bot", deployment "staging"
+	// staging offer accepted: true
+	// running staging job in room-1
+	// status: JS_SUCCESS
+	// production offer accepted: false
+	// Run: <nil>
+}
+
+// OnRequest decides each offer: here, blocked callers are rejected and the
+// rest are accepted with an identity and attributes of the agent's choosing.
+func ExampleOptions_onRequest() {
+	srv := workertest.NewServer(nil)
+	defer srv.Close()
+
+	w, _ := worker.New(worker.Options{
+		URL: srv.URL(), APIKey: "key", APISecret: "secret", AgentName: "support-bot",
+		Logger: slog.New(slog.DiscardHandler),
+		OnRequest: func(ctx context.Context, r *job.Request) error {
+			if r.Metadata() == "blocked" {
+				return r.Reject()
+			}
+			return r.Accept(job.AcceptOptions{
+				Identity:   "support-" + r.RoomName(),
+				Attributes: map[string]string{"tier": "gold"},
+			})
+		},
+	}, func(ctx context.Context, j *job.Job) error { return nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = w.Run(ctx) }()
+
+	wait, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	conn, _ := srv.WaitWorker(wait)
+	for _, md := range []string{"blocked", "vip"} {
+		j := workertest.NewJob("support-bot", "")
+		j.Metadata, j.Room.Name = md, "room-"+md
+		res, _ := conn.Offer(wait, j)
+		fmt.Printf("%s: available=%v identity=%q tier=%q\n", md, res.GetAvailable(),
+			res.GetParticipantIdentity(), res.GetParticipantAttributes()["tier"])
+	}
+	// Output:
+	// blocked: available=false identity="" tier=""
+	// vip: available=true identity="support-room-vip" tier="gold"
+}
+
+// Drain stops a worker from taking jobs and waits for the running ones,
+// while it stays connected: for programs that manage their own lifetime.
+func ExampleWorker_Drain() {
+	srv := workertest.NewServer(nil)
+	defer srv.Close()
+
+	release := make(chan struct{})
+	w, _ := worker.New(worker.Options{
+		URL: srv.URL(), APIKey: "key", APISecret: "secret", AgentName: "support-bot",
+		Logger: slog.New(slog.DiscardHandler),
+	}, func(ctx context.Context, j *job.Job) error {
+		<-release // a call in progress
+		return nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = w.Run(ctx) }()
+
+	wait, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	conn, _ := srv.WaitWorker(wait)
+	running := workertest.NewJob("support-bot", "")
+	_, _ = conn.Dispatch(wait, running)
+	_, _ = conn.WaitJobStatus(wait, running.Id, livekit.JobStatus_JS_RUNNING)
+
+	drained := make(chan error, 1)
+	go func() { drained <- w.Drain(wait) }()
+	st, _ := conn.WaitWorkerStatus(wait, func(s *livekit.UpdateWorkerStatus) bool { return s.GetDraining() })
+	fmt.Println("draining:", st.GetDraining(), st.GetStatus())
+	res, _ := conn.Offer(wait, workertest.NewJob("support-bot", ""))
+	fmt.Println("new offer accepted:", res.GetAvailable())
+
+	close(release)
+	fmt.Println("Drain:", <-drained)
+	fmt.Println("registered:", w.Snapshot().Registered)
+	// Output:
+	// draining: true WS_FULL
+	// new offer accepted: false
+	// Drain: <nil>
+	// registered: true
+}
