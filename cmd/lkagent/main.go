@@ -1,0 +1,41 @@
+// Command lkagent is the command line of the lkagent runtime: a demo of
+// deployment-aware routing against a real local LiveKit server, agent
+// dispatches and join tokens that name a deployment, a local development
+// server, and the example echo agent as a worker.
+//
+//	lkagent demo                                   # staging and production side by side, routed
+//	lkagent server                                 # a local LiveKit server for development
+//	lkagent worker --agent-name echo --deployment staging
+//	lkagent dispatch create --room r1 --agent-name echo --deployment staging
+//	lkagent token --identity caller --room r1 --agent-name echo --deployment staging
+//
+// Run "lkagent help" for every command and "lkagent <command> --help" for
+// its flags. Connection flags default to LIVEKIT_URL, LIVEKIT_API_KEY and
+// LIVEKIT_API_SECRET.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		// The first signal stops the command cleanly: workers drain,
+		// servers stop.
+		cancel(&signalError{sig: s})
+		<-sigs
+		// The second one does not wait. Child processes die with us (the
+		// local server is started so that the kernel kills it then).
+		fmt.Fprintln(os.Stderr, "lkagent: second signal: exiting at once")
+		os.Exit(exitInterrupted)
+	}()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv))
+}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// 'lkagent worker' takes the dispatches of its deployment only, and drains
+// on SIGTERM: it keeps its running job until the job ends, then exits 0.
+func TestWorkerTakesItsDeploymentAndDrains(t *testing.T) {
+	t.Parallel()
+	agent, room, prodRoom := uniq("agent"), uniq("room"), uniq("prod-room")
+	w := start(t, srvEnv("LIVEKIT_AGENT_DEPLOYMENT=staging"), "worker", "--agent-name", agent, "--max-jobs", "4")
+	w.waitFor(w.stdout, 30*time.Second, "msg=registered", "deployment=staging")
+
+	var d dispatchJSON
+	out := cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent, "--deployment", "staging", "--json").mustOK(t).stdout
+	if err := json.Unmarshal([]byte(out), &d); err != nil {
+		t.Fatal(err)
+	}
+	cli(t, srvEnv(), "dispatch", "create", "--room", prodRoom, "--agent-name", agent).mustOK(t)
+	line := w.waitFor(w.stdout, 30*time.Second, `msg="job started"`, "room="+room)
+	if !strings.Contains(line, "deployment=staging") || !strings.Contains(line, "identity=echo-AJ_") {
+		t.Fatalf("job line = %s", line)
+	}
+
+	// The server reports the job running on this worker.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var list []dispatchJSON
+		out := cli(t, srvEnv(), "dispatch", "list", "--room", room, "--json").mustOK(t).stdout
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, x := range list {
+			if x.ID == d.ID && len(x.Jobs) == 1 && x.Jobs[0].Status == "RUNNING" && x.Jobs[0].Deployment == "staging" &&
+				strings.HasPrefix(x.Jobs[0].WorkerID, "AW_") && strings.HasPrefix(x.Jobs[0].ParticipantIdentity, "echo-") {
+				found = true
+			}
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server never listed the job running:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	w.signal(syscall.SIGTERM)
+	w.waitFor(w.stdout, 10*time.Second, "msg=draining", "running_jobs=1")
+	time.Sleep(500 * time.Millisecond)
+	if !w.running() {
+		t.Fatal("the worker exited with a job running instead of draining")
+	}
+	// Deleting the dispatch terminates the job; the drained worker exits 0.
+	cli(t, srvEnv(), "dispatch", "delete", "--room", room, "--id", d.ID).mustOK(t)
+	if code := w.wait(30 * time.Second); code != 0 {
+		t.Fatalf("exit %d after the drain, want 0", code)
+	}
+	w.waitFor(w.stdout, time.Second, `msg="worker stopped"`)
+	if _, ok := w.stdout.line("room=" + prodRoom); ok {
+		t.Fatal("the staging worker saw the production dispatch")
+	}
+	if strings.Contains(w.stdout.String()+w.stderr.String(), srv.APISecret()) {
+		t.Fatal("the worker logged the API secret")
+	}
+}
+
+// A second signal does not wait for the drain.
+func TestWorkerSecondSignalExitsAtOnce(t *testing.T) {
+	t.Parallel()
+	agent, room := uniq("agent"), uniq("room")
+	w := start(t, srvEnv(), "worker", "--agent-name", agent)
+	w.waitFor(w.stdout, 30*time.Second, "msg=registered")
+	cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent).mustOK(t)
+	w.waitFor(w.stdout, 30*time.Second, `msg="job started"`, "room="+room)
+
+	w.signal(syscall.SIGINT)
+	w.waitFor(w.stdout, 10*time.Second, "msg=draining")
+	start := time.Now()
+	w.signal(syscall.SIGINT)
+	if code := w.wait(5 * time.Second); code != exitInterrupted {
+		t.Fatalf("exit %d after the second signal, want %d", code, exitInterrupted)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("the second signal took %s to stop the worker", took)
+	}
+	w.waitFor(w.stderr, time.Second, "second signal: exiting at once")
+}
+
+// Without running jobs a signal stops the worker at once, with status 0.
+func TestWorkerIdleStop(t *testing.T) {
+	t.Parallel()
+	w := start(t, srvEnv(), "worker", "--agent-name", uniq("agent"), "--http-addr", "127.0.0.1:0")
+	w.waitFor(w.stdout, 30*time.Second, "msg=registered")
+	w.signal(syscall.SIGTERM)
+	if code := w.wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
+	}
+}

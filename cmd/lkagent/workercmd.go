@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/lkagent/lkagent/examples/echo/echoagent"
+	"github.com/lkagent/lkagent/job"
+	"github.com/lkagent/lkagent/worker"
+)
+
+func runWorker(ctx context.Context, e *env, args []string) error {
+	const name = "worker"
+	f := newFlags(name, "--agent-name NAME [--deployment D] [--max-jobs N] [--http-addr ADDR] [flags]",
+		"Runs the example echo agent as a worker registered with agent NAME and deployment D (empty is\n"+
+			"production): it takes only jobs dispatched to that name and deployment, joins their room and\n"+
+			"answers every chat or data message with \"echo[D]: <text>\". Its log goes to stdout; an error\n"+
+			"that stops it, as one line, to stderr.\n"+
+			"SIGINT or SIGTERM drains it (no new jobs; running ones may finish within --drain-timeout);\n"+
+			"a second signal exits at once.")
+	c := addConn(f)
+	agentName := f.fs.String("agent-name", "", "agent name to register with; dispatches address it")
+	deployment := f.fs.String("deployment", "", "deployment to register with; empty is production")
+	maxJobs := f.fs.Int("max-jobs", 0, "jobs run at once at most; 0 = no cap")
+	httpAddr := f.fs.String("http-addr", "", "serve /metrics, /healthz, /readyz and /worker there, e.g. 127.0.0.1:8081")
+	drain := f.fs.Duration("drain-timeout", worker.DefaultDrainTimeout, "how long a stopping worker lets running jobs finish")
+	maxRetry := f.fs.Int("max-retry", 0, "give up after this many failed connection attempts in a row; 0 = keep trying")
+	debug := f.fs.Bool("debug", false, "log at debug level")
+	f.env("agent-name", "LKAGENT_AGENT_NAME")
+	f.env("deployment", worker.EnvDeployment)
+	f.env("max-jobs", "LKAGENT_MAX_JOBS")
+	f.env("http-addr", "LKAGENT_HTTP_ADDR")
+	f.required("agent-name")
+	if err := f.parse(e, args); err != nil {
+		return err
+	}
+	if err := checkDeployment(name, "deployment", *deployment); err != nil {
+		return err
+	}
+	if err := c.check(name); err != nil {
+		return err
+	}
+	if *maxJobs < 0 || *maxRetry < 0 || *drain <= 0 {
+		return usagef(name, "--max-jobs and --max-retry must not be negative, --drain-timeout must be positive")
+	}
+
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	// The log is what this command produces: stdout. stderr keeps the one
+	// line of an error that stops it.
+	log := slog.New(slog.NewTextHandler(&syncWriter{w: e.stdout}, &slog.HandlerOptions{Level: level}))
+	var w *worker.Worker
+	w, err := worker.New(worker.Options{
+		URL: c.url, APIKey: c.apiKey, APISecret: c.apiSecret,
+		AgentName:       *agentName,
+		Deployment:      *deployment,
+		MaxJobs:         *maxJobs,
+		HTTPAddr:        *httpAddr,
+		DrainTimeout:    *drain,
+		MaxRetry:        *maxRetry,
+		RegisterTimeout: c.timeout,
+		OnRequest:       echoagent.OnRequest,
+		Logger:          log,
+		OnStateChange: func(s worker.StateChange) {
+			if s.State == worker.StateRegistered && *httpAddr != "" {
+				log.Info("HTTP endpoints", slog.String("addr", w.HTTPAddr()))
+			}
+		},
+	}, func(ctx context.Context, j *job.Job) error {
+		j.Logger().Info("job started", slog.String("identity", j.Identity()))
+		err := echoagent.Handle(ctx, j)
+		j.Logger().Info("job ended", slog.String("cause", fmt.Sprint(context.Cause(ctx))))
+		return err
+	})
+	if err != nil {
+		var oe *worker.OptionError
+		if errors.As(err, &oe) {
+			return usagef(name, "%v", err)
+		}
+		return err
+	}
+	started := time.Now()
+	err = w.Run(ctx)
+	switch {
+	case errors.Is(err, worker.ErrUnauthorized):
+		return fmt.Errorf("the LiveKit server at %s rejected the API key or secret: check --api-key and --api-secret or $%s and $%s",
+			c.url, worker.EnvAPIKey, worker.EnvAPISecret)
+	case errors.Is(err, worker.ErrGaveUp):
+		why := err.Error()
+		var opErr *net.OpError
+		if errors.As(err, &opErr) {
+			why = opErr.Err.Error()
+		}
+		return fmt.Errorf("cannot reach the LiveKit server at %s (%s), gave up after %d retries (--max-retry): check --url or $%s",
+			c.url, why, *maxRetry, worker.EnvURL)
+	case err != nil:
+		return err
+	}
+	log.Info("worker stopped", slog.Duration("ran", time.Since(started).Round(time.Millisecond)))
+	return nil
+}

@@ -1,0 +1,80 @@
+// Command deployments runs one agent as production or as staging from the
+// same binary: the rollout pattern. The new version runs as staging next to
+// production, against the same LiveKit project; dispatches that name
+// "staging" reach only it, every other dispatch keeps going to production:
+//
+//	LIVEKIT_AGENT_DEPLOYMENT=staging go run ./examples/deployments   # the new version
+//	go run ./examples/deployments                                    # production
+//	go run ./examples/deployments --deployment canary                # or a flag
+//
+// Promoting staging is a redeploy of production with the new binary; the old
+// production workers drain on SIGTERM: they take no new jobs, let running
+// ones finish (up to --drain-timeout) and exit 0.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	lklogger "github.com/livekit/protocol/logger"
+	lksdk "github.com/livekit/server-sdk-go/v2"
+
+	"github.com/lkagent/lkagent/examples/echo/echoagent"
+	"github.com/lkagent/lkagent/job"
+	"github.com/lkagent/lkagent/worker"
+)
+
+func main() {
+	agentName := flag.String("agent-name", "support-bot", "agent name the worker registers with")
+	deployment := flag.String("deployment", os.Getenv(worker.EnvDeployment),
+		"deployment to register with: staging, canary, ... (default $"+worker.EnvDeployment+"; empty is production)")
+	drain := flag.Duration("drain-timeout", 10*time.Minute, "how long a stopping worker lets running jobs finish")
+	flag.Parse()
+
+	name := *deployment
+	if name == "" {
+		name = "production"
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With(slog.String("rollout", name))
+	lksdk.SetLogger(lklogger.GetDiscardLogger())
+
+	w, err := worker.New(worker.Options{
+		AgentName:    *agentName,
+		Deployment:   *deployment,
+		OnRequest:    echoagent.OnRequest,
+		DrainTimeout: *drain,
+		Logger:       log,
+		OnStateChange: func(c worker.StateChange) {
+			if c.State == worker.StateRegistered {
+				log.Info("serving", slog.String("agent_name", *agentName), slog.String("worker_id", c.WorkerID))
+			}
+		},
+	}, func(ctx context.Context, j *job.Job) error {
+		// j.Deployment() is always this worker's own deployment: the server
+		// routes by it and the worker declines anything else.
+		j.Logger().Info("job taken", slog.String("identity", j.Identity()))
+		return echoagent.Handle(ctx, j)
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "deployments:", err)
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		log.Info("signal received: draining (a second signal exits at once)")
+		stop()
+	}()
+	if err := w.Run(ctx); err != nil {
+		log.Error("worker failed", slog.Any("error", err))
+		os.Exit(1)
+	}
+	log.Info("drained; exiting")
+}

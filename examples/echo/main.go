@@ -1,0 +1,65 @@
+// Command echo runs the echo agent: a LiveKit agent worker that joins each
+// room it is dispatched to and answers every chat message and data packet
+// with the same text, prefixed with the deployment that answered:
+//
+//	export LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=... LIVEKIT_API_SECRET=...
+//	go run ./examples/echo --agent-name echo
+//
+// Its OnRequest function ([echoagent.OnRequest]) accepts each job with a
+// custom participant identity ("echo-<job id>"), a display name and
+// attributes that name the deployment; its handler ([echoagent.Handle])
+// joins the room with j.Connect, receives data packets through the
+// room callback's OnDataPacket and replies with
+// LocalParticipant.PublishDataPacket.
+//
+// SIGINT or SIGTERM drains the worker: it takes no new jobs and lets
+// running ones finish. A second signal exits at once.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	lklogger "github.com/livekit/protocol/logger"
+	lksdk "github.com/livekit/server-sdk-go/v2"
+
+	"github.com/lkagent/lkagent/examples/echo/echoagent"
+	"github.com/lkagent/lkagent/worker"
+)
+
+func main() {
+	agentName := flag.String("agent-name", "echo", "agent name the worker registers with")
+	deployment := flag.String("deployment", "", "deployment to register with (default $LIVEKIT_AGENT_DEPLOYMENT; empty is production)")
+	flag.Parse()
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// The LiveKit SDK logs every connection step; the worker logs what matters.
+	lksdk.SetLogger(lklogger.GetDiscardLogger())
+
+	w, err := worker.New(worker.Options{
+		AgentName:  *agentName,
+		Deployment: *deployment, // "" falls back to $LIVEKIT_AGENT_DEPLOYMENT
+		OnRequest:  echoagent.OnRequest,
+		Logger:     log,
+	}, echoagent.Handle)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "echo:", err)
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // a second signal now kills the process
+	}()
+	if err := w.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "echo:", err)
+		os.Exit(1)
+	}
+	log.Info("echo agent stopped")
+}
