@@ -30,6 +30,10 @@ var (
 	ErrDrainTimeout = errors.New("job cancelled: worker drain timeout")
 	// ErrWorkerStopped: the worker stopped without draining.
 	ErrWorkerStopped = errors.New("job cancelled: worker stopped")
+	// ErrRoomDisconnected: the agent was disconnected from the job's room
+	// (the room was deleted or closed, or the agent was removed). The job
+	// is over and counts as a success.
+	ErrRoomDisconnected = errors.New("job ended: disconnected from the room")
 	// ErrShutdown: the handler called [Job.Shutdown]. The cause is a
 	// *ShutdownError that wraps it and carries the reason.
 	ErrShutdown = errors.New("job shut down by its handler")
@@ -179,7 +183,10 @@ func (j *Job) Logger() *slog.Logger { return j.log }
 
 // Connect joins the job's room as the accepted identity with the
 // assignment's token, and returns the room. Calling it again returns the
-// room already joined. The room is disconnected when the job ends.
+// room already joined. The room is left when the job ends; if the agent is
+// disconnected from the room first (the room was deleted or closed, or the
+// agent removed), the job's context is cancelled with ErrRoomDisconnected.
+// cb's own callbacks still run.
 func (j *Job) Connect(ctx context.Context, cb *lksdk.RoomCallback, opts ...lksdk.ConnectOption) (*lksdk.Room, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -192,9 +199,19 @@ func (j *Job) Connect(ctx context.Context, cb *lksdk.RoomCallback, opts ...lksdk
 	if j.url == "" || j.token == "" {
 		return nil, errors.New("job: Connect needs a URL and a token; this job was created without them")
 	}
-	if cb == nil {
-		cb = lksdk.NewRoomCallback()
+	wrapped := lksdk.NewRoomCallback()
+	if cb != nil {
+		c := *cb
+		wrapped = &c
 	}
+	userDisconnected := wrapped.OnDisconnectedWithReason
+	wrapped.OnDisconnectedWithReason = func(reason lksdk.DisconnectionReason) {
+		if userDisconnected != nil {
+			userDisconnected(reason)
+		}
+		j.cancel(ErrRoomDisconnected)
+	}
+	cb = wrapped
 	j.timing.ConnectCalled = time.Now()
 	room := lksdk.NewRoom(cb)
 	if err := room.JoinWithContextAndToken(ctx, j.url, j.token, opts...); err != nil {
@@ -297,11 +314,11 @@ func (c *Control) Finish(ctx context.Context, err error) error {
 			fn(ctx, reason)
 		}()
 	}
+	outcome := Outcome(c.ctx, err)
+	j.cancel(errJobEnded)
 	if room != nil {
 		room.Disconnect()
 	}
-	outcome := Outcome(c.ctx, err)
-	j.cancel(errJobEnded)
 	return outcome
 }
 
@@ -316,8 +333,8 @@ var errJobEnded = errors.New("job ended")
 
 // Outcome maps a handler's return value to the job's result: nil for
 // success, the error otherwise. An error that only reports the context being
-// cancelled because the server terminated the job or the handler shut it
-// down is a success; one caused by a drain timeout or a stopping worker is a
+// cancelled because the server terminated the job, the room went away or
+// the handler shut it down is a success; one caused by a drain timeout or a stopping worker is a
 // failure that names that cause.
 func Outcome(ctx context.Context, err error) error {
 	if err == nil {
@@ -329,7 +346,7 @@ func Outcome(ctx context.Context, err error) error {
 		return err
 	}
 	switch {
-	case errors.Is(cause, ErrTerminated), errors.Is(cause, ErrShutdown):
+	case errors.Is(cause, ErrTerminated), errors.Is(cause, ErrShutdown), errors.Is(cause, ErrRoomDisconnected):
 		return nil
 	case cause != nil && !errors.Is(cause, context.Canceled):
 		return cause

@@ -24,6 +24,7 @@ func TestOutcome(t *testing.T) {
 		{"terminated, returned cause", ErrTerminated, ErrTerminated, nil},
 		{"terminated, returned own error", ErrTerminated, boom, boom},
 		{"shut down, returned ctx.Err", &ShutdownError{Reason: "done"}, context.Canceled, nil},
+		{"room disconnected", ErrRoomDisconnected, context.Canceled, nil},
 		{"drain timeout", ErrDrainTimeout, context.Canceled, ErrDrainTimeout},
 		{"worker stopped", ErrWorkerStopped, context.Canceled, ErrWorkerStopped},
 	} {
