@@ -129,6 +129,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	time.Sleep(lkserver.RegistrationSettle)
 	fmt.Fprintln(d.out)
 
 	steps := []func(context.Context) error{

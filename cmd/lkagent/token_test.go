@@ -7,6 +7,8 @@ import (
 	"time"
 
 	lksdk "github.com/livekit/server-sdk-go/v2"
+
+	"github.com/lkagent/lkagent/internal/lkserver"
 )
 
 // A token made by 'lkagent token' decodes with its agent deployment, and
@@ -18,6 +20,7 @@ func TestTokenDispatchesDeployment(t *testing.T) {
 	prod := start(t, srvEnv(), "worker", "--agent-name", agent)
 	staging.waitFor(staging.stdout, 30*time.Second, "msg=registered", "deployment=staging")
 	prod.waitFor(prod.stdout, 30*time.Second, "msg=registered", `deployment=""`)
+	time.Sleep(lkserver.RegistrationSettle)
 
 	token := strings.TrimSpace(cli(t, srvEnv(), "token", "--identity", "caller", "--room", room,
 		"--agent-name", agent, "--deployment", "staging", "--agent-metadata", "from-token", "--ttl", "10m").mustOK(t).stdout)

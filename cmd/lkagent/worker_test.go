@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lkagent/lkagent/internal/lkserver"
 )
 
 // 'lkagent worker' takes the dispatches of its deployment only, and drains
@@ -15,6 +17,7 @@ func TestWorkerTakesItsDeploymentAndDrains(t *testing.T) {
 	agent, room, prodRoom := uniq("agent"), uniq("room"), uniq("prod-room")
 	w := start(t, srvEnv("LIVEKIT_AGENT_DEPLOYMENT=staging"), "worker", "--agent-name", agent, "--max-jobs", "4")
 	w.waitFor(w.stdout, 30*time.Second, "msg=registered", "deployment=staging")
+	time.Sleep(lkserver.RegistrationSettle)
 
 	var d dispatchJSON
 	out := cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent, "--deployment", "staging", "--json").mustOK(t).stdout
@@ -77,6 +80,7 @@ func TestWorkerSecondSignalExitsAtOnce(t *testing.T) {
 	agent, room := uniq("agent"), uniq("room")
 	w := start(t, srvEnv(), "worker", "--agent-name", agent)
 	w.waitFor(w.stdout, 30*time.Second, "msg=registered")
+	time.Sleep(lkserver.RegistrationSettle)
 	cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent).mustOK(t)
 	w.waitFor(w.stdout, 30*time.Second, `msg="job started"`, "room="+room)
 
@@ -98,6 +102,7 @@ func TestWorkerIdleStop(t *testing.T) {
 	t.Parallel()
 	w := start(t, srvEnv(), "worker", "--agent-name", uniq("agent"), "--http-addr", "127.0.0.1:0")
 	w.waitFor(w.stdout, 30*time.Second, "msg=registered")
+	time.Sleep(lkserver.RegistrationSettle)
 	w.signal(syscall.SIGTERM)
 	if code := w.wait(10 * time.Second); code != 0 {
 		t.Fatalf("exit %d, want 0", code)

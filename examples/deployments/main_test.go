@@ -30,6 +30,7 @@ func TestProductionAndStagingFromOneBinary(t *testing.T) {
 	prod.WaitLog(30*time.Second, "msg=serving", "rollout=production")
 	staging.WaitLog(30*time.Second, "msg=serving", "rollout=staging")
 	canary.WaitLog(30*time.Second, "msg=serving", "rollout=canary")
+	time.Sleep(lkserver.RegistrationSettle)
 
 	procs := map[string]*extest.Proc{"": prod, "staging": staging, "canary": canary}
 	rooms := map[string]string{}

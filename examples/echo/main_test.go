@@ -30,6 +30,7 @@ func TestEchoAnswersInTheRoom(t *testing.T) {
 	agentName, room := extest.Uniq("echo"), extest.Uniq("room")
 	p := extest.Start(t, "echo", bin, extest.Env(srv, "LIVEKIT_AGENT_DEPLOYMENT=staging"), "--agent-name", agentName)
 	p.WaitLog(30*time.Second, "msg=registered", "deployment=staging")
+	time.Sleep(lkserver.RegistrationSettle)
 
 	d := extest.Dispatch(t, srv, &livekit.CreateAgentDispatchRequest{AgentName: agentName, Room: room, Deployment: "staging"})
 	if d.GetDeployment() != "staging" {

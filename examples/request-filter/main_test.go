@@ -48,6 +48,7 @@ func TestRejectsBlockedTier(t *testing.T) {
 	agentName := extest.Uniq("filtered")
 	p := extest.Start(t, "request-filter", bin, extest.Env(srv), "--agent-name", agentName, "--deployment", "canary")
 	p.WaitLog(30*time.Second, "msg=registered", "deployment=canary")
+	time.Sleep(lkserver.RegistrationSettle)
 
 	blockedRoom, goldRoom := extest.Uniq("blocked"), extest.Uniq("gold")
 	extest.Dispatch(t, srv, &livekit.CreateAgentDispatchRequest{AgentName: agentName, Room: blockedRoom, Deployment: "canary",

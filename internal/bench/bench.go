@@ -24,6 +24,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -256,6 +257,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	rep.Registration = summarize(regs)
+	time.Sleep(lkserver.RegistrationSettle)
 
 	dc := lksdk.NewAgentDispatchServiceClient(httpURL(cfg.URL), cfg.APIKey, cfg.APISecret)
 	fmt.Fprintf(cfg.Progress, "sequential: %d dispatches…\n", cfg.Jobs)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
+	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -107,6 +108,7 @@ func TestSIGTERMDrainsWorkerProcess(t *testing.T) {
 		<-exited
 	})
 	out.wait(t, 30*time.Second, "serving")
+	time.Sleep(lkserver.RegistrationSettle)
 
 	room := uniq("room")
 	createDispatch(t, agent, room, "staging")

@@ -135,6 +135,7 @@ func startWorker(t *testing.T, o worker.Options, h job.Handler) *worker.Worker {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("worker did not register within 30s")
 	}
+	time.Sleep(lkserver.RegistrationSettle)
 	return w
 }
 

@@ -41,6 +41,7 @@ func runOn(t *testing.T, s *lkserver.Server, o worker.Options, h job.Handler, re
 		}
 	})
 	waitFor(t, 30*time.Second, "registration", func() bool { return registrations.Load() > 0 })
+	time.Sleep(lkserver.RegistrationSettle)
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
@@ -102,6 +103,7 @@ func TestServerRestartReregisters(t *testing.T) {
 	waitFor(t, 30*time.Second, "re-registration of both workers", func() bool { return regS.Load() >= 2 && regP.Load() >= 2 })
 	t.Logf("server killed and back up after %s; both workers re-registered %s after the kill",
 		up.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
+	time.Sleep(lkserver.RegistrationSettle)
 	if cancelled.Load() {
 		t.Fatal("the running handler was cancelled by the control-plane loss")
 	}

@@ -28,3 +28,14 @@
 // To share one server between the tests of a package, see [RunMain] and
 // [Shared].
 package lkserver
+
+import "time"
+
+// RegistrationSettle is how long to wait after a worker registered before
+// dispatching to it. The server (v1.13.5) answers a registration before it
+// adds the worker to its routing tables and refreshes its cache of agent
+// names; a dispatch created in that window is dropped ("not dispatching
+// agent job since no worker is available") and never retried. Tests and
+// the demo wait this long; production workers register long before their
+// dispatches come.
+const RegistrationSettle = 500 * time.Millisecond
