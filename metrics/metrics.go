@@ -9,8 +9,6 @@
 package metrics
 
 import (
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -82,6 +80,3 @@ func New(reg prometheus.Registerer, agentName, deployment string) (*Worker, erro
 	}
 	return m, nil
 }
-
-// Seconds converts d for a histogram observation.
-func Seconds(d time.Duration) float64 { return d.Seconds() }
