@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -15,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +22,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/syncbuf"
 )
 
 var (
@@ -151,8 +150,8 @@ func (r runResult) mustFailLogged(t *testing.T, code int, parts ...string) {
 type proc struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	stdout *syncBuffer
-	stderr *syncBuffer
+	stdout *syncbuf.Buffer
+	stderr *syncbuf.Buffer
 	done   chan struct{}
 	err    error
 }
@@ -161,7 +160,7 @@ type proc struct {
 // test if it still runs, and its output logged if the test failed.
 func start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{t: t, stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(lkagentBin, args...)
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
@@ -217,15 +216,15 @@ func (p *proc) wait(timeout time.Duration) int {
 
 // waitFor waits until buf has a line containing every one of parts, and
 // returns it.
-func (p *proc) waitFor(buf *syncBuffer, timeout time.Duration, parts ...string) string {
+func (p *proc) waitFor(buf *syncbuf.Buffer, timeout time.Duration, parts ...string) string {
 	p.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		if line, ok := buf.line(parts...); ok {
+		if line, ok := buf.Line(parts...); ok {
 			return line
 		}
 		if !p.running() {
-			if line, ok := buf.line(parts...); ok {
+			if line, ok := buf.Line(parts...); ok {
 				return line
 			}
 			p.t.Fatalf("lkagent exited (%v) before writing a line with %q", p.err, parts)
@@ -235,42 +234,6 @@ func (p *proc) waitFor(buf *syncBuffer, timeout time.Duration, parts ...string) 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a goroutine-safe bytes.Buffer.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// line returns the first line containing every one of parts.
-func (s *syncBuffer) line(parts ...string) (string, bool) {
-	sc := bufio.NewScanner(strings.NewReader(s.String()))
-	for sc.Scan() {
-		ok := true
-		for _, p := range parts {
-			if !strings.Contains(sc.Text(), p) {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return sc.Text(), true
-		}
-	}
-	return "", false
 }
 
 // closedPort returns a loopback address nothing listens on.

@@ -72,7 +72,7 @@ func TestTokenDispatchesDeployment(t *testing.T) {
 		t.Fatalf("job started without its deployment: %s", line)
 	}
 	time.Sleep(time.Second)
-	if _, ok := prod.stdout.line("room=" + room); ok {
+	if _, ok := prod.stdout.Line("room=" + room); ok {
 		t.Fatal("the production worker saw the staging job")
 	}
 }

@@ -66,7 +66,7 @@ func TestWorkerTakesItsDeploymentAndDrains(t *testing.T) {
 		t.Fatalf("exit %d after the drain, want 0", code)
 	}
 	w.waitFor(w.stdout, time.Second, `msg="worker stopped"`)
-	if _, ok := w.stdout.line("room=" + prodRoom); ok {
+	if _, ok := w.stdout.Line("room=" + prodRoom); ok {
 		t.Fatal("the staging worker saw the production dispatch")
 	}
 	if strings.Contains(w.stdout.String()+w.stderr.String(), srv.APISecret()) {

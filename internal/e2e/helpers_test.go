@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -18,6 +17,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/syncbuf"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -28,7 +28,7 @@ import (
 var srv *lkserver.Server
 
 // serverLog keeps the server's output, for assertions on what it saw.
-var serverLog = &syncBuffer{}
+var serverLog = &syncbuf.Buffer{}
 
 func TestMain(m *testing.M) {
 	lksdk.SetLogger(lklogger.GetDiscardLogger())
@@ -43,24 +43,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	_ = s.Stop()
 	os.Exit(code)
-}
-
-// syncBuffer is a goroutine-safe bytes.Buffer.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // uniq returns prefix plus a random suffix: agent names and rooms of one

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/lkagent/lkagent/internal/syncbuf"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -209,7 +210,7 @@ func TestReadyzBeforeRegistration(t *testing.T) {
 // metric label over a full job lifecycle and a failed registration.
 func TestSecretsNeverLeak(t *testing.T) {
 	t.Parallel()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	agent := uniq("secret")
 	tokens := make(chan string, 1)
