@@ -16,7 +16,7 @@ import (
 
 // runOn runs a worker against s until the test ends; registrations counts
 // its registrations.
-func runOn(t *testing.T, s *lkserver.Server, o worker.Options, h job.Handler, registrations *atomic.Int32) {
+func runOn(t *testing.T, s *lkserver.Server, o worker.Options, h job.Handler, registrations *atomic.Int32) *worker.Worker {
 	t.Helper()
 	o.URL, o.APIKey, o.APISecret = s.URL(), s.APIKey(), s.APISecret()
 	testDefaults(t, &o)
@@ -42,6 +42,7 @@ func runOn(t *testing.T, s *lkserver.Server, o worker.Options, h job.Handler, re
 	})
 	waitFor(t, 30*time.Second, "registration", func() bool { return registrations.Load() > 0 })
 	time.Sleep(lkserver.RegistrationSettle)
+	return w
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
@@ -174,7 +175,7 @@ func TestTwoNodeClusterRoutesByDeployment(t *testing.T) {
 	staging, prod := newRecorder("staging", true), newRecorder("", true)
 	var r1, r2 atomic.Int32
 	runOn(t, nodeB, worker.Options{AgentName: agent, Deployment: "staging"}, staging.handle, &r1)
-	runOn(t, nodeA, worker.Options{AgentName: agent}, prod.handle, &r2)
+	wp := runOn(t, nodeA, worker.Options{AgentName: agent}, prod.handle, &r2)
 
 	dc := lksdk.NewAgentDispatchServiceClient(nodeA.HTTPURL(), nodeA.APIKey(), nodeA.APISecret())
 	for range 3 {
@@ -188,4 +189,18 @@ func TestTwoNodeClusterRoutesByDeployment(t *testing.T) {
 		}
 	}
 	expectNoRun(t, 2*time.Second, prod.runs)
+	// Not even offered: the cluster routed by deployment.
+	fams, err := wp.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == "lkagent_offers_received_total" {
+			if v := f.GetMetric()[0].GetCounter().GetValue(); v != 0 {
+				t.Fatalf("the production worker on node A was offered %v jobs", v)
+			}
+			return
+		}
+	}
+	t.Fatal("no lkagent_offers_received_total metric")
 }
