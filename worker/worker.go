@@ -132,6 +132,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		w.log.Info("serving HTTP endpoints", slog.String("addr", ln.Addr().String()))
 		defer w.serveHTTP(ln)()
 	}
 

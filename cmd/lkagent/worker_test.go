@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"net/http"
 	"strings"
 	"syscall"
 	"testing"
@@ -97,11 +98,22 @@ func TestWorkerSecondSignalExitsAtOnce(t *testing.T) {
 	w.waitFor(w.stderr, time.Second, "second signal: exiting at once")
 }
 
-// Without running jobs a signal stops the worker at once, with status 0.
+// The worker serves its HTTP endpoints by default; without running jobs a
+// signal stops it at once, with status 0.
 func TestWorkerIdleStop(t *testing.T) {
 	t.Parallel()
-	w := start(t, srvEnv(), "worker", "--agent-name", uniq("agent"), "--http-addr", "127.0.0.1:0")
+	w := start(t, srvEnv(), "worker", "--agent-name", uniq("agent"))
 	w.waitFor(w.stdout, 30*time.Second, "msg=registered")
+	line := w.waitFor(w.stdout, 5*time.Second, "serving HTTP endpoints")
+	addr := strings.TrimPrefix(strings.Fields(line[strings.Index(line, "addr="):])[0], "addr=")
+	resp, err := http.Get("http://" + addr + "/readyz")
+	if err != nil {
+		t.Fatalf("GET /readyz on %s: %v", addr, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/readyz = %d while registered", resp.StatusCode)
+	}
 	time.Sleep(lkserver.RegistrationSettle)
 	w.signal(syscall.SIGTERM)
 	if code := w.wait(10 * time.Second); code != 0 {

@@ -26,7 +26,7 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	agentName := f.fs.String("agent-name", "", "agent name to register with; dispatches address it")
 	deployment := f.fs.String("deployment", "", "deployment to register with; empty is production")
 	maxJobs := f.fs.Int("max-jobs", 0, "jobs run at once at most; 0 = no cap")
-	httpAddr := f.fs.String("http-addr", "", "serve /metrics, /healthz, /readyz and /worker there, e.g. 127.0.0.1:8081")
+	httpAddr := f.fs.String("http-addr", "127.0.0.1:0", "serve /metrics, /healthz, /readyz, / and /worker there (port 0: a free port, logged); empty turns them off")
 	drain := f.fs.Duration("drain-timeout", worker.DefaultDrainTimeout, "how long a stopping worker lets running jobs finish")
 	maxRetry := f.fs.Int("max-retry", 0, "give up after this many failed connection attempts in a row; 0 = keep trying")
 	debug := f.fs.Bool("debug", false, "log at debug level")
@@ -55,7 +55,6 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	// The log is what this command produces: stdout. stderr keeps the one
 	// line of an error that stops it.
 	log := slog.New(slog.NewTextHandler(&syncWriter{w: e.stdout}, &slog.HandlerOptions{Level: level}))
-	var w *worker.Worker
 	w, err := worker.New(worker.Options{
 		URL: c.url, APIKey: c.apiKey, APISecret: c.apiSecret,
 		AgentName:       *agentName,
@@ -67,11 +66,6 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 		RegisterTimeout: c.timeout,
 		OnRequest:       echoagent.OnRequest,
 		Logger:          log,
-		OnStateChange: func(s worker.StateChange) {
-			if s.State == worker.StateRegistered && *httpAddr != "" {
-				log.Info("HTTP endpoints", slog.String("addr", w.HTTPAddr()))
-			}
-		},
 	}, func(ctx context.Context, j *job.Job) error {
 		j.Logger().Info("job started", slog.String("identity", j.Identity()))
 		err := echoagent.Handle(ctx, j)

@@ -35,6 +35,7 @@ func main() {
 	deployment := flag.String("deployment", os.Getenv(worker.EnvDeployment),
 		"deployment to register with: staging, canary, ... (default $"+worker.EnvDeployment+"; empty is production)")
 	drain := flag.Duration("drain-timeout", 10*time.Minute, "how long a stopping worker lets running jobs finish")
+	httpAddr := flag.String("http-addr", "127.0.0.1:0", "serve /metrics, /healthz, /readyz, / and /worker there (port 0: a free port, logged; empty: off)")
 	flag.Parse()
 
 	name := *deployment
@@ -45,6 +46,7 @@ func main() {
 	lksdk.SetLogger(lklogger.GetDiscardLogger())
 
 	w, err := worker.New(worker.Options{
+		HTTPAddr:     *httpAddr,
 		AgentName:    *agentName,
 		Deployment:   *deployment,
 		OnRequest:    echoagent.OnRequest,

@@ -35,6 +35,7 @@ import (
 func main() {
 	agentName := flag.String("agent-name", "echo", "agent name the worker registers with")
 	deployment := flag.String("deployment", "", "deployment to register with (default $LIVEKIT_AGENT_DEPLOYMENT; empty is production)")
+	httpAddr := flag.String("http-addr", "127.0.0.1:0", "serve /metrics, /healthz, /readyz, / and /worker there (port 0: a free port, logged; empty: off)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -42,6 +43,7 @@ func main() {
 	lksdk.SetLogger(lklogger.GetDiscardLogger())
 
 	w, err := worker.New(worker.Options{
+		HTTPAddr:   *httpAddr,
 		AgentName:  *agentName,
 		Deployment: *deployment, // "" falls back to $LIVEKIT_AGENT_DEPLOYMENT
 		OnRequest:  echoagent.OnRequest,

@@ -57,6 +57,7 @@ func main() {
 	agentName := flag.String("agent-name", "filtered", "agent name the worker registers with")
 	deployment := flag.String("deployment", "", "deployment to register with (default $LIVEKIT_AGENT_DEPLOYMENT; empty is production)")
 	block := flag.String("block", "blocked", "comma-separated tiers whose jobs are rejected")
+	httpAddr := flag.String("http-addr", "127.0.0.1:0", "serve /metrics, /healthz, /readyz, / and /worker there (port 0: a free port, logged; empty: off)")
 	flag.Parse()
 	blocked := strings.Split(*block, ",")
 
@@ -75,6 +76,7 @@ func main() {
 	}
 
 	w, err := worker.New(worker.Options{
+		HTTPAddr:   *httpAddr,
 		AgentName:  *agentName,
 		Deployment: *deployment,
 		OnRequest:  onRequest,
