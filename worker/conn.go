@@ -412,6 +412,7 @@ func (s *session) writeLoop() {
 					return
 				}
 				s.w.mu.Lock()
+				s.w.outbox[0] = nil // the array must not keep sent statuses alive
 				s.w.outbox = s.w.outbox[1:]
 				s.w.mu.Unlock()
 			}

@@ -84,8 +84,13 @@ func (w *Worker) screen(j *livekit.Job) string {
 
 func (w *Worker) handleOffer(s *session, req *livekit.AvailabilityRequest, received time.Time) {
 	j := req.GetJob()
-	log := w.log.With(slog.String("job_id", j.GetId()), slog.String("room", j.GetRoom().GetName()),
-		slog.String("worker_id", s.workerID))
+	// Most offers log nothing at the usual levels: the job's attributes
+	// are put together only for a line that is logged.
+	logf := func(level slog.Level, msg string, attrs ...any) {
+		if ctx := context.Background(); w.log.Enabled(ctx, level) {
+			w.log.Log(ctx, level, msg, jobAttrs(j, s.workerID, attrs...)...)
+		}
+	}
 	w.obs.offer()
 	decline := func(reason string, attrs ...any) {
 		w.obs.declined(reason, time.Since(received))
@@ -95,7 +100,7 @@ func (w *Worker) handleOffer(s *session, req *livekit.AvailabilityRequest, recei
 			attrs = append(attrs, slog.String("offered_agent_name", j.GetAgentName()),
 				slog.String("offered_deployment", j.GetDeployment()))
 		}
-		log.Log(context.Background(), level, "offer declined", append(attrs, slog.String("reason", reason))...)
+		logf(level, "offer declined", append(attrs, slog.String("reason", reason))...)
 		s.send(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_Availability{
 			Availability: &livekit.AvailabilityResponse{JobId: j.GetId(), Available: false}}})
 	}
@@ -117,7 +122,7 @@ func (w *Worker) handleOffer(s *session, req *livekit.AvailabilityRequest, recei
 	if !decided || !accepted {
 		w.release(j.GetId())
 		if !decided {
-			log.Warn("OnRequest returned without accepting or rejecting the offer; declined")
+			logf(slog.LevelWarn, "OnRequest returned without accepting or rejecting the offer; declined")
 		}
 		decline(DeclineRejected)
 		return
@@ -128,7 +133,7 @@ func (w *Worker) handleOffer(s *session, req *livekit.AvailabilityRequest, recei
 		return
 	}
 	w.obs.accepted(now.Sub(received))
-	log.Debug("offer accepted", slog.String("identity", opts.Identity))
+	logf(slog.LevelDebug, "offer accepted", slog.String("identity", opts.Identity))
 	if !s.send(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_Availability{
 		Availability: &livekit.AvailabilityResponse{
 			JobId:                 j.GetId(),
@@ -260,7 +265,7 @@ func (w *Worker) handleAssignment(jobCtx context.Context, a *livekit.JobAssignme
 	info := a.GetJob()
 	id := info.GetId()
 	w.mu.Lock()
-	log := w.log.With(slog.String("job_id", id), slog.String("room", info.GetRoom().GetName()), slog.String("worker_id", w.workerID))
+	workerID := w.workerID
 	res, ok := w.reserved[id]
 	if ok {
 		delete(w.reserved, id)
@@ -273,13 +278,13 @@ func (w *Worker) handleAssignment(jobCtx context.Context, a *livekit.JobAssignme
 	case running || w.recent.has(id):
 		w.mu.Unlock()
 		w.obs.duplicateAssignment()
-		log.Warn("assignment for a job this worker already ran; ignored")
+		w.log.Warn("assignment for a job this worker already ran; ignored", jobAttrs(info, workerID)...)
 		return
 	case !ok || w.screen(info) != "":
 		w.mu.Unlock()
 		w.obs.duplicateAssignment()
-		log.Warn("assignment for a job this worker did not accept; reported failed",
-			slog.String("offered_agent_name", info.GetAgentName()), slog.String("offered_deployment", info.GetDeployment()))
+		w.log.Warn("assignment for a job this worker did not accept; reported failed", jobAttrs(info, workerID,
+			slog.String("offered_agent_name", info.GetAgentName()), slog.String("offered_deployment", info.GetDeployment()))...)
 		w.enqueue(&livekit.UpdateJobStatus{JobId: id, Status: livekit.JobStatus_JS_FAILED,
 			Error: "assignment for a job this worker did not accept"})
 		return
@@ -296,7 +301,7 @@ func (w *Worker) handleAssignment(jobCtx context.Context, a *livekit.JobAssignme
 		Identity: res.identity,
 		URL:      url,
 		Token:    a.GetToken(),
-		Logger:   w.o.Logger.With(slog.String("worker_id", w.workerID)),
+		Logger:   w.o.Logger.With(slog.String("worker_id", workerID)),
 		Timing:   timing,
 		OnConnected: func(t job.Timing) {
 			w.enqueue(&livekit.UpdateJobStatus{JobId: id, Status: livekit.JobStatus_JS_RUNNING, JoinTiming: t.Proto(w.base)})
@@ -308,16 +313,32 @@ func (w *Worker) handleAssignment(jobCtx context.Context, a *livekit.JobAssignme
 	w.mu.Unlock()
 	w.obs.jobStarted(timing.Launched.Sub(received))
 	w.kickStatus()
+	j.Logger().Debug("job started")
 	go w.runJob(aj)
+}
+
+// jobAttrs are the log attributes of a job on this worker, then more.
+func jobAttrs(j *livekit.Job, workerID string, more ...any) []any {
+	return append([]any{slog.String("job_id", j.GetId()), slog.String("room", j.GetRoom().GetName()),
+		slog.String("worker_id", workerID)}, more...)
 }
 
 func (w *Worker) runJob(a *activeJob) {
 	defer w.jobWG.Done()
+	w.enqueue(&livekit.UpdateJobStatus{JobId: a.job.ID(), Status: livekit.JobStatus_JS_RUNNING})
+	// The handler runs above this frame for the job's whole life: keep it
+	// small, so that an idle job's stack stays at its initial 2 KiB. No
+	// logging here (a slog call's frame alone doubles the stack, even at
+	// a level that is off), and the end of the job, whose frame is large,
+	// is a function of its own.
+	w.endJob(a, a.ctl.Run(w.handler))
+}
+
+// endJob reports the end of a job whose handler returned err and forgets
+// the job.
+func (w *Worker) endJob(a *activeJob, err error) {
 	j := a.job
 	log := j.Logger()
-	w.enqueue(&livekit.UpdateJobStatus{JobId: j.ID(), Status: livekit.JobStatus_JS_RUNNING})
-	log.Debug("job started")
-	err := a.ctl.Run(w.handler)
 	status := "success"
 	var pe *job.PanicError
 	if errors.As(err, &pe) {

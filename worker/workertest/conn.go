@@ -345,6 +345,10 @@ func (c *Conn) readLoop() {
 		if !ok {
 			return
 		}
+		if f := c.srv.opts.OnMessage; f != nil {
+			f(c, m)
+		}
+		record := !c.srv.opts.NoRecord
 		switch x := m.GetMessage().(type) {
 		case *livekit.WorkerMessage_Ping:
 			c.pong(x.Ping)
@@ -357,16 +361,20 @@ func (c *Conn) readLoop() {
 			}
 			c.mu.Unlock()
 		case *livekit.WorkerMessage_UpdateJob:
-			c.mu.Lock()
-			c.jobStatuses = append(c.jobStatuses, x.UpdateJob)
-			c.bumpLocked()
-			c.mu.Unlock()
-			c.srv.addStatus(x.UpdateJob)
+			if record {
+				c.mu.Lock()
+				c.jobStatuses = append(c.jobStatuses, x.UpdateJob)
+				c.bumpLocked()
+				c.mu.Unlock()
+				c.srv.addStatus(x.UpdateJob)
+			}
 		case *livekit.WorkerMessage_UpdateWorker:
-			c.mu.Lock()
-			c.workerStatuses = append(c.workerStatuses, x.UpdateWorker)
-			c.bumpLocked()
-			c.mu.Unlock()
+			if record {
+				c.mu.Lock()
+				c.workerStatuses = append(c.workerStatuses, x.UpdateWorker)
+				c.bumpLocked()
+				c.mu.Unlock()
+			}
 		}
 	}
 }
@@ -388,10 +396,12 @@ func (c *Conn) read() (*livekit.WorkerMessage, bool) {
 		c.fail(fmt.Errorf("workertest: protocol violation: %w", err))
 		return nil, false
 	}
-	c.mu.Lock()
-	c.msgs = append(c.msgs, m)
-	c.bumpLocked()
-	c.mu.Unlock()
+	if !c.srv.opts.NoRecord {
+		c.mu.Lock()
+		c.msgs = append(c.msgs, m)
+		c.bumpLocked()
+		c.mu.Unlock()
+	}
 	return m, true
 }
 

@@ -24,4 +24,8 @@
 //
 // Unlike the real server, the fake never offers jobs on its own: every
 // offer comes from the test, sent to the connection the test chose.
+//
+// The fake records every message a worker sends, which is what tests want.
+// For long runs (benchmarks, soak tests) set Options.NoRecord, which keeps
+// its memory constant, and observe the messages with Options.OnMessage.
 package workertest

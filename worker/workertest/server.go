@@ -57,6 +57,20 @@ type Options struct {
 	// OfferTimeout bounds how long [Conn.Offer] waits for the worker's
 	// answer; default DefaultOfferTimeout.
 	OfferTimeout time.Duration
+	// NoRecord makes the server keep none of the messages workers send, so
+	// that long runs (benchmarks, soak tests) hold constant memory:
+	// [Conn.Messages], [Conn.JobStatuses], [Conn.WorkerStatuses] and
+	// [Server.JobStatuses] stay empty, and the waits for statuses end only
+	// with their context or the connection. [Conn.Offer] still returns the
+	// worker's answer, and OnMessage still sees every message.
+	NoRecord bool
+	// OnMessage, if set, is called with every message a registered
+	// connection receives after its registration, in order, on the
+	// connection's read loop, before the message is recorded or an offer's
+	// answer is delivered. It must be quick and must not wait for the
+	// connection's own messages (Offer, the Wait methods): it would
+	// wait for itself. Treat the message as read-only.
+	OnMessage func(c *Conn, m *livekit.WorkerMessage)
 }
 
 // Server is a fake LiveKit server that serves only the agent worker
@@ -230,6 +244,9 @@ func (s *Server) bumpLocked() {
 }
 
 func (s *Server) addStatus(u *livekit.UpdateJobStatus) {
+	if s.opts.NoRecord {
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.statuses = append(s.statuses, u)
