@@ -337,19 +337,7 @@ func BenchmarkJobCycle(b *testing.B) {
 		}
 	}})
 	ctx := waitCtx(b)
-	lat := make([]time.Duration, 0, 1024)
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		sent := now()
-		r.assign(ctx, r.offer(ctx, i))
-		if got := <-finals; got != i {
-			b.Fatalf("final status of job %d, want %d", got, i)
-		}
-		lat = append(lat, now()-sent)
-		i++
-	}
-	reportLatency(b, "cycle-", lat)
+	r.cycles(ctx, b, 0, finals)
 	if f := r.failed.Load(); f > 0 {
 		b.Fatalf("%d jobs failed", f)
 	}
@@ -377,6 +365,24 @@ func (r *rig) endJobs(ctx context.Context, from, to int) {
 	r.waitFor("the final statuses", func() bool { return r.succeeded.Load()+r.failed.Load() >= want })
 }
 
+// cycles runs one full job cycle per benchmark iteration, jobs numbered
+// from first, each waited for on finals, and reports their latency.
+func (r *rig) cycles(ctx context.Context, b *testing.B, first int, finals <-chan int) {
+	lat := make([]time.Duration, 0, 1024)
+	b.ReportAllocs()
+	i := first
+	for b.Loop() {
+		sent := now()
+		r.assign(ctx, r.offer(ctx, i))
+		if got := <-finals; got != i {
+			b.Fatalf("final status of job %d, want %d", got, i)
+		}
+		lat = append(lat, now()-sent)
+		i++
+	}
+	reportLatency(b, "cycle-", lat)
+}
+
 // Full job cycles while 1,000 other jobs run: the cost of a job, and of its
 // status traffic, in a busy worker.
 func BenchmarkJobCycleUnder1000Running(b *testing.B) {
@@ -389,19 +395,7 @@ func BenchmarkJobCycleUnder1000Running(b *testing.B) {
 	}})
 	ctx := waitCtx(b)
 	r.holdJobs(ctx, held)
-	lat := make([]time.Duration, 0, 1024)
-	b.ReportAllocs()
-	i := held
-	for b.Loop() {
-		sent := now()
-		r.assign(ctx, r.offer(ctx, i))
-		if got := <-finals; got != i {
-			b.Fatalf("final status of job %d, want %d", got, i)
-		}
-		lat = append(lat, now()-sent)
-		i++
-	}
-	reportLatency(b, "cycle-", lat)
+	r.cycles(ctx, b, held, finals)
 	if n := len(r.w.Snapshot().Jobs); n != held {
 		b.Fatalf("%d jobs running, want %d", n, held)
 	}
