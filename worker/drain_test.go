@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -224,5 +225,35 @@ func TestStopDuringRegistration(t *testing.T) {
 	}
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("Run took %s to return while registering, want well under RegisterTimeout", took)
+	}
+}
+
+// The HTTP endpoints live exactly as long as Run: HTTPAddr names them while
+// Run runs, and nothing listens there afterwards.
+func TestHTTPEndpointsEndWithRun(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServer(t)
+	o := testOptions(srv, "http-bot", "")
+	o.HTTPAddr = "127.0.0.1:0"
+	r := startWorker(t, o, newRecorder().handle)
+	eventually(t, "the HTTP endpoints", func() bool { return r.w.HTTPAddr() != "" })
+	addr := r.w.HTTPAddr()
+	resp, err := http.Get("http://" + addr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz = %d while running", resp.StatusCode)
+	}
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.w.HTTPAddr(); got != "" {
+		t.Fatalf("HTTPAddr = %q after Run returned", got)
+	}
+	if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("%s still answers after Run returned", addr)
 	}
 }

@@ -113,7 +113,7 @@ func (w *Worker) notReady(checkDraining bool) string {
 	return ""
 }
 
-// serveHTTP serves Handler on Options.HTTPAddr until ctx ends.
+// listenHTTP binds Options.HTTPAddr and records the bound address.
 func (w *Worker) listenHTTP() (net.Listener, error) {
 	ln, err := net.Listen("tcp", w.o.HTTPAddr)
 	if err != nil {
@@ -125,6 +125,7 @@ func (w *Worker) listenHTTP() (net.Listener, error) {
 	return ln, nil
 }
 
+// serveHTTP serves Handler on ln until the returned stop is called.
 func (w *Worker) serveHTTP(ln net.Listener) (stop func()) {
 	hs := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
@@ -139,6 +140,9 @@ func (w *Worker) serveHTTP(ln net.Listener) (stop func()) {
 		defer cancel()
 		_ = hs.Shutdown(ctx)
 		<-done
+		w.mu.Lock()
+		w.httpAddr = ""
+		w.mu.Unlock()
 	}
 }
 
