@@ -60,6 +60,17 @@ type Options struct {
 	Logs io.Writer
 	// Binary is the livekit-server executable; "" uses [Binary].
 	Binary string
+	// LogLevel is the server's log level: "debug", "info" (the default),
+	// "warn" or "error". At "debug" the server logs what it does with
+	// every job status it receives ("received job update for unknown job").
+	LogLevel string
+	// WebhookURLs, if set, are the URLs the server posts its webhooks to
+	// (room and participant events), signed with APIKey's secret.
+	WebhookURLs []string
+	// AgentsTargetLoad is the server's agents.target_load: a node takes a
+	// job only while its available workers' loads sum below it; 0 keeps
+	// the server's default (0.7).
+	AgentsTargetLoad float64
 }
 
 // Server is a running (or stopped) livekit-server process. Its ports and
@@ -228,7 +239,20 @@ func (s *Server) configYAML() string {
 	if s.opts.RedisAddr != "" {
 		fmt.Fprintf(&b, "redis:\n  address: %s\n", yamlString(s.opts.RedisAddr))
 	}
-	fmt.Fprintf(&b, "logging:\n  level: info\n")
+	level := s.opts.LogLevel
+	if level == "" {
+		level = "info"
+	}
+	fmt.Fprintf(&b, "logging:\n  level: %s\n", yamlString(level))
+	if len(s.opts.WebhookURLs) > 0 {
+		fmt.Fprintf(&b, "webhook:\n  api_key: %s\n  urls:\n", yamlString(s.opts.APIKey))
+		for _, u := range s.opts.WebhookURLs {
+			fmt.Fprintf(&b, "    - %s\n", yamlString(u))
+		}
+	}
+	if s.opts.AgentsTargetLoad > 0 {
+		fmt.Fprintf(&b, "agents:\n  target_load: %g\n", s.opts.AgentsTargetLoad)
+	}
 	return b.String()
 }
 
