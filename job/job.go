@@ -119,7 +119,9 @@ type Job struct {
 	cancel   context.CancelCauseFunc
 	onConn   func(Timing)
 
-	mu     sync.Mutex
+	connMu sync.Mutex // serializes Connect
+
+	mu     sync.Mutex // guards what follows; never held while calling out
 	room   *lksdk.Room
 	hooks  []func(ctx context.Context, reason error)
 	timing Timing
@@ -188,17 +190,27 @@ func (j *Job) Logger() *slog.Logger { return j.log }
 // agent removed), the job's context is cancelled with ErrRoomDisconnected.
 // cb's own callbacks still run.
 func (j *Job) Connect(ctx context.Context, cb *lksdk.RoomCallback, opts ...lksdk.ConnectOption) (*lksdk.Room, error) {
+	// connMu makes concurrent calls join once; j.mu is never held while
+	// joining (which waits for the ICE handshake), nor while calling back.
+	j.connMu.Lock()
+	defer j.connMu.Unlock()
 	j.mu.Lock()
-	defer j.mu.Unlock()
 	if j.room != nil {
-		return j.room, nil
+		room := j.room
+		j.mu.Unlock()
+		return room, nil
 	}
 	if j.ended {
+		j.mu.Unlock()
 		return nil, errors.New("job: Connect after the job ended")
 	}
 	if j.url == "" || j.token == "" {
+		j.mu.Unlock()
 		return nil, errors.New("job: Connect needs a URL and a token; this job was created without them")
 	}
+	j.timing.ConnectCalled = time.Now()
+	j.mu.Unlock()
+
 	wrapped := lksdk.NewRoomCallback()
 	if cb != nil {
 		c := *cb
@@ -211,18 +223,24 @@ func (j *Job) Connect(ctx context.Context, cb *lksdk.RoomCallback, opts ...lksdk
 		}
 		j.cancel(ErrRoomDisconnected)
 	}
-	cb = wrapped
-	j.timing.ConnectCalled = time.Now()
-	room := lksdk.NewRoom(cb)
+	room := lksdk.NewRoom(wrapped)
 	if err := room.JoinWithContextAndToken(ctx, j.url, j.token, opts...); err != nil {
 		return nil, fmt.Errorf("job %s: join room %q: %w", j.ID(), j.RoomName(), err)
 	}
+	j.mu.Lock()
+	if j.ended {
+		j.mu.Unlock()
+		room.Disconnect()
+		return nil, errors.New("job: the job ended while joining its room")
+	}
 	j.timing.Connected = time.Now()
 	j.room = room
+	t := j.timing
+	j.mu.Unlock()
 	j.log.Debug("joined room", slog.String("identity", j.identity),
-		slog.Duration("took", j.timing.Connected.Sub(j.timing.ConnectCalled)))
+		slog.Duration("took", t.Connected.Sub(t.ConnectCalled)))
 	if j.onConn != nil {
-		j.onConn(j.timing)
+		j.onConn(t)
 	}
 	return room, nil
 }

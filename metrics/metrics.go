@@ -5,7 +5,8 @@
 //
 // The worker package creates and feeds these collectors; most programs only
 // scrape them (Options.HTTPAddr) or pass their own registry
-// (Options.Registerer).
+// (Options.Registerer), which may wrap another (prometheus.WrapRegistererWith
+// to add pod labels).
 package metrics
 
 import (
@@ -15,8 +16,8 @@ import (
 // Namespace prefixes every metric name.
 const Namespace = "lkagent"
 
-// Worker holds one worker's collectors. Its methods are safe for concurrent
-// use; a nil *Worker discards everything.
+// Worker holds one worker's collectors. The collectors are safe for
+// concurrent use, as every Prometheus collector is.
 type Worker struct {
 	Connected          prometheus.Gauge
 	Registrations      prometheus.Counter
@@ -34,11 +35,13 @@ type Worker struct {
 	DecisionLatency    prometheus.Histogram
 	Load               prometheus.Gauge
 	Draining           prometheus.Gauge
+	StatusesDropped    prometheus.Counter
+	JobsMigrated       prometheus.Counter
 }
 
-// New creates a worker's collectors labelled with agentName and deployment
-// and registers them with reg.
-func New(reg prometheus.Registerer, agentName, deployment string) (*Worker, error) {
+// New creates a worker's collectors labelled with agentName and deployment.
+// Register them with [Worker.Register].
+func New(agentName, deployment string) *Worker {
 	labels := prometheus.Labels{"agent_name": agentName, "deployment": deployment}
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help, ConstLabels: labels})
@@ -70,13 +73,29 @@ func New(reg prometheus.Registerer, agentName, deployment string) (*Worker, erro
 		DecisionLatency: hist("offer_decision_latency_seconds", "Time from offer received to availability answer.", fast),
 		Load:            gauge("load", "Load the worker reports to the server, 0 to 1."),
 		Draining:        gauge("draining", "1 while the worker drains, else 0."),
+		StatusesDropped: counter("job_statuses_dropped_total",
+			"Job statuses not sent because the connection their job was assigned on had ended (the server forgot that connection's jobs)."),
+		JobsMigrated: counter("jobs_migrated_total",
+			"Running jobs reported to the server in a MigrateJob request after they outlived their connection."),
 	}
-	for _, c := range []prometheus.Collector{m.Connected, m.Registrations, m.ReconnectAttempts, m.Disconnects,
+	return m
+}
+
+// Collectors returns every collector of m.
+func (m *Worker) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.Connected, m.Registrations, m.ReconnectAttempts, m.Disconnects,
 		m.OffersReceived, m.OffersAccepted, m.OffersDeclined, m.AssignmentTimeouts, m.UnexpectedAssigns,
-		m.JobsRunning, m.JobsFinished, m.JobDuration, m.LaunchLatency, m.DecisionLatency, m.Load, m.Draining} {
+		m.JobsRunning, m.JobsFinished, m.JobDuration, m.LaunchLatency, m.DecisionLatency, m.Load, m.Draining,
+		m.StatusesDropped, m.JobsMigrated}
+}
+
+// Register registers every collector of m with reg. The same collectors
+// can be registered with several registries.
+func (m *Worker) Register(reg prometheus.Registerer) error {
+	for _, c := range m.Collectors() {
 		if err := reg.Register(c); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return m, nil
+	return nil
 }

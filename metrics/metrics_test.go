@@ -15,12 +15,12 @@ import (
 // series differ by the deployment label.
 func TestDeploymentsShareARegistry(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	staging, err := metrics.New(reg, "support-bot", "staging")
-	if err != nil {
+	staging := metrics.New("support-bot", "staging")
+	if err := staging.Register(reg); err != nil {
 		t.Fatal(err)
 	}
-	prod, err := metrics.New(reg, "support-bot", "")
-	if err != nil {
+	prod := metrics.New("support-bot", "")
+	if err := prod.Register(reg); err != nil {
 		t.Fatalf("a second deployment in the same registry: %v", err)
 	}
 	staging.OffersDeclined.WithLabelValues("foreign_deployment").Inc()
@@ -37,27 +37,29 @@ lkagent_offers_declined_total{agent_name="support-bot",deployment="staging",reas
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "lkagent_jobs_finished_total", "lkagent_offers_declined_total"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := metrics.New(reg, "support-bot", "staging"); err == nil {
+	if err := metrics.New("support-bot", "staging").Register(reg); err == nil {
 		t.Fatal("registering the same agent and deployment twice succeeded")
 	}
 }
 
 func TestNamesFollowConventions(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m, err := metrics.New(reg, "a", "b")
-	if err != nil {
+	m := metrics.New("a", "b")
+	if err := m.Register(reg); err != nil {
 		t.Fatal(err)
 	}
 	m.JobDuration.Observe(1)
 	m.Disconnects.WithLabelValues("go_away").Inc()
 	m.OffersDeclined.WithLabelValues("full").Inc()
 	m.JobsFinished.WithLabelValues("success").Inc()
+	m.StatusesDropped.Inc()
+	m.JobsMigrated.Inc()
 	fams, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(fams) != 16 {
-		t.Errorf("%d metric families, want 16", len(fams))
+	if want := len(m.Collectors()); len(fams) != want {
+		t.Errorf("%d metric families, want %d", len(fams), want)
 	}
 	for _, f := range fams {
 		name := f.GetName()
@@ -88,8 +90,8 @@ func TestNamesFollowConventions(t *testing.T) {
 
 func ExampleNew() {
 	reg := prometheus.NewRegistry()
-	m, err := metrics.New(reg, "support-bot", "staging")
-	if err != nil {
+	m := metrics.New("support-bot", "staging")
+	if err := m.Register(reg); err != nil {
 		panic(err)
 	}
 	m.OffersReceived.Inc()

@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -90,6 +91,12 @@ type rig struct {
 	runningSt, succeeded         atomic.Int64
 	failed                       atomic.Int64
 	workerStatuses, lastJobCount atomic.Int64 // lastJobCount: of the last worker status
+
+	// Held jobs end when endJobs marks them: ended ranges, and a channel
+	// closed and replaced at every change.
+	endMu sync.Mutex
+	ended [][2]int
+	wake  chan struct{}
 }
 
 // benchLogger logs as a production worker does: JSON at Info level (to
@@ -100,7 +107,7 @@ func benchLogger() *slog.Logger {
 
 func newRig(tb testing.TB, cfg rigConfig) *rig {
 	tb.Helper()
-	r := &rig{tb: tb, cfg: cfg, runDone: make(chan error, 1)}
+	r := &rig{tb: tb, cfg: cfg, runDone: make(chan error, 1), wake: make(chan struct{})}
 	r.srv = workertest.NewServerWithOptions(tb, workertest.Options{NoRecord: true, OnMessage: r.onMessage})
 	w, err := worker.New(worker.Options{
 		URL: r.srv.URL(), APIKey: "bench-key", APISecret: "bench-secret", AgentName: benchAgent,
@@ -110,6 +117,9 @@ func newRig(tb testing.TB, cfg rigConfig) *rig {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	// The fake has no assignment race: holding statuses back would only
+	// add the delay to every measured cycle.
+	worker.SetStatusDelay(w, 0)
 	r.w = w
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
@@ -166,10 +176,32 @@ func (r *rig) handle(ctx context.Context, j *job.Job) error {
 		r.cfg.onStart(i, at)
 	}
 	if i < r.cfg.holdBelow {
-		<-ctx.Done()
-		return ctx.Err()
+		for {
+			ended, wake := r.endedJob(i)
+			if ended {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-wake:
+			}
+		}
 	}
 	return nil
+}
+
+// endedJob reports whether held job i was ended, and a channel closed at
+// the next change.
+func (r *rig) endedJob(i int) (bool, <-chan struct{}) {
+	r.endMu.Lock()
+	defer r.endMu.Unlock()
+	for _, e := range r.ended {
+		if i >= e[0] && i < e[1] {
+			return true, r.wake
+		}
+	}
+	return false, r.wake
 }
 
 // stop stops the worker (Run must return nil) and closes the fake.
@@ -256,8 +288,8 @@ func reportLatency(b *testing.B, prefix string, d []time.Duration) {
 
 // Offer → availability answer, one offer at a time, with the default
 // decision and with an OnRequest that accepts with options. The fake
-// terminates each accepted offer, as the server does with one it does not
-// assign, so reservations do not pile up.
+// sends a termination for each accepted offer, so reservations do not pile
+// up.
 func BenchmarkOfferAnswer(b *testing.B) {
 	for _, tc := range []struct {
 		name      string
@@ -279,7 +311,10 @@ func BenchmarkOfferAnswer(b *testing.B) {
 				sent := now()
 				j := r.offer(ctx, i)
 				lat = append(lat, now()-sent)
-				if err := r.conn.Terminate(j.GetId()); err != nil {
+				// Frees the slot (LiveKit's server would let the
+				// reservation time out).
+				if err := r.conn.Send(ctx, &livekit.ServerMessage{Message: &livekit.ServerMessage_Termination{
+					Termination: &livekit.JobTermination{JobId: j.GetId()}}}); err != nil {
 					b.Fatal(err)
 				}
 				i++
@@ -353,15 +388,15 @@ func (r *rig) holdJobs(ctx context.Context, n int) {
 	r.waitFor("the held jobs to run", func() bool { return r.runningSt.Load() >= int64(n) })
 }
 
-// endJobs terminates jobs [from, to), as the server does, and waits until
-// the fake received their final statuses.
+// endJobs makes the handlers of held jobs [from, to) return, and waits
+// until the fake received their final statuses.
 func (r *rig) endJobs(ctx context.Context, from, to int) {
 	want := r.succeeded.Load() + r.failed.Load() + int64(to-from)
-	for i := from; i < to; i++ {
-		if err := r.conn.Terminate("AJ_" + strconv.Itoa(i)); err != nil {
-			r.tb.Fatalf("terminate %d: %v", i, err)
-		}
-	}
+	r.endMu.Lock()
+	r.ended = append(r.ended, [2]int{from, to})
+	close(r.wake)
+	r.wake = make(chan struct{})
+	r.endMu.Unlock()
 	r.waitFor("the final statuses", func() bool { return r.succeeded.Load()+r.failed.Load() >= want })
 }
 

@@ -16,69 +16,82 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/livekit/protocol/auth"
 	"github.com/livekit/protocol/livekit"
-	"google.golang.org/protobuf/proto"
+
+	"github.com/lkagent/lkagent/internal/wire"
 )
 
-// maxFrame bounds one inbound frame; larger frames are a protocol error.
-const maxFrame = 4 << 20
+const (
+	// quickDrop: a registration the server ended this soon was dropped
+	// by the server, not lost to the network.
+	quickDrop = 2 * time.Second
+	// quickDropsToWarn: quick drops in a row before the worker says what
+	// they likely mean. One can be a server shutting down right after
+	// answering; two in a row are the server refusing the registration.
+	quickDropsToWarn = 2
+	// statusGap is the least time between two worker status updates.
+	statusGap = 50 * time.Millisecond
+	// stableAfter: a connection that lived this long resets the backoff.
+	stableAfter = 30 * time.Second
+	// tokenTTL is the validity of the worker's connection token.
+	tokenTTL = time.Hour
+)
 
-// quickDrop: a connection the server closed this soon after registering it
-// was dropped, not lost.
-const quickDrop = 2 * time.Second
+// StatusDelay is the least time between a job's assignment arriving and
+// the first status the worker sends about that job.
+//
+// LiveKit's server writes an assignment to the worker and only then
+// records the job as running on that connection; a status that arrives in
+// between is dropped as a status of an unknown job, and the server shows
+// the job running forever. On loopback a handler that returns at once
+// lost its end about once in 60 jobs without a delay; the gap the server
+// needs is a goroutine switch (microseconds), more on a loaded machine.
+// Holding a job's statuses this long costs nothing else: the job's slot is
+// freed as soon as it ends.
+const StatusDelay = 250 * time.Millisecond
 
-// maxRefusals: registrations refused in a row before Run gives up.
-const maxRefusals = 3
-
-// statusGap is the least time between two worker status updates.
-const statusGap = 50 * time.Millisecond
-
-// stableAfter: a connection that lived this long resets the backoff.
-const stableAfter = 30 * time.Second
-
-// connectLoop keeps the worker registered until ctx ends or a fatal error.
+// connectLoop keeps the worker registered until ctx ends or an error that
+// retrying cannot fix. It never ends a job.
 func (w *Worker) connectLoop(ctx, jobCtx context.Context) error {
 	instanceID := randomID()
-	failures, quickDrops, refusals := 0, 0, 0
+	failures, goAways, quickDrops := 0, 0, 0
 	for {
-		start := time.Now()
 		w.notify(StateChange{State: StateConnecting, Attempt: failures + 1})
-		registered, err := w.runSession(ctx, jobCtx, instanceID)
+		res := w.runSession(ctx, jobCtx, instanceID)
 		if ctx.Err() != nil {
 			w.notify(StateChange{State: StateStopped})
 			return nil
 		}
-		var fatal *fatalError
-		if errors.As(err, &fatal) {
-			w.log.Error("worker cannot connect", slog.Any("error", err))
-			w.notify(StateChange{State: StateStopped, Err: fatal.err})
-			return fatal.err
+		kind := wire.KindOf(res.err)
+		err := runError(kind, res.err)
+		if kind.Permanent() {
+			w.log.Error("worker cannot connect; not retrying", slog.Any("error", err))
+			w.notify(StateChange{State: StateStopped, Err: err})
+			return err
 		}
-		// A server that keeps closing the socket instead of answering the
-		// registration will not change its mind: stop after a few tries.
-		if errors.Is(err, ErrRegistrationRefused) {
-			if refusals++; refusals >= maxRefusals {
-				err = fmt.Errorf("%w (%d times in a row; check that the server supports agent workers and the registration's agent name, job type and deployment)", err, refusals)
-				w.log.Error("worker cannot register", slog.Any("error", err))
-				w.notify(StateChange{State: StateStopped, Err: err})
-				return err
+		if res.registered && res.lived >= stableAfter {
+			failures, goAways, quickDrops = 0, 0, 0
+			w.setHint("")
+		}
+		var delay time.Duration
+		if kind == wire.GoAway {
+			// The server's routine drain: reconnect at once, but not in
+			// a tight loop if it keeps sending us away.
+			if goAways++; goAways > 1 {
+				delay = backoff(goAways-1, w.o.MinBackoff, w.o.MaxBackoff)
 			}
 		} else {
-			refusals = 0
-		}
-		lived := time.Since(start)
-		if registered && lived >= stableAfter {
-			failures, quickDrops = 0, 0
-		}
-		if registered && lived < quickDrop && !errors.Is(err, ErrGoAway) {
-			quickDrops++
-			w.log.Warn("the server dropped the worker right after registering it; this usually means the server could not serve this registration (check its logs for the agent name, deployment and job type), or that another process keeps superseding this worker",
-				slog.Int("times_in_a_row", quickDrops), slog.Any("error", err))
-		}
-		// A go-away is the server's routine drain, not a failure: it
-		// neither counts toward MaxRetry nor waits.
-		goAway := errors.Is(err, ErrGoAway)
-		if !goAway {
 			failures++
+			delay = backoff(failures, w.o.MinBackoff, w.o.MaxBackoff)
+		}
+		switch {
+		case res.registered && res.lived < quickDrop && dropped(kind, res.err):
+			if quickDrops++; quickDrops >= quickDropsToWarn {
+				hint := w.quickDropHint(quickDrops)
+				w.setHint(hint)
+				w.log.Warn(hint, slog.Any("error", err))
+			}
+		case res.registered:
+			quickDrops = 0
 		}
 		if w.o.MaxRetry > 0 && failures > w.o.MaxRetry {
 			err = &gaveUpError{attempts: failures, last: err}
@@ -89,13 +102,14 @@ func (w *Worker) connectLoop(ctx, jobCtx context.Context) error {
 			w.notify(StateChange{State: StateStopped, Err: err})
 			return err
 		}
-		var delay time.Duration
-		if !goAway {
-			delay = backoff(failures, w.o.MinBackoff, w.o.MaxBackoff)
-		}
 		w.obs.reconnect()
-		w.obs.disconnected(disconnectReason(registered, err))
-		w.log.Warn("disconnected; reconnecting", slog.Any("error", err), slog.Duration("retry_in", delay), slog.Int("attempt", failures))
+		w.obs.disconnected(disconnectReason(res.registered, kind, res.err))
+		level := slog.LevelWarn
+		if kind == wire.Refused {
+			level = slog.LevelError // a server that refuses us will likely keep doing so: say it loudly
+		}
+		w.log.Log(context.Background(), level, "disconnected; reconnecting", slog.Any("error", err),
+			slog.String("kind", kind.String()), slog.Duration("retry_in", delay), slog.Int("attempt", failures))
 		w.notify(StateChange{State: StateDisconnected, Err: err, RetryIn: delay, Attempt: failures})
 		t := time.NewTimer(delay)
 		select {
@@ -106,6 +120,68 @@ func (w *Worker) connectLoop(ctx, jobCtx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// dropped reports whether a connection's end was the server dropping it:
+// neither a go-away nor a pong timeout (which is the network).
+func dropped(k wire.Kind, err error) bool {
+	return (k == wire.Lost || k == wire.Closed || k == wire.Refused) && !errors.Is(err, ErrPongTimeout)
+}
+
+// runError wraps err with the sentinel of its kind, for errors.Is.
+func runError(k wire.Kind, err error) error {
+	switch k {
+	case wire.Unauthorized:
+		return fmt.Errorf("worker: %w: %w", ErrUnauthorized, err)
+	case wire.Misconfigured:
+		return fmt.Errorf("worker: %w: %w", ErrMisconfigured, err)
+	case wire.Refused:
+		return fmt.Errorf("worker: %w: %w", ErrRegistrationRefused, err)
+	}
+	return fmt.Errorf("worker: %w", err)
+}
+
+// quickDropHint says what a registration the server keeps dropping at once
+// likely means, naming the registration it may collide with.
+func (w *Worker) quickDropHint(times int) string {
+	hint := fmt.Sprintf("the server dropped the registration right after accepting it, %d times in a row", times)
+	if other, ok := topicTwin(w.o.AgentName, w.o.Deployment); ok {
+		return hint + fmt.Sprintf("; on LiveKit's server agent %q in %s and agent %q in %s share one job topic, "+
+			"and the second of them to register is refused: if both run, rename one",
+			w.o.AgentName, deploymentName(w.o.Deployment), other.agentName, deploymentName(other.deployment))
+	}
+	return hint + "; check the server's log for this agent name and deployment"
+}
+
+// registration is an agent name and deployment pair.
+type registration struct{ agentName, deployment string }
+
+// topicTwin returns the registration whose job topic on LiveKit's server
+// equals that of (agentName, deployment), if there is one: the server names
+// the topic agentName, plus "_" and the deployment when there is one.
+func topicTwin(agentName, deployment string) (registration, bool) {
+	if agentName == "" {
+		return registration{}, false
+	}
+	if deployment != "" {
+		return registration{agentName: agentName + "_" + deployment}, true
+	}
+	for i := len(agentName) - 1; i > 0; i-- {
+		if agentName[i] == '_' {
+			if d := agentName[i+1:]; d != "" && validDeployment(d) == nil {
+				return registration{agentName: agentName[:i], deployment: d}, true
+			}
+			return registration{}, false
+		}
+	}
+	return registration{}, false
+}
+
+func deploymentName(d string) string {
+	if d == "" {
+		return "production"
+	}
+	return "deployment " + fmt.Sprintf("%q", d)
 }
 
 // backoff is the delay before attempt n (1-based): exponential from min,
@@ -127,18 +203,25 @@ func randomID() string {
 	return hex.EncodeToString(b)
 }
 
-// session is one connection: registered, serving, then closed.
+// session is one connection: dialled, registered, serving, then closed.
 type session struct {
-	w        *Worker
-	ws       *websocket.Conn
-	workerID string
-	out      chan *livekit.WorkerMessage // connection-bound messages
-	kick     chan struct{}               // outbox has work
-	status   chan struct{}               // worker status changed
-	done     chan struct{}               // closed when the session ends
-	lastPong atomic.Int64                // unix nanos
-	closeErr error
-	once     sync.Once
+	w    *Worker
+	conn *wire.Worker
+
+	out        chan *livekit.WorkerMessage // connection-bound messages
+	kick       chan struct{}               // the outbox has work
+	status     chan struct{}               // the worker status changed
+	registered chan struct{}               // closed when the registration is answered
+	done       chan struct{}               // closed when the session ends
+	lastPong   atomic.Int64                // unix nanos
+	reg        *livekit.RegisterWorkerResponse
+	regOnce    sync.Once
+	closeErr   error
+	once       sync.Once
+
+	// outbox holds the job statuses to write on this connection, in
+	// order. Guarded by w.mu.
+	outbox []*livekit.UpdateJobStatus
 }
 
 func (s *session) fail(err error) {
@@ -147,6 +230,17 @@ func (s *session) fail(err error) {
 		close(s.done)
 	})
 }
+
+func (s *session) isRegistered() bool {
+	select {
+	case <-s.registered:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *session) workerID() string { return s.reg.GetWorkerId() }
 
 func (s *session) kickOutbox() {
 	select {
@@ -172,43 +266,47 @@ func (s *session) send(m *livekit.WorkerMessage) bool {
 	}
 }
 
-// dial opens the /agent websocket and registers.
-func (w *Worker) dial(ctx context.Context, instanceID string) (*websocket.Conn, *livekit.RegisterWorkerResponse, error) {
-	at := auth.NewAccessToken(w.o.APIKey, w.o.APISecret).
+// sessionResult is how a session ended.
+type sessionResult struct {
+	registered bool          // the server answered the registration
+	lived      time.Duration // from the answer to the end
+	err        error
+}
+
+// errRegisterTimeout: the server accepted the connection but did not
+// answer the registration in time.
+var errRegisterTimeout = errors.New("no answer to the registration in time")
+
+// runSession dials, registers and serves one connection until it fails or
+// ctx ends (then it closes the connection cleanly).
+func (w *Worker) runSession(ctx, jobCtx context.Context, instanceID string) sessionResult {
+	token, err := auth.NewAccessToken(w.o.APIKey, w.o.APISecret).
 		SetVideoGrant(&auth.VideoGrant{Agent: true}).
-		SetValidFor(time.Hour)
-	token, err := at.ToJWT()
+		SetValidFor(tokenTTL).
+		ToJWT()
 	if err != nil {
-		return nil, nil, &fatalError{fmt.Errorf("worker: sign worker token: %w", err)}
+		return sessionResult{err: wire.New(wire.Misconfigured, "dial", fmt.Errorf("sign the worker token: %w", err))}
 	}
-	hdr := http.Header{"Authorization": []string{"Bearer " + token}}
 	dctx, cancel := context.WithTimeout(ctx, w.o.RegisterTimeout)
 	defer cancel()
-	target := agentURL(w.o.URL)
-	ws, resp, err := w.dialer.DialContext(dctx, target, hdr)
-	if err != nil {
-		if resp != nil {
-			switch resp.StatusCode {
-			case http.StatusUnauthorized, http.StatusForbidden:
-				return nil, nil, &fatalError{fmt.Errorf("worker: connect %s: %w", target, ErrUnauthorized)}
-			}
-			return nil, nil, fmt.Errorf("worker: connect %s: HTTP %d: %w", target, resp.StatusCode, err)
-		}
-		return nil, nil, fmt.Errorf("worker: connect %s: %w", target, err)
-	}
-	ws.SetReadLimit(maxFrame)
-	// Registration reads ignore ctx: when it ends, end the wait too.
-	var regMu sync.Mutex
-	regDone := false
-	stop := context.AfterFunc(ctx, func() {
-		regMu.Lock()
-		defer regMu.Unlock()
-		if !regDone {
-			_ = ws.SetReadDeadline(time.Now())
-		}
+	conn, err := wire.Dial(dctx, wire.DialConfig{
+		URL:    w.agentURL,
+		Header: http.Header{"Authorization": []string{"Bearer " + token}},
+		Dialer: w.dialer,
 	})
-	defer stop()
-	reg := &livekit.WorkerMessage{Message: &livekit.WorkerMessage_Register{Register: &livekit.RegisterWorkerRequest{
+	if err != nil {
+		return sessionResult{err: err}
+	}
+	s := &session{
+		w:          w,
+		conn:       conn,
+		out:        make(chan *livekit.WorkerMessage, 256),
+		kick:       make(chan struct{}, 1),
+		status:     make(chan struct{}, 1),
+		registered: make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+	s.out <- &livekit.WorkerMessage{Message: &livekit.WorkerMessage_Register{Register: &livekit.RegisterWorkerRequest{
 		Type:               w.o.JobType,
 		AgentName:          w.o.AgentName,
 		Version:            w.o.Version,
@@ -217,148 +315,172 @@ func (w *Worker) dial(ctx context.Context, instanceID string) (*websocket.Conn, 
 		Deployment:         w.o.Deployment,
 		InstanceId:         instanceID,
 	}}}
-	deadline, _ := dctx.Deadline()
-	_ = ws.SetWriteDeadline(deadline)
-	if err := writeMsg(ws, reg); err != nil {
-		ws.Close()
-		return nil, nil, fmt.Errorf("worker: send registration: %w", err)
-	}
-	_ = ws.SetReadDeadline(deadline)
-	for {
-		msg, err := readMsg(ws)
-		if err != nil {
-			if ctx.Err() != nil {
-				_ = ws.WriteControl(websocket.CloseMessage,
-					websocket.FormatCloseMessage(websocket.CloseNormalClosure, "worker stopped"), time.Now().Add(time.Second))
-				ws.Close()
-				return nil, nil, fmt.Errorf("worker: registration interrupted: %w", ctx.Err())
-			}
-			ws.Close()
-			var ce *websocket.CloseError
-			if errors.As(err, &ce) || errors.Is(err, errFrame) {
-				return nil, nil, fmt.Errorf("worker: %w: %v", ErrRegistrationRefused, err)
-			}
-			return nil, nil, fmt.Errorf("worker: wait for registration: %w", err)
-		}
-		if r := msg.GetRegister(); r != nil {
-			regMu.Lock()
-			regDone = true
-			regMu.Unlock()
-			_ = ws.SetReadDeadline(time.Time{})
-			_ = ws.SetWriteDeadline(time.Time{})
-			return ws, r, nil
-		}
-		w.log.Debug("ignoring message before registration", slog.String("type", msgType(msg)))
-	}
-}
-
-var errFrame = errors.New("malformed frame")
-
-func writeMsg(ws *websocket.Conn, m *livekit.WorkerMessage) error {
-	b, err := proto.Marshal(m)
-	if err != nil {
-		return err
-	}
-	return ws.WriteMessage(websocket.BinaryMessage, b)
-}
-
-func readMsg(ws *websocket.Conn) (*livekit.ServerMessage, error) {
-	typ, b, err := ws.ReadMessage()
-	if err != nil {
-		return nil, err
-	}
-	if typ != websocket.BinaryMessage {
-		return nil, fmt.Errorf("%w: unexpected text frame of %d bytes", errFrame, len(b))
-	}
-	m := &livekit.ServerMessage{}
-	if err := proto.Unmarshal(b, m); err != nil {
-		return nil, fmt.Errorf("%w: %v", errFrame, err)
-	}
-	return m, nil
-}
-
-// runSession dials, registers and serves one connection until it fails or
-// ctx ends (then it closes the connection cleanly). registered reports
-// whether the server accepted the registration.
-func (w *Worker) runSession(ctx, jobCtx context.Context, instanceID string) (registered bool, err error) {
-	ws, reg, err := w.dial(ctx, instanceID)
-	if err != nil {
-		return false, err
-	}
-	s := &session{
-		w:        w,
-		ws:       ws,
-		workerID: reg.GetWorkerId(),
-		out:      make(chan *livekit.WorkerMessage, 256),
-		kick:     make(chan struct{}, 1),
-		status:   make(chan struct{}, 1),
-		done:     make(chan struct{}),
-	}
-	s.lastPong.Store(time.Now().UnixNano())
-	w.mu.Lock()
-	w.sess, w.workerID, w.connected = s, s.workerID, true
-	w.mu.Unlock()
-	w.obs.registered(true)
-	w.log.Info("registered", slog.String("worker_id", s.workerID),
-		slog.String("server_version", reg.GetServerInfo().GetVersion()))
-	w.notify(StateChange{State: StateRegistered, WorkerID: s.workerID})
-
-	var wg sync.WaitGroup
-	wg.Add(3)
-	go func() { defer wg.Done(); s.readLoop(jobCtx) }()
-	go func() { defer wg.Done(); s.writeLoop() }()
-	go func() { defer wg.Done(); s.tickLoop() }()
-	s.kickStatus()
-	s.kickOutbox()
+	var loops sync.WaitGroup
+	loops.Add(2)
+	go func() { defer loops.Done(); s.readLoop(jobCtx) }()
+	go func() { defer loops.Done(); s.writeLoop() }()
 
 	select {
-	case <-ctx.Done():
-		s.fail(errStopped)
+	case <-s.registered:
 	case <-s.done:
+	case <-dctx.Done():
+		if ctx.Err() != nil {
+			s.fail(wire.New(wire.Stopped, "register", ctx.Err()))
+		} else {
+			s.fail(wire.New(wire.Lost, "register", fmt.Errorf("%w (%s)", errRegisterTimeout, w.o.RegisterTimeout)))
+		}
 	}
-	w.mu.Lock()
-	w.sess, w.connected = nil, false
-	w.mu.Unlock()
-	w.obs.registered(false)
-	// Unblock the read loop, which may wait on a dead connection (no pong)
-	// forever. A stopping worker first gives the server a moment to answer
-	// its close frame.
-	grace := time.Duration(0)
-	if errors.Is(s.closeErr, errStopped) {
-		grace = time.Second
+	res := sessionResult{registered: s.isRegistered()}
+	var registeredAt time.Time
+	if res.registered {
+		registeredAt = time.Now()
+		w.publish(s)
+		loops.Add(1)
+		go func() { defer loops.Done(); s.tickLoop() }()
+		select {
+		case <-ctx.Done():
+			s.fail(wire.New(wire.Stopped, "serve", errStopped))
+		case <-s.done:
+		}
+		res.lived = time.Since(registeredAt)
 	}
-	_ = ws.SetReadDeadline(time.Now().Add(grace))
-	wg.Wait()
-	ws.Close()
-	w.dropReservations()
-	return true, s.closeErr
+	w.unpublish(s)
+	if wire.KindOf(s.closeErr) == wire.Stopped {
+		// Tell the server, and give it a moment to answer our close.
+		_ = conn.SendClose(websocket.CloseNormalClosure, "worker stopped")
+		_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+		waitOrAbort(&loops, time.Second, conn)
+	}
+	_ = conn.Abort() // unblocks the read loop, which may wait on a dead connection forever
+	loops.Wait()
+	res.err = s.closeErr
+	return res
 }
 
-// readLoop dispatches inbound messages; it never blocks on user code.
+// waitOrAbort waits for wg up to d, then aborts conn.
+func waitOrAbort(wg *sync.WaitGroup, d time.Duration, conn *wire.Worker) {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		_ = conn.Abort()
+		<-done
+	}
+}
+
+// publish makes s the worker's current connection, tells the server which
+// jobs outlived earlier connections, and starts reporting.
+func (w *Worker) publish(s *session) {
+	s.lastPong.Store(time.Now().UnixNano())
+	w.mu.Lock()
+	w.sess, w.workerID, w.connected = s, s.workerID(), true
+	var outlived []string
+	for id, a := range w.jobs {
+		if a.line.sess != s {
+			outlived = append(outlived, id)
+		}
+	}
+	w.mu.Unlock()
+	w.obs.registered(true)
+	w.log.Info("registered", slog.String("worker_id", s.workerID()),
+		slog.String("server_version", s.reg.GetServerInfo().GetVersion()))
+	w.notify(StateChange{State: StateRegistered, WorkerID: s.workerID()})
+	if len(outlived) > 0 {
+		// LiveKit Cloud moves such jobs to the new connection; the
+		// open-source server (v1.13) ignores the request: there the jobs
+		// stay unknown to it and end with their rooms.
+		s.send(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_MigrateJob{
+			MigrateJob: &livekit.MigrateJobRequest{JobIds: outlived}}})
+		w.obs.migrated(len(outlived))
+		w.log.Info("jobs outlived the previous connection; asked the server to migrate them",
+			slog.Int("jobs", len(outlived)), slog.Any("job_ids", outlived))
+	}
+	s.kickStatus()
+	s.kickOutbox()
+}
+
+// unpublish ends s as the current connection: its unsent statuses and its
+// accepted but unassigned offers are dropped (they belong to it).
+func (w *Worker) unpublish(s *session) {
+	w.mu.Lock()
+	wasCurrent := w.sess == s
+	if wasCurrent {
+		w.sess, w.connected = nil, false
+	}
+	dropped := len(s.outbox)
+	s.outbox = nil
+	for id, r := range w.reserved {
+		if r.sess == s {
+			if r.timer != nil {
+				r.timer.Stop()
+			}
+			delete(w.reserved, id)
+		}
+	}
+	w.mu.Unlock()
+	if wasCurrent {
+		w.obs.registered(false)
+	}
+	if dropped > 0 {
+		w.obs.statusesDropped(dropped)
+	}
+}
+
+// readLoop dispatches inbound messages. It runs no user code and logs
+// nothing: whatever may block runs on goroutines of its own.
 func (s *session) readLoop(jobCtx context.Context) {
 	for {
-		msg, err := readMsg(s.ws)
+		msg, err := s.conn.Read()
 		if err != nil {
-			select {
-			case <-s.done:
-			default:
-				if errors.Is(err, errFrame) {
-					s.w.log.Warn("malformed message from server; reconnecting", slog.Any("error", err))
-				}
-				s.fail(fmt.Errorf("read: %w", err))
-			}
+			s.fail(err)
 			return
 		}
-		s.w.handleMessage(s, jobCtx, msg, time.Now())
+		s.w.dispatch(s, jobCtx, msg, time.Now())
+	}
+}
+
+// dispatch routes one server message.
+func (w *Worker) dispatch(s *session, jobCtx context.Context, msg *livekit.ServerMessage, at time.Time) {
+	w.touch()
+	switch m := msg.GetMessage().(type) {
+	case *livekit.ServerMessage_Register:
+		s.regOnce.Do(func() {
+			s.reg = m.Register
+			close(s.registered)
+		})
+	case *livekit.ServerMessage_Availability:
+		if !s.isRegistered() {
+			return // the server offers nothing before it registered us
+		}
+		w.bg.Add(1)
+		go func() {
+			defer w.bg.Done()
+			w.handleOffer(s, m.Availability, at)
+		}()
+	case *livekit.ServerMessage_Assignment:
+		w.handleAssignment(s, jobCtx, m.Assignment, at)
+	case *livekit.ServerMessage_Termination:
+		w.handleTermination(m.Termination.GetJobId())
+	case *livekit.ServerMessage_Pong:
+		s.lastPong.Store(at.UnixNano())
+	case *livekit.ServerMessage_GoAway:
+		s.fail(&wire.Error{Kind: wire.GoAway, Op: "read", Err: ErrGoAway})
+	default:
+		// A message of a newer protocol: ignored.
 	}
 }
 
 // writeLoop is the only writer of the socket.
 func (s *session) writeLoop() {
 	write := func(m *livekit.WorkerMessage) bool {
-		_ = s.ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if err := writeMsg(s.ws, m); err != nil {
-			s.fail(fmt.Errorf("write: %w", err))
+		if err := s.conn.Write(m); err != nil {
+			s.fail(err)
 			return false
 		}
 		return true
@@ -372,17 +494,15 @@ func (s *session) writeLoop() {
 	for {
 		select {
 		case <-s.done:
-			if errors.Is(s.closeErr, errStopped) {
-				_ = s.ws.SetWriteDeadline(time.Now().Add(time.Second))
-				_ = s.ws.WriteMessage(websocket.CloseMessage,
-					websocket.FormatCloseMessage(websocket.CloseNormalClosure, "worker stopped"))
-			}
 			return
 		case m := <-s.out:
 			if !write(m) {
 				return
 			}
 		case <-s.status:
+			if !s.isRegistered() {
+				continue
+			}
 			// Throttle: job churn must not turn into a status write per job.
 			if wait := statusGap - time.Since(lastStatus); wait > 0 {
 				if statusLater == nil {
@@ -401,20 +521,19 @@ func (s *session) writeLoop() {
 			for {
 				s.w.mu.Lock()
 				var head *livekit.UpdateJobStatus
-				if len(s.w.outbox) > 0 {
-					head = s.w.outbox[0]
+				if len(s.outbox) > 0 {
+					head = s.outbox[0]
+					s.outbox[0] = nil // the array must not keep sent statuses alive
+					s.outbox = s.outbox[1:]
 				}
 				s.w.mu.Unlock()
 				if head == nil {
 					break
 				}
 				if !write(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_UpdateJob{UpdateJob: head}}) {
+					s.w.obs.statusesDropped(1)
 					return
 				}
-				s.w.mu.Lock()
-				s.w.outbox[0] = nil // the array must not keep sent statuses alive
-				s.w.outbox = s.w.outbox[1:]
-				s.w.mu.Unlock()
 			}
 		}
 	}
@@ -436,7 +555,7 @@ func (s *session) tickLoop() {
 		case now := <-ping.C:
 			last := time.Unix(0, s.lastPong.Load())
 			if now.Sub(last) > s.w.o.PingInterval+s.w.o.PongTimeout {
-				s.fail(fmt.Errorf("%w (last pong %s ago)", ErrPongTimeout, now.Sub(last).Round(time.Millisecond)))
+				s.fail(wire.New(wire.Lost, "read", fmt.Errorf("%w (last pong %s ago)", ErrPongTimeout, now.Sub(last).Round(time.Millisecond))))
 				return
 			}
 			s.send(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_Ping{Ping: &livekit.WorkerPing{Timestamp: now.UnixMilli()}}})
@@ -444,41 +563,22 @@ func (s *session) tickLoop() {
 	}
 }
 
-func msgType(m *livekit.ServerMessage) string {
-	switch m.GetMessage().(type) {
-	case *livekit.ServerMessage_Register:
-		return "register"
-	case *livekit.ServerMessage_Availability:
-		return "availability"
-	case *livekit.ServerMessage_Assignment:
-		return "assignment"
-	case *livekit.ServerMessage_Termination:
-		return "termination"
-	case *livekit.ServerMessage_Pong:
-		return "pong"
-	case *livekit.ServerMessage_GoAway:
-		return "go_away"
-	case nil:
-		return "empty"
-	}
-	return "unknown"
-}
-
 // disconnectReason is a bounded label for why a connection ended.
-func disconnectReason(registered bool, err error) string {
-	var ce *websocket.CloseError
+func disconnectReason(registered bool, k wire.Kind, err error) string {
 	switch {
 	case errors.Is(err, ErrPongTimeout):
 		return "pong_timeout"
-	case errors.Is(err, ErrGoAway):
+	case errors.Is(err, errRegisterTimeout):
+		return "registration_timeout"
+	case k == wire.GoAway:
 		return "go_away"
-	case errors.Is(err, errFrame):
+	case k == wire.Malformed:
 		return "malformed_frame"
-	case errors.Is(err, ErrRegistrationRefused):
-		return "registration_refused"
+	case k == wire.Refused:
+		return "refused"
 	case !registered:
 		return "connect_failed"
-	case errors.As(err, &ce):
+	case k == wire.Closed:
 		return "closed_by_server"
 	}
 	return "connection_lost"

@@ -10,8 +10,14 @@ const Version = "0.1.0"
 
 // Errors Run returns, for callers that branch on them.
 var (
-	// ErrUnauthorized: the server rejected the API key or secret. Not retried.
-	ErrUnauthorized = errors.New("API key/secret rejected by the LiveKit server (HTTP 401): check the key and secret")
+	// ErrUnauthorized: the server rejected the API key or secret (HTTP 401
+	// or 403). Not retried.
+	ErrUnauthorized = errors.New("API key/secret rejected by the LiveKit server: check the key and secret")
+	// ErrMisconfigured: the URL is no LiveKit agent endpoint (HTTP 404 or
+	// another answer than an upgrade, TLS spoken to a plain server or the
+	// reverse, a certificate that does not verify). Not retried; the
+	// error says what to fix.
+	ErrMisconfigured = errors.New("the URL is not a LiveKit server's agent endpoint")
 	// ErrGaveUp: MaxRetry reconnect attempts in a row failed. It wraps the
 	// last attempt's error.
 	ErrGaveUp = errors.New("gave up reconnecting")
@@ -22,9 +28,13 @@ var (
 	ErrPongTimeout = errors.New("no pong from the server in time")
 	// ErrGoAway: the server asked the worker to re-register elsewhere.
 	ErrGoAway = errors.New("server is draining this connection (go away)")
-	// ErrRegistrationRefused: the server closed the connection instead of
-	// answering the registration.
-	ErrRegistrationRefused = errors.New("registration refused by the server")
+	// ErrRegistrationRefused: the server refused the connection: it closed
+	// it with a refusing close code (policy violation, protocol error, …)
+	// or answered the upgrade with HTTP 429 or 503. Retried with backoff;
+	// it counts toward MaxRetry. (LiveKit's server refuses an invalid
+	// registration by closing the socket without a word, which looks like
+	// a lost connection; the worker validates its registration itself.)
+	ErrRegistrationRefused = errors.New("connection refused by the server")
 )
 
 // gaveUpError wraps the last error once MaxRetry is spent.
@@ -38,9 +48,3 @@ func (e *gaveUpError) Error() string {
 }
 
 func (e *gaveUpError) Unwrap() []error { return []error{ErrGaveUp, e.last} }
-
-// fatalError marks an error that reconnecting cannot fix.
-type fatalError struct{ err error }
-
-func (e *fatalError) Error() string { return e.err.Error() }
-func (e *fatalError) Unwrap() error { return e.err }

@@ -44,8 +44,11 @@ func ExampleNew() {
 
 	staging := workertest.NewJob("support-bot", "staging")
 	staging.Room.Name = "room-1"
-	res, _ := conn.Dispatch(wait, staging)
+	// The offer's answer is printed before the job is assigned: the
+	// handler's line comes after it, whatever the goroutines' timing.
+	res, _ := conn.Offer(wait, staging)
 	fmt.Println("staging offer accepted:", res.GetAvailable())
+	_ = conn.Assign(wait, staging, workertest.Token)
 	st, _ := conn.WaitJobStatus(wait, staging.Id, livekit.JobStatus_JS_SUCCESS)
 	fmt.Println("status:", st.GetStatus())
 

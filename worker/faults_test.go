@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -103,7 +106,44 @@ func waitDone(t testing.TB, c *workertest.Conn) {
 	}
 }
 
-func TestDroppedConnectionKeepsJobsAndStatuses(t *testing.T) {
+// afterOutlived checks the state after a connection ended while job ran
+// and c2 replaced it: the job runs on, the new connection was told about
+// it (MigrateJob), and a job run on c2 reports normally, with nothing sent
+// as an unknown job's.
+func afterOutlived(t testing.TB, g *gated, r *running, c2 *workertest.Conn, prefix, deployment string, outlived *livekit.Job) {
+	t.Helper()
+	if err := g.ctx(outlived.GetId()).Err(); err != nil {
+		t.Fatalf("running job's context ended across the reconnection: %v (cause %v)", err, context.Cause(g.ctx(outlived.GetId())))
+	}
+	eventually(t, "a MigrateJob request naming the running job", func() bool {
+		m := c2.Migrations()
+		return len(m) == 1 && slices.Equal(m[0], []string{outlived.GetId()})
+	})
+	dropped := metricValue(t, r.w, "job_statuses_dropped_total", "", "")
+	g.open(outlived.GetId())
+	eventually(t, "the outlived job to end", func() bool { return !slices.Contains(runningJobs(r.w), outlived.GetId()) })
+	eventually(t, "its end counted as dropped", func() bool {
+		return metricValue(t, r.w, "job_statuses_dropped_total", "", "") == dropped+1
+	})
+	next := workertest.NewJob(prefix, deployment)
+	dispatch(t, c2, next)
+	g.waitStarted(t, next.GetId())
+	g.open(next.GetId())
+	waitStatus(t, c2, next.GetId(), livekit.JobStatus_JS_SUCCESS)
+	if u := c2.UnknownStatuses(); len(u) != 0 {
+		t.Fatalf("statuses the server would drop as unknown jobs': %s", statuses(u))
+	}
+	if got := statusesOf(c2.JobStatuses(), outlived.GetId()); len(got) != 0 {
+		t.Fatalf("statuses of the outlived job on the new connection: %v, want none", got)
+	}
+}
+
+// A job belongs to the connection it was assigned on, as on LiveKit's
+// server: when that connection drops, the job goes on, but its statuses
+// are not sent on the next connection (the server forgot the job and
+// would drop them); they are counted as dropped. The new connection is
+// told which jobs outlived the old one.
+func TestStatusesStayWithTheirConnection(t *testing.T) {
 	t.Parallel()
 	srv := workertest.NewServer(t)
 	o := testOptions(srv, "recon-bot", "staging")
@@ -138,44 +178,68 @@ func TestDroppedConnectionKeepsJobsAndStatuses(t *testing.T) {
 	case <-time.After(patience):
 		t.Fatal("worker did not notice the dropped connection")
 	}
-	// While disconnected, a and then a2 end.
+	// While disconnected, a and then a2 end: their ends are dropped.
 	g.open(a.GetId())
-	eventually(t, "job a to end", func() bool { return !slices.Contains(runningJobs(r.w), a.GetId()) })
 	g.open(a2.GetId())
-	eventually(t, "job a2 to end", func() bool { return !slices.Contains(runningJobs(r.w), a2.GetId()) })
+	eventually(t, "jobs a and a2 to end and their statuses dropped", func() bool {
+		return len(runningJobs(r.w)) == 1 && metricValue(t, r.w, "job_statuses_dropped_total", "", "") == 2
+	})
 	allowReconnect()
 
 	c2 := mustConn(t, srv)
 	sameRegistration(t, c1, c2)
-	if err := g.ctx(b.GetId()).Err(); err != nil {
-		t.Fatalf("running job's context ended across the reconnection: %v (cause %v)", err, context.Cause(g.ctx(b.GetId())))
-	}
 	if got := runningJobs(r.w); !slices.Equal(got, []string{b.GetId()}) {
 		t.Fatalf("running jobs after reconnecting: %v, want [%s]", got, b.GetId())
 	}
-	g.open(b.GetId())
-	waitStatus(t, c2, b.GetId(), livekit.JobStatus_JS_SUCCESS)
-	// A job run now is a barrier: its status comes after everything queued.
-	barrier := workertest.NewJob("recon-bot", "staging")
-	dispatch(t, c2, barrier)
-	g.waitStarted(t, barrier.GetId())
-	g.open(barrier.GetId())
-	waitStatus(t, c2, barrier.GetId(), livekit.JobStatus_JS_SUCCESS)
-
-	var order []string
-	for _, u := range c2.JobStatuses() {
-		if u.GetStatus() == livekit.JobStatus_JS_SUCCESS {
-			order = append(order, u.GetJobId())
-		}
-	}
-	if want := []string{a.GetId(), a2.GetId(), b.GetId(), barrier.GetId()}; !slices.Equal(order, want) {
-		t.Fatalf("successes on the new connection %v, want each once in order %v (all: %s)", order, want, statuses(c2.JobStatuses()))
-	}
-	all := srv.JobStatuses()
+	afterOutlived(t, g, r, c2, "recon-bot", "staging", b)
 	for _, j := range []*livekit.Job{a, a2, b} {
-		if got := statusesOf(all, j.GetId()); !slices.Equal(got, []livekit.JobStatus{livekit.JobStatus_JS_RUNNING, livekit.JobStatus_JS_SUCCESS}) {
-			t.Errorf("job %s statuses over both connections: %v, want running then success, once each", j.GetId(), got)
+		if got := statusesOf(c1.JobStatuses(), j.GetId()); !slices.Equal(got, []livekit.JobStatus{livekit.JobStatus_JS_RUNNING}) {
+			t.Errorf("job %s statuses on its own connection: %v, want running only", j.GetId(), got)
 		}
+	}
+}
+
+// The assignment race of LiveKit's server: it writes an assignment and
+// only then records the job, so a status sent at once is dropped. The
+// worker's StatusDelay outlasts the race; without it (delay 0) the fake,
+// which reproduces the race, drops a fast job's end.
+func TestStatusDelayOutlastsAssignmentRace(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name        string
+		noDelay     bool
+		wantUnknown bool
+	}{
+		{"with StatusDelay", false, false},
+		{"without it the race loses the end", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := workertest.NewServerWithOptions(t, workertest.Options{AssignRace: 100 * time.Millisecond})
+			o := testOptions(srv, "race-bot", "")
+			ended := make(chan string, 10)
+			r := startWorker(t, o, func(ctx context.Context, j *job.Job) error {
+				ended <- j.ID()
+				return nil // returns at once
+			})
+			if tc.noDelay {
+				worker.SetStatusDelay(r.w, 0)
+			}
+			c := mustConn(t, srv)
+			j := workertest.NewJob("race-bot", "")
+			dispatch(t, c, j)
+			<-ended
+			if tc.wantUnknown {
+				eventually(t, "the end dropped as an unknown job's", func() bool {
+					return len(c.UnknownStatuses()) == 2 // running and success
+				})
+				return
+			}
+			waitStatus(t, c, j.GetId(), livekit.JobStatus_JS_SUCCESS)
+			if u := c.UnknownStatuses(); len(u) != 0 {
+				t.Fatalf("statuses dropped as unknown jobs': %s", statuses(u))
+			}
+		})
 	}
 }
 
@@ -190,6 +254,7 @@ func TestPongTimeoutReconnects(t *testing.T) {
 	j := workertest.NewJob("pong-bot", "")
 	dispatch(t, c1, j)
 	g.waitStarted(t, j.GetId())
+	waitStatus(t, c1, j.GetId(), livekit.JobStatus_JS_RUNNING)
 
 	c1.StopPongs()
 	c2 := mustConn(t, srv)
@@ -198,11 +263,7 @@ func TestPongTimeoutReconnects(t *testing.T) {
 	if got := metricValue(t, r.w, "disconnects_total", "reason", "pong_timeout"); got != 1 {
 		t.Errorf("disconnects_total{reason=pong_timeout} = %v, want 1", got)
 	}
-	if err := g.ctx(j.GetId()).Err(); err != nil {
-		t.Fatalf("running job cancelled by the reconnection: %v", err)
-	}
-	g.open(j.GetId())
-	waitStatus(t, c2, j.GetId(), livekit.JobStatus_JS_SUCCESS)
+	afterOutlived(t, g, r, c2, "pong-bot", "", j)
 }
 
 func TestPongsKeepConnectionAlive(t *testing.T) {
@@ -255,6 +316,7 @@ func TestMalformedFramesReconnect(t *testing.T) {
 			j := workertest.NewJob("frame-bot", "")
 			dispatch(t, c1, j)
 			g.waitStarted(t, j.GetId())
+			waitStatus(t, c1, j.GetId(), livekit.JobStatus_JS_RUNNING)
 
 			// The worker may close the connection while a large frame is
 			// still being written: the error does not matter.
@@ -267,14 +329,8 @@ func TestMalformedFramesReconnect(t *testing.T) {
 					t.Errorf("disconnects_total{reason=%s} = %v, want 1", tc.reason, got)
 				}
 			}
-			// Still serving: the running job ends well, a new one runs.
-			g.open(j.GetId())
-			waitStatus(t, c2, j.GetId(), livekit.JobStatus_JS_SUCCESS)
-			next := workertest.NewJob("frame-bot", "")
-			dispatch(t, c2, next)
-			g.waitStarted(t, next.GetId())
-			g.open(next.GetId())
-			waitStatus(t, c2, next.GetId(), livekit.JobStatus_JS_SUCCESS)
+			// Still serving: the running job goes on, a new one runs.
+			afterOutlived(t, g, r, c2, "frame-bot", "", j)
 		})
 	}
 }
@@ -290,6 +346,7 @@ func TestGoAwayReconnects(t *testing.T) {
 	j := workertest.NewJob("away-bot", "canary")
 	dispatch(t, c1, j)
 	g.waitStarted(t, j.GetId())
+	waitStatus(t, c1, j.GetId(), livekit.JobStatus_JS_RUNNING)
 	if err := c1.SendGoAway(); err != nil {
 		t.Fatal(err)
 	}
@@ -304,8 +361,59 @@ func TestGoAwayReconnects(t *testing.T) {
 	if got := metricValue(t, r.w, "disconnects_total", "reason", "go_away"); got != 1 {
 		t.Errorf("disconnects_total{reason=go_away} = %v, want 1", got)
 	}
-	g.open(j.GetId())
-	waitStatus(t, c2, j.GetId(), livekit.JobStatus_JS_SUCCESS)
+	afterOutlived(t, g, r, c2, "away-bot", "canary", j)
+}
+
+// A server (or a proxy) that sends go-away after every registration must
+// not make the worker reconnect in a tight loop: the first go-away is
+// followed at once, the next ones in a row back off.
+func TestRepeatedGoAwayBacksOff(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServer(t)
+	o := testOptions(srv, "away-bot", "")
+	o.MinBackoff, o.MaxBackoff = 50*time.Millisecond, 200*time.Millisecond
+	var mu sync.Mutex
+	var retries []time.Duration
+	o.OnStateChange = func(c worker.StateChange) {
+		if c.State == worker.StateDisconnected {
+			mu.Lock()
+			retries = append(retries, c.RetryIn)
+			mu.Unlock()
+		}
+	}
+	r := startWorker(t, o, newGated().handle)
+	ctx := waitCtx(t)
+	const n = 5
+	for range n {
+		c, err := srv.WaitWorker(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SendGoAway(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustConn(t, srv)
+	mu.Lock()
+	got := append([]time.Duration(nil), retries...)
+	mu.Unlock()
+	if len(got) != n {
+		t.Fatalf("%d disconnects reported, want %d", len(got), n)
+	}
+	if got[0] != 0 {
+		t.Errorf("first go-away waits %s, want a reconnect at once", got[0])
+	}
+	for i, d := range got[1:] {
+		if d <= 0 || d > o.MaxBackoff {
+			t.Errorf("go-away %d in a row waits %s, want a backoff in (0, %s]", i+2, d, o.MaxBackoff)
+		}
+	}
+	if v := metricValue(t, r.w, "disconnects_total", "reason", "go_away"); v != n {
+		t.Errorf("disconnects_total{reason=go_away} = %v, want %d", v, n)
+	}
+	if r.w.Snapshot().GaveUp {
+		t.Errorf("go-aways made the worker give up")
+	}
 }
 
 func TestUnknownMessagesIgnored(t *testing.T) {
@@ -358,14 +466,24 @@ func TestCloseAfterRegisterWarnsAndBacksOff(t *testing.T) {
 		}
 	}
 	r := startWorker(t, o, newGated().handle)
-	const warning = "the server dropped the worker right after registering it"
-	eventually(t, "three dropped registrations", func() bool {
-		return len(srv.Workers()) >= 3 && r.logs.count(slog.LevelWarn, warning) >= 3
+	// From the second drop in a row on, the worker says what it likely
+	// means: here, that "dropped-bot" in staging shares the server's job
+	// topic with "dropped-bot_staging" in production.
+	const warning = `the server dropped the registration right after accepting it`
+	const twin = `agent "dropped-bot_staging" in production`
+	eventually(t, "dropped registrations explained", func() bool {
+		return len(srv.Workers()) >= 3 && r.logs.count(slog.LevelWarn, warning) >= 2 && r.logs.count(slog.LevelWarn, twin) >= 2
 	})
-	for _, c := range srv.Workers() {
-		if c.Registration().GetDeployment() != "staging" || c.Registration().GetAgentName() != "dropped-bot" {
-			t.Errorf("registration %v", c.Registration())
-		}
+	if n := r.logs.count(slog.LevelWarn, warning); n >= len(srv.Workers()) {
+		t.Errorf("warned %d times for %d registrations: the first drop alone means nothing", n, len(srv.Workers()))
+	}
+	if h := r.w.Snapshot().Hint; !strings.Contains(h, twin) {
+		t.Errorf("snapshot hint %q does not name %s", h, twin)
+	}
+	rec := httptest.NewRecorder()
+	r.w.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), twin) {
+		t.Errorf("/readyz = %d %q, want 503 naming %s", rec.Code, rec.Body.String(), twin)
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -452,11 +570,32 @@ func TestSlowRegistrationTimesOut(t *testing.T) {
 	}
 }
 
-func TestRefusedRegistrationIsFatal(t *testing.T) {
+// LiveKit's server refuses an invalid registration by closing the socket
+// without a word: that looks like a lost connection, and is retried with
+// backoff for as long as MaxRetry allows (0: for ever).
+func TestSilentlyRefusedRegistrationIsRetried(t *testing.T) {
 	t.Parallel()
 	srv := workertest.NewServerWithOptions(t, workertest.Options{RefuseRegistration: true})
 	o := testOptions(srv, "refused-bot", "staging")
-	o.Logger = slog.New(newLogRecorder(t))
+	o.MinBackoff, o.MaxBackoff = 5*time.Millisecond, 20*time.Millisecond
+	r := startWorker(t, o, newGated().handle)
+	eventually(t, "ten refused registrations", func() bool { return srv.Attempts() >= 10 })
+	if r.w.Snapshot().GaveUp {
+		t.Fatal("the worker gave up without MaxRetry")
+	}
+}
+
+// A server that refuses with a refusing close code (1008, policy
+// violation) is retried too; the refusal counts toward MaxRetry, is logged
+// at Error level, and the error Run returns says what happened.
+func TestRefusalCountsTowardMaxRetry(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServerWithOptions(t, workertest.Options{
+		RefuseRegistration: true, RefuseCloseCode: websocket.ClosePolicyViolation})
+	o := testOptions(srv, "refused-bot", "staging")
+	o.MaxRetry = 2
+	logs := newLogRecorder(t)
+	o.Logger = slog.New(logs)
 	w, err := worker.New(o, newGated().handle)
 	if err != nil {
 		t.Fatal(err)
@@ -464,12 +603,61 @@ func TestRefusedRegistrationIsFatal(t *testing.T) {
 	ctx := waitCtx(t)
 	err = w.Run(ctx)
 	if ctx.Err() != nil {
-		t.Fatalf("Run kept retrying a refused registration until its context ended: %v", err)
+		t.Fatalf("Run kept retrying until its context ended: %v", err)
 	}
-	if !errors.Is(err, worker.ErrRegistrationRefused) {
-		t.Fatalf("Run = %v, want an error wrapping ErrRegistrationRefused", err)
+	if !errors.Is(err, worker.ErrGaveUp) || !errors.Is(err, worker.ErrRegistrationRefused) {
+		t.Fatalf("Run = %v, want an error wrapping ErrGaveUp and ErrRegistrationRefused", err)
 	}
-	if n := srv.Attempts(); n < 2 {
-		t.Errorf("%d attempts: a single refusal should be retried", n)
+	if n := srv.Attempts(); n != 3 {
+		t.Errorf("%d attempts, want MaxRetry+1 = 3", n)
+	}
+	if n := logs.count(slog.LevelError, "disconnected; reconnecting"); n != 2 {
+		t.Errorf("%d refusals logged at Error, want 2", n)
+	}
+}
+
+// The connection never ends a job: when it cannot be restored (here: the
+// server is gone and MaxRetry is spent), running jobs go on until they end
+// by themselves, and only then does Run return its error.
+func TestGivingUpLetsJobsEnd(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServer(nil)
+	o := testOptions(srv, "orphan-bot", "")
+	o.MaxRetry = 1
+	o.DrainTimeout = patience
+	logs := newLogRecorder(t)
+	o.Logger = slog.New(logs)
+	g := newGated()
+	w, err := worker.New(o, g.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(context.Background()) }()
+	c := mustConn(t, srv)
+	j := workertest.NewJob("orphan-bot", "")
+	dispatch(t, c, j)
+	g.waitStarted(t, j.GetId())
+	srv.Close()
+	eventually(t, "the worker to give up", func() bool { return w.Snapshot().GaveUp })
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned %v while a job ran", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := g.ctx(j.GetId()).Err(); err != nil {
+		t.Fatalf("the job was cancelled: %v (cause %v)", err, context.Cause(g.ctx(j.GetId())))
+	}
+	g.open(j.GetId())
+	select {
+	case err := <-done:
+		if !errors.Is(err, worker.ErrGaveUp) {
+			t.Fatalf("Run = %v, want ErrGaveUp", err)
+		}
+	case <-time.After(patience):
+		t.Fatal("Run did not return after the job ended")
+	}
+	if logs.count(slog.LevelError, "letting running jobs end") != 1 {
+		t.Errorf("no Error line saying the worker waits for its jobs")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/lkagent/lkagent/internal/wire"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker/workertest"
 )
@@ -150,8 +151,10 @@ func fuzzWorker(t *testing.T, frames [][]byte) {
 		}
 	}()
 	connect := func() *session {
-		s := &session{w: w, workerID: "AW_fuzz", out: out,
-			kick: make(chan struct{}, 1), status: make(chan struct{}, 1), done: make(chan struct{})}
+		s := &session{w: w, out: out, reg: &livekit.RegisterWorkerResponse{WorkerId: "AW_fuzz"},
+			kick: make(chan struct{}, 1), status: make(chan struct{}, 1),
+			registered: make(chan struct{}), done: make(chan struct{})}
+		s.regOnce.Do(func() { close(s.registered) })
 		w.mu.Lock()
 		w.sess = s
 		w.mu.Unlock()
@@ -160,10 +163,7 @@ func fuzzWorker(t *testing.T, frames [][]byte) {
 	// A connection that ends is replaced, as the worker's reconnect does.
 	reconnect := func(s *session, err error) *session {
 		s.fail(err)
-		w.mu.Lock()
-		w.sess = nil
-		w.mu.Unlock()
-		w.dropReservations()
+		w.unpublish(s)
 		return connect()
 	}
 
@@ -172,12 +172,12 @@ func fuzzWorker(t *testing.T, frames [][]byte) {
 	for _, b := range frames {
 		m := &livekit.ServerMessage{}
 		if err := proto.Unmarshal(b, m); err != nil {
-			s = reconnect(s, errFrame) // what readMsg's error does
+			s = reconnect(s, wire.New(wire.Malformed, "read", wire.ErrFrame)) // what a read's error does
 			continue
 		}
-		w.handleMessage(s, jobCtx, m, time.Now())
+		w.dispatch(s, jobCtx, m, time.Now())
 		// The server waits for the answer to an offer before it assigns.
-		w.userWG.Wait()
+		w.bg.Wait()
 		select {
 		case <-s.done:
 			s = reconnect(s, s.closeErr)
@@ -186,8 +186,9 @@ func fuzzWorker(t *testing.T, frames [][]byte) {
 	}
 	cancel(job.ErrWorkerStopped)
 	w.jobWG.Wait()
+	w.bg.Wait()
 	w.userWG.Wait()
-	w.dropReservations()
+	w.unpublish(s)
 	close(stop)
 	drainer.Wait()
 	for len(out) > 0 {

@@ -300,3 +300,13 @@ func (l *logRecorder) count(level slog.Level, substr string) int {
 	}
 	return n
 }
+
+// sendTermination sends a JobTermination for id whatever the fake knows of
+// the job (Conn.Terminate sends one only for a job the connection runs).
+func sendTermination(t testing.TB, c *workertest.Conn, id string) {
+	t.Helper()
+	if err := c.Send(waitCtx(t), &livekit.ServerMessage{Message: &livekit.ServerMessage_Termination{
+		Termination: &livekit.JobTermination{JobId: id}}}); err != nil {
+		t.Fatal(err)
+	}
+}

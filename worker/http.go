@@ -26,7 +26,7 @@ const ProtocolVersion = 1
 //	GET /worker   JSON description of the worker and its running jobs
 func (w *Worker) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(w.gather, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(w.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) {
 		if reason := w.unhealthy(); reason != "" {
 			http.Error(rw, reason, http.StatusServiceUnavailable)
@@ -95,6 +95,11 @@ func (w *Worker) unhealthy() string {
 	if w.connected && time.Since(w.lastLoop) > 3*w.o.StatusInterval+w.o.PingInterval {
 		return fmt.Sprintf("worker loop stalled: last turned %s ago", time.Since(w.lastLoop).Round(time.Second))
 	}
+	if w.loads != nil {
+		if d := w.loads.stuckFor(); d > 3*w.o.StatusInterval {
+			return fmt.Sprintf("LoadFunc has not returned for %s", d.Round(time.Second))
+		}
+	}
 	return ""
 }
 
@@ -105,6 +110,8 @@ func (w *Worker) notReady(checkDraining bool) string {
 	switch {
 	case w.gaveUp:
 		return "gave up reconnecting"
+	case !w.connected && w.hint != "":
+		return "not registered with the LiveKit server: " + w.hint
 	case !w.connected:
 		return "not registered with the LiveKit server"
 	case checkDraining && w.draining:

@@ -12,6 +12,9 @@ import (
 	"github.com/lkagent/lkagent/job"
 )
 
+// errJobEnded cancels the context of a job that ended.
+var errJobEnded = errors.New("job ended")
+
 // Reasons an offer is declined, as the offers_declined metric labels them.
 const (
 	DeclineForeignAgent      = "foreign_agent"
@@ -24,71 +27,44 @@ const (
 	DeclineRequestError      = "request_error"
 )
 
-// activeJob is a job whose handler runs.
+// activeJob is a job whose handler runs (or is about to).
 type activeJob struct {
-	job     *job.Job
-	ctl     *job.Control
-	started time.Time
+	info     *livekit.Job
+	identity string
+	cancel   context.CancelCauseFunc // cancels the job's context with a cause
+	started  time.Time
+	line     statusLine
+}
+
+// statusLine carries one job's statuses to the connection it was assigned
+// on, in order, none sooner than the job's StatusDelay. Guarded by w.mu.
+type statusLine struct {
+	sess      *session
+	notBefore time.Time
+	pending   []*livekit.UpdateJobStatus
+	timer     *time.Timer
 }
 
 // reservation holds a slot for an accepted offer until its assignment.
 type reservation struct {
+	sess     *session
 	identity string
 	timing   job.Timing
 	timer    *time.Timer
 }
 
-// handleMessage routes one server message. It runs on the read loop and
-// must not block: user code runs on goroutines of its own.
-func (w *Worker) handleMessage(s *session, jobCtx context.Context, msg *livekit.ServerMessage, at time.Time) {
-	w.touch()
-	switch m := msg.GetMessage().(type) {
-	case *livekit.ServerMessage_Availability:
-		if m.Availability.GetJob() == nil {
-			w.log.Warn("offer without a job; ignored")
-			return
-		}
-		w.userWG.Add(1)
-		go func() {
-			defer w.userWG.Done()
-			w.handleOffer(s, m.Availability, at)
-		}()
-	case *livekit.ServerMessage_Assignment:
-		w.handleAssignment(jobCtx, m.Assignment, at)
-	case *livekit.ServerMessage_Termination:
-		w.handleTermination(m.Termination.GetJobId())
-	case *livekit.ServerMessage_Pong:
-		s.lastPong.Store(at.UnixNano())
-	case *livekit.ServerMessage_GoAway:
-		w.log.Info("server asked the worker to reconnect (go away)")
-		s.fail(ErrGoAway)
-	case *livekit.ServerMessage_Register:
-		w.log.Debug("duplicate registration response ignored")
-	default:
-		w.log.Debug("unknown message from server ignored", slog.String("type", msgType(msg)))
-	}
-}
-
-// screen says why an offer is not this worker's, or "".
-func (w *Worker) screen(j *livekit.Job) string {
-	switch {
-	case j.GetAgentName() != w.o.AgentName:
-		return DeclineForeignAgent
-	case j.GetDeployment() != w.o.Deployment:
-		return DeclineForeignDeployment
-	case j.GetType() != w.o.JobType:
-		return DeclineForeignJobType
-	}
-	return ""
-}
-
+// handleOffer answers one offer. It runs on a goroutine of its own.
 func (w *Worker) handleOffer(s *session, req *livekit.AvailabilityRequest, received time.Time) {
 	j := req.GetJob()
+	if j == nil {
+		w.log.Warn("offer without a job; ignored")
+		return
+	}
 	// Most offers log nothing at the usual levels: the job's attributes
 	// are put together only for a line that is logged.
 	logf := func(level slog.Level, msg string, attrs ...any) {
 		if ctx := context.Background(); w.log.Enabled(ctx, level) {
-			w.log.Log(ctx, level, msg, jobAttrs(j, s.workerID, attrs...)...)
+			w.log.Log(ctx, level, msg, jobAttrs(j, s.workerID(), attrs...)...)
 		}
 	}
 	w.obs.offer()
@@ -108,7 +84,7 @@ func (w *Worker) handleOffer(s *session, req *livekit.AvailabilityRequest, recei
 		decline(reason)
 		return
 	}
-	if reason := w.reserve(j.GetId()); reason != "" {
+	if reason := w.reserve(s, j.GetId()); reason != "" {
 		decline(reason)
 		return
 	}
@@ -147,6 +123,19 @@ func (w *Worker) handleOffer(s *session, req *livekit.AvailabilityRequest, recei
 	}
 }
 
+// screen says why an offer is not this worker's, or "".
+func (w *Worker) screen(j *livekit.Job) string {
+	switch {
+	case j.GetAgentName() != w.o.AgentName:
+		return DeclineForeignAgent
+	case j.GetDeployment() != w.o.Deployment:
+		return DeclineForeignDeployment
+	case j.GetType() != w.o.JobType:
+		return DeclineForeignJobType
+	}
+	return ""
+}
+
 // decide runs OnRequest with its timeout; a panic or timeout is an error.
 func (w *Worker) decide(r *job.Request) error {
 	if w.o.OnRequest == nil {
@@ -175,8 +164,9 @@ func (w *Worker) decide(r *job.Request) error {
 	}
 }
 
-// reserve holds a slot for an offer; it returns a decline reason or "".
-func (w *Worker) reserve(id string) string {
+// reserve holds a slot for an offer made on s; it returns a decline reason
+// or "".
+func (w *Worker) reserve(s *session, id string) string {
 	userLoad, hasUserLoad := w.userLoad()
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -202,7 +192,7 @@ func (w *Worker) reserve(id string) string {
 	if load >= w.o.LoadThreshold {
 		return DeclineFull
 	}
-	w.reserved[id] = &reservation{}
+	w.reserved[id] = &reservation{sess: s}
 	return ""
 }
 
@@ -223,15 +213,12 @@ func (w *Worker) confirm(id, identity string, t job.Timing) bool {
 		if ok && cur == r {
 			delete(w.reserved, id)
 		}
-		s := w.sess
 		w.mu.Unlock()
 		if ok && cur == r {
 			w.obs.assignmentTimeout()
 			w.log.Warn("accepted offer was never assigned; slot released",
 				slog.String("job_id", id), slog.Duration("after", w.o.AssignmentTimeout))
-			if s != nil {
-				s.kickStatus()
-			}
+			w.kickStatus()
 		}
 	})
 	return true
@@ -248,24 +235,14 @@ func (w *Worker) release(id string) {
 	}
 }
 
-// dropReservations forgets accepted offers when their connection is gone:
-// their assignments cannot arrive on another connection.
-func (w *Worker) dropReservations() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for id, r := range w.reserved {
-		if r.timer != nil {
-			r.timer.Stop()
-		}
-		delete(w.reserved, id)
-	}
-}
-
-func (w *Worker) handleAssignment(jobCtx context.Context, a *livekit.JobAssignment, received time.Time) {
+// handleAssignment starts an assigned job. It runs on the read loop: it
+// only does the bookkeeping, under the lock; the job itself (and every
+// log line, which runs the user's slog handler) starts on a goroutine of
+// its own.
+func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit.JobAssignment, received time.Time) {
 	info := a.GetJob()
 	id := info.GetId()
 	w.mu.Lock()
-	workerID := w.workerID
 	res, ok := w.reserved[id]
 	if ok {
 		delete(w.reserved, id)
@@ -278,43 +255,59 @@ func (w *Worker) handleAssignment(jobCtx context.Context, a *livekit.JobAssignme
 	case running || w.recent.has(id):
 		w.mu.Unlock()
 		w.obs.duplicateAssignment()
-		w.log.Warn("assignment for a job this worker already ran; ignored", jobAttrs(info, workerID)...)
+		w.later(func() {
+			w.log.Warn("assignment for a job this worker already ran; ignored", jobAttrs(info, s.workerID())...)
+		})
 		return
-	case !ok || w.screen(info) != "":
+	case !ok || res.sess != s || w.screen(info) != "":
 		w.mu.Unlock()
 		w.obs.duplicateAssignment()
-		w.log.Warn("assignment for a job this worker did not accept; reported failed", jobAttrs(info, workerID,
-			slog.String("offered_agent_name", info.GetAgentName()), slog.String("offered_deployment", info.GetDeployment()))...)
-		w.enqueue(&livekit.UpdateJobStatus{JobId: id, Status: livekit.JobStatus_JS_FAILED,
-			Error: "assignment for a job this worker did not accept"})
+		w.report(&statusLine{sess: s, notBefore: received.Add(w.statusDelay)}, &livekit.UpdateJobStatus{
+			JobId: id, Status: livekit.JobStatus_JS_FAILED, Error: "assignment for a job this worker did not accept"})
+		w.later(func() {
+			w.log.Warn("assignment for a job this worker did not accept; reported failed", jobAttrs(info, s.workerID(),
+				slog.String("offered_agent_name", info.GetAgentName()), slog.String("offered_deployment", info.GetDeployment()))...)
+		})
 		return
 	}
-	url := a.GetUrl()
-	if url == "" {
-		url = wsURL(w.o.URL)
-	}
+	ctx, cancel := context.WithCancelCause(jobCtx)
 	timing := res.timing
 	timing.AssignmentReceived = received
 	timing.Launched = time.Now()
-	j, ctl := job.New(jobCtx, job.Params{
-		Info:     info,
-		Identity: res.identity,
-		URL:      url,
-		Token:    a.GetToken(),
-		Logger:   w.o.Logger.With(slog.String("worker_id", workerID)),
-		Timing:   timing,
-		OnConnected: func(t job.Timing) {
-			w.enqueue(&livekit.UpdateJobStatus{JobId: id, Status: livekit.JobStatus_JS_RUNNING, JoinTiming: t.Proto(w.base)})
-		},
-	})
-	aj := &activeJob{job: j, ctl: ctl, started: timing.Launched}
+	aj := &activeJob{
+		info:     info,
+		identity: res.identity,
+		cancel:   cancel,
+		started:  timing.Launched,
+		line:     statusLine{sess: s, notBefore: received.Add(w.statusDelay)},
+	}
 	w.jobs[id] = aj
 	w.jobWG.Add(1)
 	w.mu.Unlock()
 	w.obs.jobStarted(timing.Launched.Sub(received))
 	w.kickStatus()
-	j.Logger().Debug("job started")
-	go w.runJob(aj)
+	w.kickLoad()
+	url := a.GetUrl()
+	if url == "" {
+		url = wsURL(w.o.URL)
+	}
+	go w.runJob(aj, ctx, job.Params{
+		Info:     info,
+		Identity: res.identity,
+		URL:      url,
+		Token:    a.GetToken(),
+		Timing:   timing,
+	})
+}
+
+// later runs fn on a goroutine the worker waits for before Run returns:
+// for work the read loop must not do itself, such as logging.
+func (w *Worker) later(fn func()) {
+	w.bg.Add(1)
+	go func() {
+		defer w.bg.Done()
+		fn()
+	}()
 }
 
 // jobAttrs are the log attributes of a job on this worker, then more.
@@ -323,21 +316,35 @@ func jobAttrs(j *livekit.Job, workerID string, more ...any) []any {
 		slog.String("worker_id", workerID)}, more...)
 }
 
-func (w *Worker) runJob(a *activeJob) {
+func (w *Worker) runJob(a *activeJob, ctx context.Context, p job.Params) {
 	defer w.jobWG.Done()
-	w.enqueue(&livekit.UpdateJobStatus{JobId: a.job.ID(), Status: livekit.JobStatus_JS_RUNNING})
+	w.report(&a.line, &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_RUNNING})
+	ctl := w.newJob(a, ctx, p)
 	// The handler runs above this frame for the job's whole life: keep it
 	// small, so that an idle job's stack stays at its initial 2 KiB. No
 	// logging here (a slog call's frame alone doubles the stack, even at
-	// a level that is off), and the end of the job, whose frame is large,
-	// is a function of its own.
-	w.endJob(a, a.ctl.Run(w.handler))
+	// a level that is off), and the start and the end of the job, whose
+	// frames are large, are functions of their own.
+	w.endJob(a, ctl, ctl.Run(w.handler))
+}
+
+// newJob builds the job a handler sees.
+//
+//go:noinline
+func (w *Worker) newJob(a *activeJob, ctx context.Context, p job.Params) *job.Control {
+	p.Logger = w.o.Logger.With(slog.String("worker_id", a.line.sess.workerID()))
+	p.OnConnected = func(t job.Timing) {
+		w.report(&a.line, &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_RUNNING, JoinTiming: t.Proto(w.base)})
+	}
+	j, ctl := job.New(ctx, p)
+	j.Logger().Debug("job started")
+	return ctl
 }
 
 // endJob reports the end of a job whose handler returned err and forgets
 // the job.
-func (w *Worker) endJob(a *activeJob, err error) {
-	j := a.job
+func (w *Worker) endJob(a *activeJob, ctl *job.Control, err error) {
+	j := ctl.Job()
 	log := j.Logger()
 	status := "success"
 	var pe *job.PanicError
@@ -346,10 +353,11 @@ func (w *Worker) endJob(a *activeJob, err error) {
 		log.Error("job handler panicked", slog.Any("panic", pe.Value), slog.String("stack", string(pe.Stack)))
 	}
 	hctx, cancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
-	outcome := a.ctl.Finish(hctx, err)
+	outcome := ctl.Finish(hctx, err)
 	cancel()
 	upd := &livekit.UpdateJobStatus{JobId: j.ID(), Status: livekit.JobStatus_JS_SUCCESS,
-		JoinTiming: a.ctl.Timing().Proto(w.base)}
+		JoinTiming: ctl.Timing().Proto(w.base)}
+	terminated := errors.Is(context.Cause(ctl.Context()), job.ErrTerminated)
 	switch {
 	case outcome != nil:
 		upd.Status, upd.Error = livekit.JobStatus_JS_FAILED, outcome.Error()
@@ -357,14 +365,20 @@ func (w *Worker) endJob(a *activeJob, err error) {
 			status = "failed"
 		}
 		log.Warn("job failed", slog.Any("error", outcome), slog.Duration("took", time.Since(a.started)))
-	case errors.Is(context.Cause(a.ctl.Context()), job.ErrTerminated):
+	case terminated:
 		status = "terminated"
 		log.Info("job terminated by server", slog.Duration("took", time.Since(a.started)))
 	default:
 		log.Info("job finished", slog.Duration("took", time.Since(a.started)))
 	}
-	w.enqueue(upd)
+	// A job the server terminated is already over for the server: it
+	// recorded the end when it sent the termination and would drop a
+	// status as one of an unknown job.
+	if !terminated {
+		w.report(&a.line, upd)
+	}
 	w.obs.jobFinished(status, time.Since(a.started))
+	a.cancel(errJobEnded) // detaches the job's context from the worker's
 	w.mu.Lock()
 	delete(w.jobs, j.ID())
 	w.recent.add(j.ID())
@@ -372,6 +386,7 @@ func (w *Worker) endJob(a *activeJob, err error) {
 	w.jobsChange = make(chan struct{})
 	w.mu.Unlock()
 	w.kickStatus()
+	w.kickLoad()
 }
 
 func (w *Worker) handleTermination(id string) {
@@ -380,23 +395,61 @@ func (w *Worker) handleTermination(id string) {
 	w.mu.Unlock()
 	if !ok {
 		w.release(id)
-		w.log.Debug("termination for a job not running here; ignored", slog.String("job_id", id))
 		return
 	}
-	a.job.Logger().Debug("server terminated the job")
-	a.ctl.Cancel(job.ErrTerminated)
+	a.cancel(job.ErrTerminated)
 }
 
-// enqueue appends a job status to the outbox, delivered in order on this
-// connection or, if it is lost, on the next one.
-func (w *Worker) enqueue(u *livekit.UpdateJobStatus) {
+// report sends a job status on its line: to the connection the job was
+// assigned on, not before the line's first instant, in order. A status
+// whose connection is gone is dropped (and counted): the server forgot
+// the connection's jobs when it ended, and would drop the status as one of
+// an unknown job.
+func (w *Worker) report(l *statusLine, u *livekit.UpdateJobStatus) {
 	w.mu.Lock()
-	w.outbox = append(w.outbox, u)
-	s := w.sess
+	if wait := time.Until(l.notBefore); wait > 0 || len(l.pending) > 0 {
+		l.pending = append(l.pending, u)
+		w.held++
+		if l.timer == nil {
+			l.timer = time.AfterFunc(max(wait, 0), func() { w.flushLine(l) })
+		}
+		w.mu.Unlock()
+		return
+	}
+	s := w.deliverLocked(l.sess, u)
 	w.mu.Unlock()
 	if s != nil {
 		s.kickOutbox()
 	}
+}
+
+// flushLine delivers the statuses a line held back.
+func (w *Worker) flushLine(l *statusLine) {
+	w.mu.Lock()
+	pending := l.pending
+	l.pending, l.timer = nil, nil
+	w.held -= len(pending)
+	var s *session
+	for _, u := range pending {
+		if d := w.deliverLocked(l.sess, u); d != nil {
+			s = d
+		}
+	}
+	w.mu.Unlock()
+	if s != nil {
+		s.kickOutbox()
+	}
+}
+
+// deliverLocked queues u on sess if that is the current connection and
+// returns it; else it drops u and returns nil. w.mu is held.
+func (w *Worker) deliverLocked(sess *session, u *livekit.UpdateJobStatus) *session {
+	if sess == nil || w.sess != sess {
+		w.obs.statusesDropped(1)
+		return nil
+	}
+	sess.outbox = append(sess.outbox, u)
+	return sess
 }
 
 func (w *Worker) kickStatus() {
@@ -406,15 +459,6 @@ func (w *Worker) kickStatus() {
 	if s != nil {
 		s.kickStatus()
 	}
-}
-
-// userLoad calls Options.LoadFunc, outside the worker's lock, clamped to
-// [0, 1]; false without a LoadFunc.
-func (w *Worker) userLoad() (float64, bool) {
-	if w.o.LoadFunc == nil {
-		return 0, false
-	}
-	return min(max(w.o.LoadFunc(), 0), 1), true
 }
 
 // loadLocked is the load from running jobs; w.mu is held.

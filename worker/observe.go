@@ -3,20 +3,14 @@ package worker
 import (
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/lkagent/lkagent/metrics"
 )
 
 // observer feeds the worker's metrics.
 type observer struct{ m *metrics.Worker }
 
-func newObserver(reg prometheus.Registerer, agentName, deployment string) (*observer, error) {
-	m, err := metrics.New(reg, agentName, deployment)
-	if err != nil {
-		return nil, err
-	}
-	return &observer{m: m}, nil
+func newObserver(agentName, deployment string) *observer {
+	return &observer{m: metrics.New(agentName, deployment)}
 }
 
 func b2f(b bool) float64 {
@@ -39,6 +33,8 @@ func (o *observer) assignmentTimeout()         { o.m.AssignmentTimeouts.Inc() }
 func (o *observer) duplicateAssignment()       { o.m.UnexpectedAssigns.Inc() }
 func (o *observer) setLoad(v float64)          { o.m.Load.Set(v) }
 func (o *observer) setDraining(v bool)         { o.m.Draining.Set(b2f(v)) }
+func (o *observer) statusesDropped(n int)      { o.m.StatusesDropped.Add(float64(n)) }
+func (o *observer) migrated(n int)             { o.m.JobsMigrated.Add(float64(n)) }
 func (o *observer) accepted(took time.Duration) {
 	o.m.OffersAccepted.Inc()
 	o.m.DecisionLatency.Observe(took.Seconds())

@@ -2,12 +2,16 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/livekit/protocol/agent"
 	"github.com/livekit/protocol/livekit"
@@ -191,20 +195,8 @@ func (o Options) withDefaults(getenv func(string) string) (Options, error) {
 }
 
 func (o *Options) validate() error {
-	if o.URL == "" {
-		return &OptionError{Option: "URL", Rule: "required: set Options.URL or " + EnvURL + " (for example ws://127.0.0.1:7880)"}
-	}
-	u, err := url.Parse(o.URL)
-	if err != nil {
-		return &OptionError{Option: "URL", Value: o.URL, Rule: "not a URL: " + err.Error()}
-	}
-	switch u.Scheme {
-	case "ws", "wss", "http", "https":
-	default:
-		return &OptionError{Option: "URL", Value: o.URL, Rule: "scheme must be ws, wss, http or https"}
-	}
-	if u.Host == "" {
-		return &OptionError{Option: "URL", Value: o.URL, Rule: "has no host"}
+	if err := validateURL(o.URL); err != nil {
+		return err
 	}
 	if o.APIKey == "" {
 		return &OptionError{Option: "APIKey", Rule: "required: set Options.APIKey or " + EnvAPIKey}
@@ -212,9 +204,12 @@ func (o *Options) validate() error {
 	if o.APISecret == "" {
 		return &OptionError{Option: "APISecret", Rule: "required: set Options.APISecret or " + EnvAPISecret}
 	}
-	if err := agent.ValidateDeployment(o.Deployment); err != nil {
-		return &OptionError{Option: "Deployment", Value: o.Deployment,
-			Rule: err.Error() + " (a deployment is at most 64 bytes, without '_', whitespace or control bytes; \"\" is production)"}
+	if err := validDeployment(o.Deployment); err != nil {
+		return &OptionError{Option: "Deployment", Value: printable(o.Deployment),
+			Rule: err.Error() + " (a deployment is at most 64 bytes of UTF-8 without '_', spaces, control or invisible characters; \"\" is production)"}
+	}
+	if err := validAgentName(o.AgentName); err != nil {
+		return &OptionError{Option: "AgentName", Value: printable(o.AgentName), Rule: err.Error()}
 	}
 	if !livekit.IsJobType(o.JobType) {
 		return &OptionError{Option: "JobType", Value: o.JobType.String(), Rule: "must be JT_ROOM, JT_PUBLISHER or JT_PARTICIPANT"}
@@ -270,4 +265,87 @@ func osGetenv(k string) string { return os.Getenv(k) }
 // CPU-bound and of uneven size, where a job count says little.
 func CPULoad() func() float64 {
 	return cpuload.New(time.Second).Load
+}
+
+// validateURL checks Options.URL. Its errors never print a password or a
+// query: the URL is shown without them.
+func validateURL(raw string) error {
+	if raw == "" {
+		return &OptionError{Option: "URL", Rule: "required: set Options.URL or " + EnvURL + " (for example ws://127.0.0.1:7880)"}
+	}
+	if !strings.Contains(raw, "://") {
+		return &OptionError{Option: "URL", Value: printable(raw),
+			Rule: "has no scheme: write ws://" + raw + " for a plain server or wss://" + raw + " for TLS"}
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return &OptionError{Option: "URL", Rule: "not a URL: check its syntax"}
+	}
+	shown := (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+	switch u.Scheme {
+	case "ws", "wss", "http", "https":
+	default:
+		return &OptionError{Option: "URL", Value: shown, Rule: "scheme must be ws, wss, http or https"}
+	}
+	if u.Host == "" {
+		return &OptionError{Option: "URL", Value: shown, Rule: "has no host"}
+	}
+	if u.User != nil {
+		return &OptionError{Option: "URL", Value: shown,
+			Rule: "must not carry a user or password: the worker authenticates with APIKey and APISecret; remove the user@ part"}
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return &OptionError{Option: "URL", Value: shown, Rule: "must not have a query or fragment: give the server's base URL"}
+	}
+	return nil
+}
+
+// validDeployment checks a deployment label: the server's rules
+// (agent.ValidateDeployment: at most 64 bytes, no '_', no ASCII whitespace
+// or control bytes), and stricter ones of our own, because a label that
+// looks like another in a log is a trap: valid UTF-8, and no Unicode space,
+// control, format (zero-width) or unassigned character.
+func validDeployment(d string) error {
+	if err := agent.ValidateDeployment(d); err != nil {
+		return err
+	}
+	return visibleText(d)
+}
+
+// validAgentName checks an agent name: visible text, as a deployment, and
+// no spaces at either end. ("" is the automatic agent.)
+func validAgentName(n string) error {
+	if err := visibleText(n); err != nil {
+		return fmt.Errorf("%w (an agent name is the name dispatches address: visible characters only)", err)
+	}
+	if strings.TrimSpace(n) != n {
+		return errors.New("has spaces at its start or end")
+	}
+	return nil
+}
+
+// visibleText rejects invalid UTF-8 and characters that are invisible or
+// look like a space.
+func visibleText(s string) error {
+	if !utf8.ValidString(s) {
+		return errors.New("is not valid UTF-8")
+	}
+	for i, r := range s {
+		switch {
+		case r == ' ' || r == '-' || r == '.':
+			// ASCII space is the server's business for deployments
+			// (it refuses it) and allowed inside agent names.
+		case unicode.Is(unicode.Zs, r) || unicode.Is(unicode.Zl, r) || unicode.Is(unicode.Zp, r):
+			return fmt.Errorf("contains the space character U+%04X at byte %d", r, i)
+		case unicode.Is(unicode.Cc, r) || unicode.Is(unicode.Cf, r) || unicode.Is(unicode.Co, r) || !unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S):
+			return fmt.Errorf("contains the invisible or control character U+%04X at byte %d", r, i)
+		}
+	}
+	return nil
+}
+
+// printable shows s with invisible characters escaped, for error messages.
+func printable(s string) string {
+	q := strconv.QuoteToASCII(s)
+	return q[1 : len(q)-1]
 }

@@ -61,6 +61,8 @@ type Snapshot struct {
 	Jobs       []JobSnapshot `json:"jobs"`
 	// LastActivity is when a worker loop last turned.
 	LastActivity time.Time `json:"last_activity"`
+	// Hint says why registrations keep failing, when the worker knows.
+	Hint string `json:"hint,omitempty"`
 }
 
 // JobSnapshot describes one running job.
@@ -88,12 +90,13 @@ func (w *Worker) Snapshot() Snapshot {
 		Load:         w.loadLocked(),
 		Jobs:         make([]JobSnapshot, 0, len(w.jobs)),
 		LastActivity: w.lastLoop,
+		Hint:         w.hint,
 	}
 	if hasUserLoad {
 		s.Load = userLoad
 	}
 	for _, a := range w.jobs {
-		s.Jobs = append(s.Jobs, JobSnapshot{ID: a.job.ID(), Room: a.job.RoomName(), Identity: a.job.Identity(),
+		s.Jobs = append(s.Jobs, JobSnapshot{ID: a.info.GetId(), Room: a.info.GetRoom().GetName(), Identity: a.identity,
 			StartedAt: a.started, Age: now.Sub(a.started)})
 	}
 	sort.Slice(s.Jobs, func(i, k int) bool { return s.Jobs[i].StartedAt.Before(s.Jobs[k].StartedAt) })
@@ -120,4 +123,12 @@ func (r *recentSet) add(id string) {
 	r.ring[r.next] = id
 	r.ids[id] = struct{}{}
 	r.next = (r.next + 1) % len(r.ring)
+}
+
+// setHint records why registrations keep failing ("" when nothing is
+// known), for /readyz and Snapshot.
+func (w *Worker) setHint(h string) {
+	w.mu.Lock()
+	w.hint = h
+	w.mu.Unlock()
 }

@@ -65,7 +65,6 @@ func TestWorkerStatusTracksJobs(t *testing.T) {
 	if err := c.Terminate(a.GetId()); err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, c, a.GetId(), livekit.JobStatus_JS_SUCCESS)
 	if _, err := c.WaitWorkerStatus(ctx, func(u *livekit.UpdateWorkerStatus) bool {
 		return u.GetSeq() > full.GetSeq() && statusIs(livekit.WorkerStatus_WS_AVAILABLE, 1)(u)
 	}); err != nil {
@@ -75,7 +74,9 @@ func TestWorkerStatusTracksJobs(t *testing.T) {
 	if err := c.Terminate(b.GetId()); err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, c, b.GetId(), livekit.JobStatus_JS_SUCCESS)
+	if _, err := c.WaitWorkerStatus(ctx, statusIs(livekit.WorkerStatus_WS_AVAILABLE, 0)); err != nil {
+		t.Fatalf("no available status after both jobs ended: %v", err)
+	}
 }
 
 func TestLoadFuncMakesWorkerFull(t *testing.T) {

@@ -27,8 +27,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/livekit/protocol/livekit"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/lkagent/lkagent/job"
 )
@@ -36,13 +36,18 @@ import (
 // Worker is one registered agent worker. Create it with [New] and run it
 // with [Worker.Run].
 type Worker struct {
-	o       Options
-	handler job.Handler
-	log     *slog.Logger
-	dialer  *websocket.Dialer
-	base    time.Time // timing base for JobJoinTiming
-	obs     *observer
-	gather  prometheus.Gatherer
+	o        Options
+	handler  job.Handler
+	log      *slog.Logger
+	dialer   *websocket.Dialer
+	agentURL string    // the /agent endpoint
+	base     time.Time // timing base for JobJoinTiming
+	obs      *observer
+	registry *prometheus.Registry // the worker's own: its collectors, Go's and the process's
+	loads    *loadSampler         // nil without Options.LoadFunc
+	// statusDelay is StatusDelay; tests against a fake without the
+	// server's race set it to 0.
+	statusDelay time.Duration
 
 	runMu   sync.Mutex  // held while Run runs
 	running atomic.Bool // Run is running (for /healthz)
@@ -53,10 +58,11 @@ type Worker struct {
 	workerID   string
 	connected  bool
 	gaveUp     bool
+	hint       string // why registrations keep failing, for /readyz; "" when nothing is known
 	jobs       map[string]*activeJob
 	reserved   map[string]*reservation
 	recent     recentSet // jobs that ended, so a repeated assignment never reruns one
-	outbox     []*livekit.UpdateJobStatus
+	held       int       // job statuses held back by their StatusDelay
 	seq        uint64
 	jobsChange chan struct{} // closed and replaced whenever a job ends
 	lastLoop   time.Time     // last time a worker loop turned (for /healthz)
@@ -64,6 +70,7 @@ type Worker struct {
 
 	jobWG  sync.WaitGroup // job handler goroutines
 	userWG sync.WaitGroup // OnRequest calls
+	bg     sync.WaitGroup // offer answers and deferred log lines
 }
 
 // New validates opts (filling empty fields from the environment and the
@@ -87,35 +94,53 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 			HandshakeTimeout: o.RegisterTimeout,
 			Proxy:            websocket.DefaultDialer.Proxy,
 		},
-		base:       time.Now(),
-		jobs:       make(map[string]*activeJob),
-		reserved:   make(map[string]*reservation),
-		recent:     newRecentSet(4096),
-		jobsChange: make(chan struct{}),
+		agentURL:    agentURL(o.URL),
+		base:        time.Now(),
+		loads:       newLoadSampler(o.LoadFunc),
+		statusDelay: StatusDelay,
+		jobs:        make(map[string]*activeJob),
+		reserved:    make(map[string]*reservation),
+		recent:      newRecentSet(4096),
+		jobsChange:  make(chan struct{}),
 	}
 	w.log = o.Logger.With(slog.String("agent_name", o.AgentName), slog.String("deployment", o.Deployment))
-	reg := o.Registerer
-	if reg == nil {
-		r := prometheus.NewRegistry()
-		reg, w.gather = r, r
-	} else if g, ok := reg.(prometheus.Gatherer); ok {
-		w.gather = g
-	}
-	obs, err := newObserver(reg, o.AgentName, o.Deployment)
-	if err != nil {
+	w.obs = newObserver(o.AgentName, o.Deployment)
+	// The worker's own registry always exists, so /metrics works whatever
+	// Options.Registerer is (a wrapping Registerer is no Gatherer).
+	w.registry = prometheus.NewRegistry()
+	if err := w.registry.Register(collectors.NewGoCollector()); err != nil {
 		return nil, fmt.Errorf("worker: register metrics: %w", err)
 	}
-	w.obs = obs
+	if err := w.registry.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+		return nil, fmt.Errorf("worker: register metrics: %w", err)
+	}
+	if err := w.obs.m.Register(w.registry); err != nil {
+		return nil, fmt.Errorf("worker: register metrics: %w", err)
+	}
+	if o.Registerer != nil {
+		if err := w.obs.m.Register(o.Registerer); err != nil {
+			return nil, fmt.Errorf("worker: register metrics with Options.Registerer: %w", err)
+		}
+	}
 	return w, nil
 }
 
 // Run connects, registers and serves jobs until ctx ends, reconnecting
-// whenever the connection is lost. When ctx ends it drains: it tells the
-// server it is full, declines new offers, waits up to DrainTimeout for
-// running jobs, cancels the rest (waiting up to ShutdownTimeout), reports
-// their final status and closes the connection. Run returns nil after a
-// drain, or the error that stopped it: ErrUnauthorized, ErrGaveUp, or an
-// *OptionError. A worker can Run again after Run returned.
+// whenever the connection is lost (a lost connection never ends a job).
+// When ctx ends it drains: it tells the server it is full, declines new
+// offers, waits up to DrainTimeout for running jobs, cancels the rest
+// (waiting up to ShutdownTimeout), reports their final status and closes
+// the connection.
+//
+// Run returns nil after a drain. It returns an error only when the
+// connection cannot be restored, after letting running jobs end (up to
+// DrainTimeout, as in a drain): an error wrapping ErrUnauthorized (wrong
+// key or secret), ErrMisconfigured (the URL is no LiveKit agent endpoint)
+// or ErrGaveUp (MaxRetry attempts in a row failed; it also wraps the last
+// attempt's error, which may wrap ErrRegistrationRefused). A second Run
+// while one runs returns ErrAlreadyRunning; a worker can Run again after
+// Run returned. Bad options are reported by [New], never by Run, except
+// an HTTPAddr that cannot be bound.
 func (w *Worker) Run(ctx context.Context) error {
 	if !w.runMu.TryLock() {
 		return ErrAlreadyRunning
@@ -124,7 +149,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.running.Store(true)
 	defer w.running.Store(false)
 	w.mu.Lock()
-	w.draining, w.gaveUp, w.lastLoop = false, false, time.Now()
+	w.draining, w.gaveUp, w.hint, w.lastLoop = false, false, "", time.Now()
 	w.mu.Unlock()
 	w.obs.setDraining(false)
 	if w.o.HTTPAddr != "" {
@@ -141,6 +166,17 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer stopConn()
 	jobCtx, cancelJobs := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelJobs(job.ErrWorkerStopped)
+	if w.loads != nil {
+		loadCtx, stopLoads := context.WithCancel(connCtx)
+		var sampler sync.WaitGroup
+		sampler.Add(1)
+		go func() {
+			defer sampler.Done()
+			w.loads.run(loadCtx, w.log, w.kickStatus)
+		}()
+		defer sampler.Wait()
+		defer stopLoads()
+	}
 
 	connDone := make(chan error, 1)
 	go func() { connDone <- w.connectLoop(connCtx, jobCtx) }()
@@ -151,13 +187,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	case runErr = <-connDone:
 		connDone = nil
 	}
-	w.shutdown(runErr != nil)
+	w.shutdown(runErr)
 	stopConn()
 	if connDone != nil {
 		<-connDone
 	}
 	cancelJobs(job.ErrWorkerStopped)
 	w.waitOnRequests()
+	w.bg.Wait()
 	return runErr
 }
 
@@ -179,17 +216,25 @@ func (w *Worker) waitOnRequests() {
 	}
 }
 
-// shutdown drains (or, when the connection loop failed, stops) the jobs.
-func (w *Worker) shutdown(failed bool) {
+// shutdown drains the jobs: it lets them run up to DrainTimeout, then
+// cancels them. It does the same when the connection cannot be restored
+// (connErr): jobs do not need the connection to go on, and end with their
+// rooms.
+func (w *Worker) shutdown(connErr error) {
 	w.setDraining(true)
-	if n := w.runningJobs(); n > 0 && !failed {
-		w.log.Info("draining", slog.Int("running_jobs", n), slog.Duration("drain_timeout", w.o.DrainTimeout))
+	if n := w.runningJobs(); n > 0 {
+		if connErr != nil {
+			w.log.Error("the connection to the server cannot be restored; letting running jobs end before Run returns",
+				slog.Int("running_jobs", n), slog.Duration("drain_timeout", w.o.DrainTimeout), slog.Any("error", connErr))
+		} else {
+			w.log.Info("draining", slog.Int("running_jobs", n), slog.Duration("drain_timeout", w.o.DrainTimeout))
+		}
 		dctx, cancel := context.WithTimeout(context.Background(), w.o.DrainTimeout)
 		w.waitJobs(dctx)
 		cancel()
 	}
-	if n := w.cancelAllJobs(cancelCause(failed)); n > 0 {
-		w.log.Warn("cancelling running jobs", slog.Int("jobs", n), slog.Any("cause", cancelCause(failed)))
+	if n := w.cancelAllJobs(job.ErrDrainTimeout); n > 0 {
+		w.log.Warn("cancelling running jobs", slog.Int("jobs", n), slog.Any("cause", job.ErrDrainTimeout))
 		sctx, cancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
 		if !w.waitJobs(sctx) {
 			w.log.Error("job handlers did not return within the shutdown timeout; leaving them behind",
@@ -201,13 +246,6 @@ func (w *Worker) shutdown(failed bool) {
 	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	w.flushOutbox(fctx)
 	cancel()
-}
-
-func cancelCause(failed bool) error {
-	if failed {
-		return job.ErrWorkerStopped
-	}
-	return job.ErrDrainTimeout
 }
 
 // Drain makes the worker stop taking jobs (it reports itself full and
@@ -263,19 +301,23 @@ func (w *Worker) cancelAllJobs(cause error) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, a := range w.jobs {
-		a.ctl.Cancel(cause)
+		a.cancel(cause)
 	}
 	return len(w.jobs)
 }
 
-// flushOutbox waits until queued job statuses were written, while a
+// flushOutbox waits until the job statuses for the current connection
+// were written (those held back by their StatusDelay included), while a
 // connection is up, or ctx ends.
 func (w *Worker) flushOutbox(ctx context.Context) {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
 		w.mu.Lock()
-		n, s := len(w.outbox), w.sess
+		n, s := w.held, w.sess
+		if s != nil {
+			n += len(s.outbox)
+		}
 		w.mu.Unlock()
 		if n == 0 || s == nil {
 			if n > 0 {
@@ -292,8 +334,9 @@ func (w *Worker) flushOutbox(ctx context.Context) {
 	}
 }
 
-// Gatherer returns the registry the worker's metrics are in: its own
-// registry, or Options.Registerer when that is also a Gatherer.
-func (w *Worker) Gatherer() prometheus.Gatherer { return w.gather }
+// Gatherer returns the worker's own registry: its collectors, plus Go's
+// and the process's. /metrics serves it. The worker's collectors are also
+// registered with Options.Registerer when one is set.
+func (w *Worker) Gatherer() prometheus.Gatherer { return w.registry }
 
 var errStopped = errors.New("worker stopped")

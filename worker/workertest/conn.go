@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/livekit/protocol/livekit"
+
+	"github.com/lkagent/lkagent/internal/wire"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
@@ -23,11 +26,10 @@ const Token = "workertest-token"
 // it returns are the ones received, to be treated as read-only.
 type Conn struct {
 	srv     *Server
-	ws      *websocket.Conn
+	wc      *wire.Server
 	apiKey  string
 	done    chan struct{} // closed when the connection ended
 	noPongs atomic.Bool
-	writeMu sync.Mutex
 
 	// Set once at registration, before the Conn is published.
 	reg      *livekit.RegisterWorkerRequest
@@ -36,19 +38,23 @@ type Conn struct {
 	mu             sync.Mutex
 	msgs           []*livekit.WorkerMessage
 	jobStatuses    []*livekit.UpdateJobStatus
+	unknown        []*livekit.UpdateJobStatus
 	workerStatuses []*livekit.UpdateWorkerStatus
+	migrations     [][]string
+	running        map[string]bool // jobs assigned on this connection and not ended, as the server keeps them
 	offers         map[string][]chan *livekit.AvailabilityResponse
 	closeCode      int
 	err            error
 	changed        chan struct{} // closed and replaced on every change
 }
 
-func newConn(s *Server, ws *websocket.Conn, apiKey string) *Conn {
+func newConn(s *Server, wc *wire.Server, apiKey string) *Conn {
 	return &Conn{
 		srv:     s,
-		ws:      ws,
+		wc:      wc,
 		apiKey:  apiKey,
 		done:    make(chan struct{}),
+		running: make(map[string]bool),
 		offers:  make(map[string][]chan *livekit.AvailabilityResponse),
 		changed: make(chan struct{}),
 	}
@@ -93,11 +99,47 @@ func (c *Conn) Messages() []*livekit.WorkerMessage {
 	return append([]*livekit.WorkerMessage(nil), c.msgs...)
 }
 
-// JobStatuses returns the job status updates received so far, in order.
+// JobStatuses returns the job status updates the server recorded so far,
+// in order: those of jobs running on this connection. Updates of jobs the
+// connection does not run (never assigned on it, already ended, or
+// terminated) are dropped by LiveKit's server; the fake keeps them apart,
+// in [Conn.UnknownStatuses].
 func (c *Conn) JobStatuses() []*livekit.UpdateJobStatus {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]*livekit.UpdateJobStatus(nil), c.jobStatuses...)
+}
+
+// UnknownStatuses returns the job status updates of jobs this connection
+// did not run when they arrived, in order: LiveKit's server drops them
+// ("received job update for unknown job"), so a worker that sends one has
+// lost that status.
+func (c *Conn) UnknownStatuses() []*livekit.UpdateJobStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*livekit.UpdateJobStatus(nil), c.unknown...)
+}
+
+// Migrations returns the job ids of every MigrateJob request received, in
+// order. (LiveKit's open-source server ignores them; the fake only records
+// them, and the jobs stay unknown to this connection.)
+func (c *Conn) Migrations() [][]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([][]string(nil), c.migrations...)
+}
+
+// Running returns the ids of the jobs this connection runs, as the server
+// sees them: assigned and not ended.
+func (c *Conn) Running() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids := make([]string, 0, len(c.running))
+	for id := range c.running {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
 }
 
 // WorkerStatuses returns the worker status updates received so far, in
@@ -157,11 +199,31 @@ func (c *Conn) dropOffer(id string, ch chan *livekit.AvailabilityResponse) {
 }
 
 // Assign assigns j to the worker (a JobAssignment with token and no URL,
-// which means the URL the worker connected to).
+// which means the URL the worker connected to), and records the job as
+// running on this connection, as the server does: after writing the
+// assignment (after Options.AssignRace more, if set).
 func (c *Conn) Assign(ctx context.Context, j *livekit.Job, token string) error {
-	return c.Send(ctx, &livekit.ServerMessage{Message: &livekit.ServerMessage_Assignment{
+	if err := c.Send(ctx, &livekit.ServerMessage{Message: &livekit.ServerMessage_Assignment{
 		Assignment: &livekit.JobAssignment{Job: j, Token: token},
-	}})
+	}}); err != nil {
+		return err
+	}
+	if d := c.srv.opts.AssignRace; d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-c.done:
+			t.Stop()
+		}
+	}
+	if c.srv.opts.NoRecord {
+		return nil
+	}
+	c.mu.Lock()
+	c.running[j.GetId()] = true
+	c.bumpLocked()
+	c.mu.Unlock()
+	return nil
 }
 
 // Dispatch offers j and, if the worker accepts, assigns it with [Token]. It
@@ -175,11 +237,31 @@ func (c *Conn) Dispatch(ctx context.Context, j *livekit.Job) (res *livekit.Avail
 	return res, c.Assign(ctx, j, Token)
 }
 
-// Terminate asks the worker to stop job jobID (a JobTermination).
+// ErrJobNotFound is returned by [Conn.Terminate] for a job the connection
+// does not run.
+var ErrJobNotFound = errors.New("workertest: job not running on this connection")
+
+// Terminate ends job jobID as the server does when its dispatch is
+// deleted or its room closes: it sends a JobTermination and records the
+// job as ended (successfully) at once, so the worker's own final status
+// for it will be an unknown job's. A job the connection does not run gets
+// no message and ErrJobNotFound, as on the server. (To send a termination
+// regardless, use [Conn.Send].)
 func (c *Conn) Terminate(jobID string) error {
-	return c.Send(context.Background(), &livekit.ServerMessage{Message: &livekit.ServerMessage_Termination{
+	c.mu.Lock()
+	running := c.running[jobID] || c.srv.opts.NoRecord
+	c.mu.Unlock()
+	if !running {
+		return fmt.Errorf("workertest: terminate %s: %w", jobID, ErrJobNotFound)
+	}
+	err := c.Send(context.Background(), &livekit.ServerMessage{Message: &livekit.ServerMessage_Termination{
 		Termination: &livekit.JobTermination{JobId: jobID},
 	}})
+	c.mu.Lock()
+	delete(c.running, jobID)
+	c.bumpLocked()
+	c.mu.Unlock()
+	return err
 }
 
 // SendGoAway tells the worker that the server is draining this connection.
@@ -199,29 +281,46 @@ func UnknownMessage() []byte {
 
 // SendUnknown sends [UnknownMessage]. A worker should ignore it.
 func (c *Conn) SendUnknown() error {
-	return c.write(context.Background(), websocket.BinaryMessage, UnknownMessage())
+	return c.SendRaw(websocket.BinaryMessage, UnknownMessage())
 }
 
 // Send sends m to the worker, for messages the other methods do not cover
 // (an assignment with a URL, a resuming offer, an offer not waited for).
+// It records nothing: a job assigned this way is not running on the
+// connection as far as the fake is concerned.
 func (c *Conn) Send(ctx context.Context, m *livekit.ServerMessage) error {
 	b, err := proto.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("workertest: marshal: %w", err)
 	}
-	return c.write(ctx, websocket.BinaryMessage, b)
+	return c.SendRaw(websocket.BinaryMessage, b)
 }
 
 // SendRaw sends data as one frame of type msgType (websocket.BinaryMessage,
 // websocket.TextMessage, …) as it is: garbage, text, oversized frames.
 func (c *Conn) SendRaw(msgType int, data []byte) error {
-	return c.write(context.Background(), msgType, data)
+	if err := c.wc.WriteFrame(msgType, data); err != nil {
+		select {
+		case <-c.done:
+			return fmt.Errorf("workertest: send: %w: %v", ErrClosed, err)
+		default:
+			return fmt.Errorf("workertest: send: %w", err)
+		}
+	}
+	return nil
 }
 
 // Drop closes the connection abruptly, without a close frame, as a lost
 // network or a crashed server does.
 func (c *Conn) Drop() {
-	_ = c.ws.NetConn().Close()
+	_ = c.wc.Abort()
+}
+
+// CloseWith closes the connection with a close frame of code and reason,
+// as a server that refuses a connection may (1008, policy violation, for
+// example).
+func (c *Conn) CloseWith(code int, reason string) {
+	_ = c.wc.Close(code, reason)
 }
 
 // StopPongs makes the server stop answering the worker's pings.
@@ -295,30 +394,11 @@ func (c *Conn) waitFor(ctx context.Context, check func() bool) error {
 	}
 }
 
-// write sends one frame; at most one write runs at a time.
-func (c *Conn) write(ctx context.Context, msgType int, data []byte) error {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	deadline := time.Now().Add(writeTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	_ = c.ws.SetWriteDeadline(deadline)
-	if err := c.ws.WriteMessage(msgType, data); err != nil {
-		select {
-		case <-c.done:
-			return fmt.Errorf("workertest: send: %w: %v", ErrClosed, err)
-		default:
-			return fmt.Errorf("workertest: send: %w", err)
-		}
-	}
-	return nil
-}
-
 // handshake waits for the registration and answers it; false if the
-// connection must be closed.
+// connection must be closed. As on the server, only a registration and
+// pings may come first: anything else ends the connection.
 func (c *Conn) handshake() bool {
-	_ = c.ws.SetReadDeadline(time.Now().Add(RegisterTimeout))
+	_ = c.wc.SetReadDeadline(time.Now().Add(RegisterTimeout))
 	for {
 		m, ok := c.read()
 		if !ok {
@@ -328,12 +408,18 @@ func (c *Conn) handshake() bool {
 		case *livekit.WorkerMessage_Register:
 			if !c.srv.register(c, x.Register) {
 				c.fail(errors.New("workertest: registration refused"))
+				if code := c.srv.opts.RefuseCloseCode; code != 0 && c.srv.opts.RefuseRegistration {
+					_ = c.wc.Close(code, "registration refused")
+				}
 				return false
 			}
-			_ = c.ws.SetReadDeadline(time.Time{})
+			_ = c.wc.SetReadDeadline(time.Time{})
 			return true
 		case *livekit.WorkerMessage_Ping:
 			c.pong(x.Ping)
+		default:
+			c.fail(fmt.Errorf("workertest: protocol violation: %T before the registration", m.GetMessage()))
+			return false
 		}
 	}
 }
@@ -361,13 +447,7 @@ func (c *Conn) readLoop() {
 			}
 			c.mu.Unlock()
 		case *livekit.WorkerMessage_UpdateJob:
-			if record {
-				c.mu.Lock()
-				c.jobStatuses = append(c.jobStatuses, x.UpdateJob)
-				c.bumpLocked()
-				c.mu.Unlock()
-				c.srv.addStatus(x.UpdateJob)
-			}
+			c.updateJob(x.UpdateJob, record)
 		case *livekit.WorkerMessage_UpdateWorker:
 			if record {
 				c.mu.Lock()
@@ -375,25 +455,57 @@ func (c *Conn) readLoop() {
 				c.bumpLocked()
 				c.mu.Unlock()
 			}
+		case *livekit.WorkerMessage_MigrateJob:
+			c.mu.Lock()
+			c.migrations = append(c.migrations, append([]string(nil), x.MigrateJob.GetJobIds()...))
+			c.bumpLocked()
+			c.mu.Unlock()
+		case *livekit.WorkerMessage_SimulateJob:
+			// The fake offers only what the test offers.
+		case *livekit.WorkerMessage_Register:
+			c.fail(errors.New("workertest: protocol violation: a second registration"))
+			return
+		default:
+			// The server ends the connection on a message it cannot
+			// dispatch.
+			c.fail(fmt.Errorf("workertest: protocol violation: unknown worker message %T", m.GetMessage()))
+			return
 		}
+	}
+}
+
+// updateJob records a job status as the server does: the status of a job
+// running on this connection is taken (and an end forgets the job); any
+// other is an unknown job's.
+func (c *Conn) updateJob(u *livekit.UpdateJobStatus, record bool) {
+	c.mu.Lock()
+	known := c.running[u.GetJobId()]
+	if known && (u.GetStatus() == livekit.JobStatus_JS_SUCCESS || u.GetStatus() == livekit.JobStatus_JS_FAILED) {
+		delete(c.running, u.GetJobId())
+	}
+	if record {
+		if known {
+			c.jobStatuses = append(c.jobStatuses, u)
+		} else {
+			c.unknown = append(c.unknown, u)
+		}
+	}
+	c.bumpLocked()
+	c.mu.Unlock()
+	if known {
+		c.srv.addStatus(u)
 	}
 }
 
 // read reads and records one message. A read error or a frame that is not
 // a binary WorkerMessage ends the connection, as on the real server.
 func (c *Conn) read() (*livekit.WorkerMessage, bool) {
-	typ, b, err := c.ws.ReadMessage()
+	m, err := c.wc.Read()
 	if err != nil {
+		if wire.KindOf(err) == wire.Malformed {
+			err = fmt.Errorf("workertest: protocol violation: %w", err)
+		}
 		c.fail(err)
-		return nil, false
-	}
-	if typ != websocket.BinaryMessage {
-		c.fail(fmt.Errorf("workertest: protocol violation: frame of type %d", typ))
-		return nil, false
-	}
-	m := &livekit.WorkerMessage{}
-	if err := proto.Unmarshal(b, m); err != nil {
-		c.fail(fmt.Errorf("workertest: protocol violation: %w", err))
 		return nil, false
 	}
 	if !c.srv.opts.NoRecord {
@@ -422,9 +534,9 @@ func (c *Conn) fail(err error) {
 		return
 	}
 	c.err = err
-	var ce *websocket.CloseError
-	if errors.As(err, &ce) {
-		c.closeCode = ce.Code
+	var we *wire.Error
+	if errors.As(err, &we) {
+		c.closeCode = we.Code
 	}
 }
 

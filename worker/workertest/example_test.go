@@ -103,13 +103,18 @@ func ExampleConn_Offer() {
 	// offer for deployment "canary": available false
 }
 
-// A dropped connection: the worker registers again, and its running job
-// goes on and reports its end on the new connection.
+// A dropped connection: the worker registers again with the same instance
+// id, and its running job goes on. As on LiveKit's server, the job belonged
+// to the old connection: the worker names it in a MigrateJob request on the
+// new one, and does not send its end there (the server would drop it as a
+// status of an unknown job).
 func ExampleConn_Drop() {
 	srv := workertest.NewServer(nil)
 	defer srv.Close()
 	release := make(chan struct{})
+	ended := make(chan struct{})
 	stop := startWorker(srv, "support-bot", "", func(ctx context.Context, j *job.Job) error {
+		defer close(ended)
 		<-release
 		return nil
 	})
@@ -135,14 +140,17 @@ func ExampleConn_Drop() {
 		panic(err)
 	}
 	fmt.Println("same instance:", second.Registration().GetInstanceId() == first.Registration().GetInstanceId())
-	close(release)
-	if _, err := second.WaitJobStatus(ctx, j.GetId(), livekit.JobStatus_JS_SUCCESS); err != nil {
-		panic(err)
+	for len(second.Migrations()) == 0 {
+		time.Sleep(10 * time.Millisecond)
 	}
-	fmt.Println("job succeeded; reported on the new connection")
+	fmt.Println("migration requested for the running job:", second.Migrations()[0][0] == j.GetId())
+	close(release)
+	<-ended
+	fmt.Println("job ended; statuses sent for it on the new connection:", len(second.JobStatuses())+len(second.UnknownStatuses()))
 	// Output:
 	// same instance: true
-	// job succeeded; reported on the new connection
+	// migration requested for the running job: true
+	// job ended; statuses sent for it on the new connection: 0
 }
 
 // A server that rejects the worker's API key and secret makes Run fail at

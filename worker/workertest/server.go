@@ -18,6 +18,8 @@ import (
 	"github.com/livekit/protocol/auth"
 	"github.com/livekit/protocol/livekit"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/lkagent/lkagent/internal/wire"
 )
 
 // Protocol limits the fake applies, the same as the LiveKit server's.
@@ -29,9 +31,6 @@ const (
 	// unless Options.OfferTimeout says otherwise.
 	DefaultOfferTimeout = 10 * time.Second
 )
-
-// writeTimeout bounds every write to a worker.
-const writeTimeout = 10 * time.Second
 
 // Options configure a [Server]. The zero value is a well-behaved server that
 // accepts any API key and secret.
@@ -54,16 +53,31 @@ type Options struct {
 	// arrives, without answering it, as the server does with a
 	// registration it considers invalid.
 	RefuseRegistration bool
+	// RefuseCloseCode, with RefuseRegistration, refuses with a close frame
+	// of this code (websocket.ClosePolicyViolation, 1008, for example)
+	// before closing, as a server or proxy may; LiveKit's server sends
+	// none.
+	RefuseCloseCode int
 	// OfferTimeout bounds how long [Conn.Offer] waits for the worker's
 	// answer; default DefaultOfferTimeout.
 	OfferTimeout time.Duration
-	// NoRecord makes the server keep none of the messages workers send, so
-	// that long runs (benchmarks, soak tests) hold constant memory:
+	// NoRecord makes the server keep none of the messages workers send,
+	// and no job state per connection, so that long runs (benchmarks, soak
+	// tests) hold constant memory. Without job state it cannot tell a
+	// status of an unknown job from another, and [Conn.Terminate] sends a
+	// termination for any job:
 	// [Conn.Messages], [Conn.JobStatuses], [Conn.WorkerStatuses] and
 	// [Server.JobStatuses] stay empty, and the waits for statuses end only
 	// with their context or the connection. [Conn.Offer] still returns the
 	// worker's answer, and OnMessage still sees every message.
 	NoRecord bool
+	// AssignRace reproduces a race of LiveKit's server: it writes an
+	// assignment and only then records the job as running on the
+	// connection, so a status that arrives in between is dropped as one
+	// of an unknown job. With AssignRace set, [Conn.Assign] waits that
+	// long between the two; the gap on the real server is usually
+	// microseconds, more on a loaded machine.
+	AssignRace time.Duration
 	// OnMessage, if set, is called with every message a registered
 	// connection receives after its registration, in order, on the
 	// connection's read loop, before the message is recorded or an offer's
@@ -283,7 +297,7 @@ func (s *Server) serveAgent(rw http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the upgrader answered the request
 	}
-	c := newConn(s, ws, apiKey)
+	c := newConn(s, wire.Accept(ws), apiKey)
 	s.mu.Lock()
 	closed := s.closed
 	if !closed {
@@ -378,7 +392,7 @@ func (s *Server) register(c *Conn, req *livekit.RegisterWorkerRequest) bool {
 	c.reg = proto.CloneOf(req)
 	c.workerID = fmt.Sprintf("AW_workertest%d", s.workers)
 	s.mu.Unlock()
-	err := c.write(context.Background(), websocket.BinaryMessage, mustMarshal(&livekit.ServerMessage{Message: &livekit.ServerMessage_Register{
+	err := c.wc.Write(&livekit.ServerMessage{Message: &livekit.ServerMessage_Register{
 		Register: &livekit.RegisterWorkerResponse{
 			WorkerId: c.workerID,
 			ServerInfo: &livekit.ServerInfo{
@@ -388,7 +402,7 @@ func (s *Server) register(c *Conn, req *livekit.RegisterWorkerRequest) bool {
 				NodeId:        "ND_workertest",
 			},
 		},
-	}}))
+	}})
 	if err != nil {
 		return false
 	}

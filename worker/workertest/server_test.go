@@ -234,11 +234,32 @@ func TestOfferTimeoutAndAnswers(t *testing.T) {
 	if r := <-res; r.GetParticipantIdentity() != "x" {
 		t.Fatalf("answer %v", r)
 	}
+	// Not assigned yet: the server does not know the job.
+	early := &livekit.UpdateJobStatus{JobId: j.GetId(), Status: livekit.JobStatus_JS_RUNNING}
+	c.send(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_UpdateJob{UpdateJob: early}})
+	if err := conn.waitFor(ctx, func() bool { return len(conn.unknown) == 1 }); err != nil {
+		t.Fatalf("the status of a job never assigned was not recorded as unknown: %v", err)
+	}
+	if err := conn.Assign(ctx, j, Token); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := c.read(); err != nil || m.GetAssignment().GetJob().GetId() != j.GetId() {
+		t.Fatalf("assignment received: %v %v", m, err)
+	}
 	c.send(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_UpdateJob{UpdateJob: &livekit.UpdateJobStatus{
 		JobId: j.GetId(), Status: livekit.JobStatus_JS_SUCCESS}}})
 	if _, err := conn.WaitJobStatus(ctx, j.GetId(), livekit.JobStatus_JS_SUCCESS); err != nil {
 		t.Fatal(err)
 	}
+	if u := conn.UnknownStatuses(); len(u) != 1 || u[0].GetStatus() != livekit.JobStatus_JS_RUNNING {
+		t.Fatalf("unknown statuses %v, want the RUNNING sent before the assignment", u)
+	}
+	if got := conn.JobStatuses(); len(got) != 1 {
+		t.Fatalf("recorded statuses %v, want only the SUCCESS after the assignment", got)
+	}
+	// Ended: a later status is an unknown job's again.
+	c.send(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_UpdateJob{UpdateJob: &livekit.UpdateJobStatus{
+		JobId: j.GetId(), Status: livekit.JobStatus_JS_FAILED}}})
 	if _, err := srv.WaitJobStatus(ctx, j.GetId(), livekit.JobStatus_JS_SUCCESS); err != nil {
 		t.Fatal(err)
 	}
