@@ -3,6 +3,7 @@ package job
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -107,5 +108,56 @@ func TestTimingProto(t *testing.T) {
 	p := tm.Proto(base)
 	if p.OfferReceivedUs != 1000 || p.ConnectedUs != 3000 || p.AcceptedUs != 0 {
 		t.Fatalf("Proto = %+v", p)
+	}
+}
+
+// Connect never holds the job's lock while it joins (which waits for the
+// server, and for ICE): Room, Shutdown and OnShutdown answer meanwhile.
+func TestConnectDoesNotBlockTheJob(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // a server that accepts and never answers
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	j, ctl := New(context.Background(), Params{
+		Info: &livekit.Job{Id: "AJ_slow", Room: &livekit.Room{Name: "r"}},
+		URL:  "ws://" + ln.Addr().String(), Token: "token",
+	})
+	ctx, cancel := context.WithCancel(ctl.Context())
+	joined := make(chan error, 1)
+	go func() {
+		_, err := j.Connect(ctx, nil)
+		joined <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // Connect is waiting for the server now
+	answered := make(chan struct{})
+	go func() {
+		_ = j.Room()
+		j.OnShutdown(func(context.Context, error) {})
+		close(answered)
+	}()
+	select {
+	case <-answered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Room and OnShutdown blocked while Connect was joining")
+	}
+	cancel()
+	select {
+	case err := <-joined:
+		if err == nil {
+			t.Fatal("Connect to a silent server succeeded")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Connect did not end with its context")
 	}
 }

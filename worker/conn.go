@@ -539,12 +539,17 @@ func (s *session) writeLoop() {
 	}
 }
 
-// tickLoop pings, checks pongs and reports load periodically.
+// tickLoop pings, checks pongs and reports load periodically. A
+// connection is dead once no pong came for PingInterval+PongTimeout: the
+// check runs at that instant after the last pong, not at the next ping.
 func (s *session) tickLoop() {
 	ping := time.NewTicker(s.w.o.PingInterval)
 	defer ping.Stop()
 	status := time.NewTicker(s.w.o.StatusInterval)
 	defer status.Stop()
+	silence := s.w.o.PingInterval + s.w.o.PongTimeout
+	dead := time.NewTimer(silence)
+	defer dead.Stop()
 	for {
 		select {
 		case <-s.done:
@@ -552,12 +557,15 @@ func (s *session) tickLoop() {
 		case <-status.C:
 			s.w.touch()
 			s.kickStatus()
-		case now := <-ping.C:
+		case now := <-dead.C:
 			last := time.Unix(0, s.lastPong.Load())
-			if now.Sub(last) > s.w.o.PingInterval+s.w.o.PongTimeout {
-				s.fail(wire.New(wire.Lost, "read", fmt.Errorf("%w (last pong %s ago)", ErrPongTimeout, now.Sub(last).Round(time.Millisecond))))
-				return
+			if wait := silence - now.Sub(last); wait > 0 {
+				dead.Reset(wait)
+				continue
 			}
+			s.fail(wire.New(wire.Lost, "read", fmt.Errorf("%w (last pong %s ago)", ErrPongTimeout, now.Sub(last).Round(time.Millisecond))))
+			return
+		case now := <-ping.C:
 			s.send(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_Ping{Ping: &livekit.WorkerPing{Timestamp: now.UnixMilli()}}})
 		}
 	}

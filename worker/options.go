@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -138,7 +137,7 @@ type Options struct {
 }
 
 // OptionError reports an invalid option: which one, the rule, and the value
-// (never a secret's value).
+// (never a secret's value; quoted, with invisible characters escaped).
 type OptionError struct {
 	Option string
 	Value  string
@@ -205,11 +204,11 @@ func (o *Options) validate() error {
 		return &OptionError{Option: "APISecret", Rule: "required: set Options.APISecret or " + EnvAPISecret}
 	}
 	if err := validDeployment(o.Deployment); err != nil {
-		return &OptionError{Option: "Deployment", Value: printable(o.Deployment),
+		return &OptionError{Option: "Deployment", Value: o.Deployment,
 			Rule: err.Error() + " (a deployment is at most 64 bytes of UTF-8 without '_', spaces, control or invisible characters; \"\" is production)"}
 	}
 	if err := validAgentName(o.AgentName); err != nil {
-		return &OptionError{Option: "AgentName", Value: printable(o.AgentName), Rule: err.Error()}
+		return &OptionError{Option: "AgentName", Value: o.AgentName, Rule: err.Error()}
 	}
 	if !livekit.IsJobType(o.JobType) {
 		return &OptionError{Option: "JobType", Value: o.JobType.String(), Rule: "must be JT_ROOM, JT_PUBLISHER or JT_PARTICIPANT"}
@@ -274,8 +273,9 @@ func validateURL(raw string) error {
 		return &OptionError{Option: "URL", Rule: "required: set Options.URL or " + EnvURL + " (for example ws://127.0.0.1:7880)"}
 	}
 	if !strings.Contains(raw, "://") {
-		return &OptionError{Option: "URL", Value: printable(raw),
-			Rule: "has no scheme: write ws://" + raw + " for a plain server or wss://" + raw + " for TLS"}
+		shown := raw[strings.LastIndex(raw, "@")+1:] // never a user or password
+		return &OptionError{Option: "URL", Value: shown,
+			Rule: "has no scheme: write ws://" + shown + " for a plain server or wss://" + shown + " for TLS"}
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -342,10 +342,4 @@ func visibleText(s string) error {
 		}
 	}
 	return nil
-}
-
-// printable shows s with invisible characters escaped, for error messages.
-func printable(s string) string {
-	q := strconv.QuoteToASCII(s)
-	return q[1 : len(q)-1]
 }

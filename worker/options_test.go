@@ -41,6 +41,19 @@ func TestOptionErrors(t *testing.T) {
 		{"deployment with space", func(o *Options) { o.Deployment = "prod us" }, "Deployment"},
 		{"deployment with tab", func(o *Options) { o.Deployment = "prod\tus" }, "Deployment"},
 		{"deployment with control byte", func(o *Options) { o.Deployment = "prod\x00" }, "Deployment"},
+		{"deployment of invalid UTF-8", func(o *Options) { o.Deployment = "stag\xffing" }, "Deployment"},
+		{"deployment with a no-break space", func(o *Options) { o.Deployment = "staging\u00a0" }, "Deployment"},
+		{"deployment with a zero-width space", func(o *Options) { o.Deployment = "stag\u200bing" }, "Deployment"},
+		{"deployment with a byte order mark", func(o *Options) { o.Deployment = "\ufeffstaging" }, "Deployment"},
+		{"deployment with an ideographic space", func(o *Options) { o.Deployment = "stag\u3000ing" }, "Deployment"},
+		{"agent name of invalid UTF-8", func(o *Options) { o.AgentName = "bot\xfe" }, "AgentName"},
+		{"agent name with a zero-width joiner", func(o *Options) { o.AgentName = "bo\u200dt" }, "AgentName"},
+		{"agent name with a trailing space", func(o *Options) { o.AgentName = "bot " }, "AgentName"},
+		{"agent name with a newline", func(o *Options) { o.AgentName = "bot\n" }, "AgentName"},
+		{"URL with user and password", func(o *Options) { o.URL = "ws://user:" + optSecret + "@127.0.0.1:7880" }, "URL"},
+		{"URL with a user", func(o *Options) { o.URL = "wss://user@lk.example.com" }, "URL"},
+		{"URL with a query", func(o *Options) { o.URL = "wss://lk.example.com/?access_token=" + optSecret }, "URL"},
+		{"host without a scheme", func(o *Options) { o.URL = "lk.example.com" }, "URL"},
 		{"bad job type", func(o *Options) { o.JobType = livekit.JobType(99) }, "JobType"},
 		{"negative MaxJobs", func(o *Options) { o.MaxJobs = -1 }, "MaxJobs"},
 		{"LoadThreshold above 1", func(o *Options) { o.LoadThreshold = 1.01 }, "LoadThreshold"},
@@ -83,6 +96,9 @@ func TestOptionsBoundariesAccepted(t *testing.T) {
 		{"64-byte deployment", func(o *Options) { o.Deployment = strings.Repeat("d", 64) }},
 		{"production deployment", func(o *Options) { o.Deployment = "" }},
 		{"dashed deployment", func(o *Options) { o.Deployment = "eu-west.canary-2" }},
+		{"non-ASCII deployment", func(o *Options) { o.Deployment = "préprod" }},
+		{"agent name with inner spaces", func(o *Options) { o.AgentName = "support bot" }},
+		{"automatic agent", func(o *Options) { o.AgentName = "" }},
 		{"http URL", func(o *Options) { o.URL = "http://127.0.0.1:7880" }},
 		{"wss URL with path", func(o *Options) { o.URL = "wss://lk.example.com/base" }},
 		{"LoadThreshold 1", func(o *Options) { o.LoadThreshold = 1 }},
@@ -158,5 +174,59 @@ func TestOptionsFromEnvironment(t *testing.T) {
 	})
 	if !errors.As(err, &oe) || oe.Option != "APISecret" || !strings.Contains(err.Error(), EnvAPISecret) {
 		t.Errorf("missing secret: error %v, want an *OptionError for APISecret naming %s", err, EnvAPISecret)
+	}
+}
+
+// Errors for a URL say what to do, and never show a password or a query.
+func TestURLErrorsSayWhatToDo(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ url, want string }{
+		{"lk.example.com:7880", "write ws://lk.example.com:7880"},
+		{"ws://user:" + optSecret + "@127.0.0.1:7880", "remove the user@ part"},
+		{"wss://lk.example.com/?token=" + optSecret, "base URL"},
+		{"user:" + optSecret + "@lk.example.com", "write ws://lk.example.com"},
+	} {
+		o := validOptions()
+		o.URL = tc.url
+		_, err := newWorker(o, noop, noEnv)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("URL %q: error %v, want it to say %q", tc.url, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), optSecret) {
+			t.Errorf("URL %q: error %q shows the secret", tc.url, err)
+		}
+	}
+}
+
+// Invisible characters in an invalid deployment are shown escaped.
+func TestDeploymentErrorShowsInvisibleCharacters(t *testing.T) {
+	t.Parallel()
+	o := validOptions()
+	o.Deployment = "staging\u200b"
+	_, err := newWorker(o, noop, noEnv)
+	if err == nil || !strings.Contains(err.Error(), `staging\u200b`) || !strings.Contains(err.Error(), "U+200B") {
+		t.Fatalf("error %v, want the deployment shown escaped and the character named", err)
+	}
+}
+
+func TestTopicTwin(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		agent, deployment string
+		want              registration
+		ok                bool
+	}{
+		{"foo", "staging", registration{agentName: "foo_staging"}, true},
+		{"foo_staging", "", registration{agentName: "foo", deployment: "staging"}, true},
+		{"a_b_canary", "", registration{agentName: "a_b", deployment: "canary"}, true},
+		{"foo", "", registration{}, false},
+		{"foo_", "", registration{}, false},
+		{"_foo", "", registration{}, false},
+		{"", "staging", registration{}, false},
+	} {
+		got, ok := topicTwin(tc.agent, tc.deployment)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("topicTwin(%q, %q) = %+v %v, want %+v %v", tc.agent, tc.deployment, got, ok, tc.want, tc.ok)
+		}
 	}
 }

@@ -168,14 +168,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer cancelJobs(job.ErrWorkerStopped)
 	if w.loads != nil {
 		loadCtx, stopLoads := context.WithCancel(connCtx)
-		var sampler sync.WaitGroup
-		sampler.Add(1)
+		sampled := make(chan struct{})
 		go func() {
-			defer sampler.Done()
+			defer close(sampled)
 			w.loads.run(loadCtx, w.log, w.kickStatus)
 		}()
-		defer sampler.Wait()
-		defer stopLoads()
+		defer func() {
+			stopLoads()
+			w.waitUser(sampled, "LoadFunc")
+		}()
 	}
 
 	connDone := make(chan error, 1)
@@ -206,12 +207,18 @@ func (w *Worker) waitOnRequests() {
 		w.userWG.Wait()
 		close(done)
 	}()
+	w.waitUser(done, "OnRequest")
+}
+
+// waitUser waits up to ShutdownTimeout for user code (what) to return,
+// signalled by done; code that does not is left behind, and said so.
+func (w *Worker) waitUser(done <-chan struct{}, what string) {
 	t := time.NewTimer(w.o.ShutdownTimeout)
 	defer t.Stop()
 	select {
 	case <-done:
 	case <-t.C:
-		w.log.Error("OnRequest did not return within the shutdown timeout; leaving it behind",
+		w.log.Error(what+" did not return within the shutdown timeout; leaving it behind",
 			slog.Duration("shutdown_timeout", w.o.ShutdownTimeout))
 	}
 }

@@ -52,8 +52,7 @@ func TestJoinTimingReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := srv.URL()
-	if err := conn.Send(ctx, &livekit.ServerMessage{Message: &livekit.ServerMessage_Assignment{
-		Assignment: &livekit.JobAssignment{Job: j, Url: &url, Token: token}}}); err != nil {
+	if err := conn.SendAssignment(ctx, &livekit.JobAssignment{Job: j, Url: &url, Token: token}); err != nil {
 		t.Fatal(err)
 	}
 	final, err := conn.WaitJobStatus(ctx, j.Id, livekit.JobStatus_JS_SUCCESS)

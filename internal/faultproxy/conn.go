@@ -497,10 +497,11 @@ func (c *conn) claimCutAfterUpgrade() (CutMode, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	f := &p.faults[c.kind]
-	if c.cut || f.cutAfter <= 0 {
+	if c.cut || len(f.cuts) == 0 {
 		return 0, false
 	}
-	f.cutAfter--
+	mode := f.cuts[0]
+	f.cuts = f.cuts[1:]
 	c.doomed = true
-	return f.cutMode, true
+	return mode, true
 }

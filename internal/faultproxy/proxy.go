@@ -122,8 +122,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // faults are the faults applied to one Kind.
 type faults struct {
-	cutAfter  int // connections still to cut after their upgrade
-	cutMode   CutMode
+	cuts      []CutMode // how to cut each of the next connections after their upgrade
 	blackHole bool
 	delay     time.Duration
 	refuse    bool
@@ -211,14 +210,27 @@ func (p *Proxy) Close() error {
 // completed upgrade and then the end of the connection, with no close
 // frame. Bytes the server sends after the head are not forwarded. Other
 // responses (a 401, say) are forwarded as usual and do not count. A later
-// call replaces the pending count and mode; n <= 0 cancels.
+// call replaces the pending cuts; n <= 0 cancels.
 func (p *Proxy) CutAfterUpgrade(k Kind, n int, mode CutMode) {
+	modes := make([]CutMode, max(n, 0))
+	for i := range modes {
+		modes[i] = mode
+	}
+	p.CutAfterUpgradeSeq(k, modes...)
+}
+
+// CutAfterUpgradeSeq is CutAfterUpgrade with a mode for each of the next
+// connections, in order: CutAfterUpgradeSeq(KindAgent, FIN, FIN, RST) cuts
+// the next three upgraded agent connections, the last one with a reset.
+// A later call replaces the pending cuts; no modes cancels.
+func (p *Proxy) CutAfterUpgradeSeq(k Kind, modes ...CutMode) {
 	k.check()
-	mode.check()
+	for _, m := range modes {
+		m.check()
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.faults[k].cutAfter = max(n, 0)
-	p.faults[k].cutMode = mode
+	p.faults[k].cuts = append([]CutMode(nil), modes...)
 }
 
 // Cut cuts every open connection of kind k now, with mode, and returns how

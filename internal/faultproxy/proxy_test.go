@@ -393,6 +393,19 @@ func TestCutAfterUpgrade(t *testing.T) {
 	}
 }
 
+func TestCutAfterUpgradeSeq(t *testing.T) {
+	_, p := newEnv(t)
+	seq := []faultproxy.CutMode{faultproxy.FIN, faultproxy.RST, faultproxy.FIN}
+	p.CutAfterUpgradeSeq(faultproxy.KindAgent, seq...)
+	for _, mode := range seq {
+		checkCutErr(t, readErr(t, mustDial(t, p, "/agent")), mode)
+	}
+	echo(t, mustDial(t, p, "/agent"), "fourth works")
+	p.CutAfterUpgradeSeq(faultproxy.KindAgent, faultproxy.RST)
+	p.CutAfterUpgradeSeq(faultproxy.KindAgent) // replaces: nothing pending
+	echo(t, mustDial(t, p, "/agent"), "cancelled")
+}
+
 func TestCutAfterUpgradeSkipsNon101(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {

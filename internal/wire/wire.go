@@ -196,11 +196,41 @@ type DialConfig struct {
 // Dial opens the worker's end of a connection. ctx bounds the dial only.
 // A failure is an *Error whose Kind says whether to retry.
 func Dial(ctx context.Context, cfg DialConfig) (*Worker, error) {
-	d := cfg.Dialer
-	if d == nil {
-		d = &websocket.Dialer{Proxy: http.ProxyFromEnvironment}
+	d := websocket.Dialer{Proxy: http.ProxyFromEnvironment}
+	if cfg.Dialer != nil {
+		d = *cfg.Dialer
 	}
+	// gorilla bounds the handshake by ctx's deadline but does not stop it
+	// when ctx is cancelled: end a handshake in progress by hand.
+	var mu sync.Mutex
+	var raw net.Conn
+	netDial := d.NetDialContext
+	if netDial == nil {
+		netDial = (&net.Dialer{}).DialContext
+	}
+	d.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := netDial(ctx, network, addr)
+		if err == nil {
+			mu.Lock()
+			raw = c
+			mu.Unlock()
+		}
+		return c, err
+	}
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if raw != nil {
+			_ = raw.SetDeadline(time.Now())
+		}
+	})
 	ws, resp, err := d.DialContext(ctx, cfg.URL, cfg.Header)
+	if !stop() && err == nil {
+		// ctx ended as the dial completed: the connection's deadline
+		// may be spent.
+		_ = ws.Close()
+		return nil, &Error{Kind: Stopped, Op: "dial", Err: ctx.Err()}
+	}
 	if err != nil {
 		return nil, dialError(ctx, resp, err)
 	}
@@ -238,8 +268,8 @@ func dialError(ctx context.Context, resp *http.Response, err error) *Error {
 		inv  x509.CertificateInvalidError
 	)
 	switch {
-	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
-		e.Kind = Stopped
+	case errors.Is(ctx.Err(), context.Canceled):
+		e.Kind = Stopped // a deadline that passed is a timeout: Lost
 	case errors.As(err, &rec):
 		e.Kind, e.Hint = Misconfigured, "the server does not speak TLS at this address: use ws:// instead of wss://"
 	case errors.As(err, &cert), errors.As(err, &ua), errors.As(err, &host), errors.As(err, &inv):

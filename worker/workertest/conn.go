@@ -203,9 +203,13 @@ func (c *Conn) dropOffer(id string, ch chan *livekit.AvailabilityResponse) {
 // running on this connection, as the server does: after writing the
 // assignment (after Options.AssignRace more, if set).
 func (c *Conn) Assign(ctx context.Context, j *livekit.Job, token string) error {
-	if err := c.Send(ctx, &livekit.ServerMessage{Message: &livekit.ServerMessage_Assignment{
-		Assignment: &livekit.JobAssignment{Job: j, Token: token},
-	}}); err != nil {
+	return c.SendAssignment(ctx, &livekit.JobAssignment{Job: j, Token: token})
+}
+
+// SendAssignment sends a, an assignment of any form (with a URL, say),
+// and records its job as running on this connection as [Conn.Assign] does.
+func (c *Conn) SendAssignment(ctx context.Context, a *livekit.JobAssignment) error {
+	if err := c.Send(ctx, &livekit.ServerMessage{Message: &livekit.ServerMessage_Assignment{Assignment: a}}); err != nil {
 		return err
 	}
 	if d := c.srv.opts.AssignRace; d > 0 {
@@ -220,7 +224,7 @@ func (c *Conn) Assign(ctx context.Context, j *livekit.Job, token string) error {
 		return nil
 	}
 	c.mu.Lock()
-	c.running[j.GetId()] = true
+	c.running[a.GetJob().GetId()] = true
 	c.bumpLocked()
 	c.mu.Unlock()
 	return nil
