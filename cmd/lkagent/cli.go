@@ -51,6 +51,7 @@ func commands() []*command {
 		{name: "server", summary: "run a local LiveKit server for development in the foreground", run: runServer},
 		{name: "bench", summary: "measure latency, throughput, memory per job and routing against a LiveKit server", run: runBench},
 		{name: "worker", summary: "run the example echo agent as a worker of an agent name and deployment", run: runWorker},
+		{name: "guard", summary: "restart agents that failed in rooms still in use, driven by the server's webhooks", run: runGuard},
 	}
 }
 

@@ -8,6 +8,7 @@
 //	lkagent worker --agent-name echo --deployment staging
 //	lkagent dispatch create --room r1 --agent-name echo --deployment staging
 //	lkagent token --identity caller --room r1 --agent-name echo --deployment staging
+//	lkagent guard --listen :8089                   # restarts failed agents; the server posts its webhooks there
 //
 // Run "lkagent help" for every command and "lkagent <command> --help" for
 // its flags. Connection flags default to LIVEKIT_URL, LIVEKIT_API_KEY and
