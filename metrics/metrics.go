@@ -37,6 +37,10 @@ type Worker struct {
 	Draining           prometheus.Gauge
 	StatusesDropped    prometheus.Counter
 	JobsMigrated       prometheus.Counter
+	Capacity           prometheus.Gauge
+	QueueCapacity      prometheus.Gauge
+	JobsQueued         prometheus.Gauge
+	QueueWait          prometheus.Histogram
 }
 
 // New creates a worker's collectors labelled with agentName and deployment.
@@ -67,7 +71,7 @@ func New(agentName, deployment string) *Worker {
 		UnexpectedAssigns:  counter("unexpected_assignments_total", "Assignments for jobs this worker did not accept or already ran; not run."),
 		JobsRunning:        gauge("jobs_running", "Jobs whose handler is running."),
 		JobsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "jobs_finished_total",
-			Help: "Jobs ended, by status: success, failed, terminated, panicked.", ConstLabels: labels}, []string{"status"}),
+			Help: "Jobs ended, by status: success, failed, terminated, panicked; queued jobs that never started: queue_timeout, drain_timeout.", ConstLabels: labels}, []string{"status"}),
 		JobDuration:     hist("job_duration_seconds", "Time from handler start to job end.", prometheus.ExponentialBuckets(0.01, 4, 12)),
 		LaunchLatency:   hist("job_launch_latency_seconds", "Time from assignment received to handler started.", fast),
 		DecisionLatency: hist("offer_decision_latency_seconds", "Time from offer received to availability answer.", fast),
@@ -77,6 +81,11 @@ func New(agentName, deployment string) *Worker {
 			"Job statuses not sent because the connection their job was assigned on had ended (the server forgot that connection's jobs)."),
 		JobsMigrated: counter("jobs_migrated_total",
 			"Running jobs reported to the server in a MigrateJob request after they outlived their connection."),
+		Capacity:      gauge("capacity", "Jobs the worker runs at once (MaxJobs; 0 = no cap)."),
+		QueueCapacity: gauge("queue_capacity", "Accepted jobs that may wait for a slot (MaxQueued)."),
+		JobsQueued:    gauge("jobs_queued", "Accepted jobs waiting for a slot."),
+		QueueWait: hist("queue_wait_seconds", "Time a job waited in the queue, until it started or gave up.",
+			prometheus.ExponentialBuckets(0.01, 2, 14)), // 10ms … ~82s
 	}
 	return m
 }
@@ -86,7 +95,7 @@ func (m *Worker) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.Connected, m.Registrations, m.ReconnectAttempts, m.Disconnects,
 		m.OffersReceived, m.OffersAccepted, m.OffersDeclined, m.AssignmentTimeouts, m.UnexpectedAssigns,
 		m.JobsRunning, m.JobsFinished, m.JobDuration, m.LaunchLatency, m.DecisionLatency, m.Load, m.Draining,
-		m.StatusesDropped, m.JobsMigrated}
+		m.StatusesDropped, m.JobsMigrated, m.Capacity, m.QueueCapacity, m.JobsQueued, m.QueueWait}
 }
 
 // Register registers every collector of m with reg. The same collectors

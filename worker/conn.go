@@ -220,8 +220,10 @@ type session struct {
 	once       sync.Once
 
 	// outbox holds the job statuses to write on this connection, in
-	// order. Guarded by w.mu.
-	outbox []*livekit.UpdateJobStatus
+	// order; writing counts those taken from it and being written. Guarded
+	// by w.mu.
+	outbox  []*livekit.UpdateJobStatus
+	writing int
 }
 
 func (s *session) fail(err error) {
@@ -525,12 +527,17 @@ func (s *session) writeLoop() {
 					head = s.outbox[0]
 					s.outbox[0] = nil // the array must not keep sent statuses alive
 					s.outbox = s.outbox[1:]
+					s.writing++
 				}
 				s.w.mu.Unlock()
 				if head == nil {
 					break
 				}
-				if !write(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_UpdateJob{UpdateJob: head}}) {
+				ok := write(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_UpdateJob{UpdateJob: head}})
+				s.w.mu.Lock()
+				s.writing--
+				s.w.mu.Unlock()
+				if !ok {
 					s.w.obs.statusesDropped(1)
 					return
 				}

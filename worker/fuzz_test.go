@@ -105,6 +105,16 @@ func FuzzServerMessage(f *testing.F) {
 	f.Add(fuzzFrames([]byte{0xff, 0xff, 0xff}, offerMsg(own), assignMsg(own)))
 	f.Add(fuzzFrames(fuzzMsg(&livekit.ServerMessage{Message: &livekit.ServerMessage_Availability{Availability: &livekit.AvailabilityRequest{}}})))
 	f.Add(fuzzFrames(fuzzMsg(&livekit.ServerMessage{Message: &livekit.ServerMessage_Assignment{Assignment: &livekit.JobAssignment{}}})))
+	// Jobs that hold their slot until the end: the third and fourth wait in
+	// the queue, the fifth is declined (MaxJobs 2, MaxQueued 2).
+	var held [][]byte
+	for _, id := range []string{"AJ_h1", "AJ_h2", "AJ_h3", "AJ_h4", "AJ_h5"} {
+		j := fuzzJob(id, fuzzAgent, fuzzDeployment, livekit.JobType_JT_ROOM)
+		j.Metadata = "hold"
+		held = append(held, offerMsg(j), assignMsg(j))
+	}
+	f.Add(fuzzFrames(held...))
+	f.Add(fuzzFrames(append(held, terminateMsg("AJ_h3"), terminateMsg("AJ_h1"))...))
 	f.Add([]byte{})
 	f.Add([]byte("not a frame at all"))
 
@@ -116,16 +126,29 @@ func FuzzServerMessage(f *testing.F) {
 func fuzzWorker(t *testing.T, frames [][]byte) {
 	var mu sync.Mutex
 	var ran []*job.Job
+	var running, peak int
+	const maxJobs = 2
 	handler := func(ctx context.Context, j *job.Job) error {
 		mu.Lock()
 		ran = append(ran, j)
+		running++
+		peak = max(peak, running)
 		mu.Unlock()
+		defer func() {
+			mu.Lock()
+			running--
+			mu.Unlock()
+		}()
+		if j.Metadata() == "hold" {
+			<-ctx.Done()
+		}
 		return nil
 	}
 	w, err := newWorker(Options{
 		URL: "ws://127.0.0.1:1", APIKey: "key", APISecret: "secret",
 		AgentName: fuzzAgent, Deployment: fuzzDeployment,
-		Logger: slog.New(slog.DiscardHandler),
+		Logger:  slog.New(slog.DiscardHandler),
+		MaxJobs: maxJobs, MaxQueued: 2,
 	}, handler, noEnv)
 	if err != nil {
 		t.Fatal(err)
@@ -184,6 +207,7 @@ func fuzzWorker(t *testing.T, frames [][]byte) {
 		default:
 		}
 	}
+	w.cancelAllJobs(job.ErrWorkerStopped) // fails queued jobs, cancels running ones
 	cancel(job.ErrWorkerStopped)
 	w.jobWG.Wait()
 	w.bg.Wait()
@@ -215,9 +239,12 @@ func fuzzWorker(t *testing.T, frames [][]byte) {
 		}
 		seen[j.ID()] = true
 	}
+	if peak > maxJobs {
+		t.Fatalf("%d handlers ran at once, MaxJobs is %d", peak, maxJobs)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.jobs) != 0 || len(w.reserved) != 0 {
-		t.Fatalf("%d jobs and %d reservations left after every handler returned", len(w.jobs), len(w.reserved))
+	if len(w.jobs) != 0 || len(w.reserved) != 0 || len(w.queue) != 0 {
+		t.Fatalf("%d jobs, %d queued and %d reservations left after every handler returned", len(w.jobs), len(w.queue), len(w.reserved))
 	}
 }

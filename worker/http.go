@@ -54,7 +54,8 @@ func (w *Worker) Handler() http.Handler {
 		_ = json.NewEncoder(rw).Encode(workerInfo{
 			AgentName:       s.AgentName,
 			WorkerType:      w.o.JobType.String(),
-			ActiveJobs:      len(s.Jobs),
+			ActiveJobs:      len(s.Jobs) - s.Queued,
+			QueuedJobs:      s.Queued,
 			SDKVersion:      Version,
 			WorkerLoad:      s.Load,
 			ProtocolVersion: ProtocolVersion,
@@ -72,6 +73,7 @@ type workerInfo struct {
 	AgentName       string        `json:"agent_name"`
 	WorkerType      string        `json:"worker_type"`
 	ActiveJobs      int           `json:"active_jobs"`
+	QueuedJobs      int           `json:"queued_jobs"`
 	SDKVersion      string        `json:"sdk_version"`
 	WorkerLoad      float64       `json:"worker_load"`
 	ProtocolVersion int           `json:"protocol_version"`

@@ -27,13 +27,20 @@ const (
 	DeclineRequestError      = "request_error"
 )
 
-// activeJob is a job whose handler runs (or is about to).
+// activeJob is an assigned job: queued for a slot, or running.
 type activeJob struct {
 	info     *livekit.Job
 	identity string
+	ctx      context.Context         // the parent of the job's context
 	cancel   context.CancelCauseFunc // cancels the job's context with a cause
-	started  time.Time
+	params   job.Params              // what the handler's job is built from
 	line     statusLine
+
+	// Guarded by w.mu.
+	queued     bool
+	queuedAt   time.Time
+	queueTimer *time.Timer
+	started    time.Time // when the handler was launched; zero while queued
 }
 
 // statusLine carries one job's statuses to the connection it was assigned
@@ -182,14 +189,7 @@ func (w *Worker) reserve(s *session, id string) string {
 	if w.recent.has(id) {
 		return DeclineDuplicate
 	}
-	if w.o.MaxJobs > 0 && len(w.jobs)+len(w.reserved) >= w.o.MaxJobs {
-		return DeclineFull
-	}
-	load := w.loadLocked()
-	if hasUserLoad {
-		load = userLoad
-	}
-	if load >= w.o.LoadThreshold {
+	if _, full := w.loadLocked(userLoad, hasUserLoad); full {
 		return DeclineFull
 	}
 	w.reserved[id] = &reservation{sess: s}
@@ -273,31 +273,145 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 	ctx, cancel := context.WithCancelCause(jobCtx)
 	timing := res.timing
 	timing.AssignmentReceived = received
-	timing.Launched = time.Now()
-	aj := &activeJob{
-		info:     info,
-		identity: res.identity,
-		cancel:   cancel,
-		started:  timing.Launched,
-		line:     statusLine{sess: s, notBefore: received.Add(w.statusDelay)},
-	}
-	w.jobs[id] = aj
-	w.jobWG.Add(1)
-	w.mu.Unlock()
-	w.obs.jobStarted(timing.Launched.Sub(received))
-	w.kickStatus()
-	w.kickLoad()
 	url := a.GetUrl()
 	if url == "" {
 		url = wsURL(w.o.URL)
 	}
-	go w.runJob(aj, ctx, job.Params{
-		Info:     info,
-		Identity: res.identity,
-		URL:      url,
-		Token:    a.GetToken(),
-		Timing:   timing,
+	aj := &activeJob{
+		info:     info,
+		identity: res.identity,
+		ctx:      ctx,
+		cancel:   cancel,
+		params:   job.Params{Info: info, Identity: res.identity, URL: url, Token: a.GetToken(), Timing: timing},
+		line:     statusLine{sess: s, notBefore: received.Add(w.statusDelay)},
+	}
+	w.jobs[id] = aj
+	start := w.o.MaxJobs == 0 || w.runningLocked() <= w.o.MaxJobs
+	if start {
+		w.launchLocked(aj)
+	} else {
+		w.enqueueLocked(aj)
+	}
+	w.mu.Unlock()
+	if start {
+		w.start(aj)
+	} else {
+		// The server shows the job pending until it starts.
+		w.report(&aj.line, &livekit.UpdateJobStatus{JobId: id, Status: livekit.JobStatus_JS_PENDING})
+		w.obs.setQueued(w.queued())
+	}
+	w.kickStatus()
+	w.kickLoad()
+}
+
+// runningLocked is the number of jobs whose handler runs (or is being
+// launched); w.mu is held.
+func (w *Worker) runningLocked() int { return len(w.jobs) - len(w.queue) }
+
+// launchLocked takes a slot for aj; start then runs its handler. w.mu is
+// held.
+func (w *Worker) launchLocked(aj *activeJob) {
+	now := time.Now()
+	aj.started = now
+	aj.params.Timing.Launched = now
+	w.jobWG.Add(1)
+}
+
+// start runs the handler of a launched job.
+func (w *Worker) start(aj *activeJob) {
+	w.obs.jobStarted(aj.started.Sub(aj.params.Timing.AssignmentReceived), !aj.queuedAt.IsZero())
+	go w.runJob(aj)
+}
+
+// enqueueLocked puts aj in the queue, until a slot frees or QueueTimeout
+// passes. w.mu is held.
+func (w *Worker) enqueueLocked(aj *activeJob) {
+	aj.queued, aj.queuedAt = true, time.Now()
+	w.queue = append(w.queue, aj)
+	aj.queueTimer = time.AfterFunc(w.o.QueueTimeout, func() { w.queueTimeout(aj) })
+}
+
+// dequeueLocked launches queued jobs, oldest first, while slots are free,
+// and returns them (start each once w.mu is released). w.mu is held.
+func (w *Worker) dequeueLocked() []*activeJob {
+	var started []*activeJob
+	for len(w.queue) > 0 && w.runningLocked() < w.o.MaxJobs {
+		aj := w.queue[0]
+		w.queue[0] = nil
+		w.queue = w.queue[1:]
+		aj.queued = false
+		aj.queueTimer.Stop()
+		w.launchLocked(aj)
+		started = append(started, aj)
+	}
+	return started
+}
+
+// startQueued starts jobs dequeued by dequeueLocked.
+func (w *Worker) startQueued(started []*activeJob) {
+	if len(started) == 0 {
+		return
+	}
+	w.obs.setQueued(w.queued())
+	for _, aj := range started {
+		w.obs.queueWait(aj.started.Sub(aj.queuedAt))
+		w.start(aj)
+	}
+}
+
+// unqueueLocked takes a queued job out of the queue and forgets it; false
+// if it was no longer queued. w.mu is held.
+func (w *Worker) unqueueLocked(aj *activeJob) bool {
+	if !aj.queued {
+		return false
+	}
+	for i, q := range w.queue {
+		if q == aj {
+			w.queue = append(w.queue[:i], w.queue[i+1:]...)
+			break
+		}
+	}
+	aj.queued = false
+	aj.queueTimer.Stop()
+	delete(w.jobs, aj.info.GetId())
+	w.recent.add(aj.info.GetId())
+	close(w.jobsChange)
+	w.jobsChange = make(chan struct{})
+	return true
+}
+
+// queueTimeout fails a job that waited QueueTimeout for a slot.
+func (w *Worker) queueTimeout(aj *activeJob) {
+	w.mu.Lock()
+	ok := w.unqueueLocked(aj)
+	w.mu.Unlock()
+	if !ok {
+		return
+	}
+	w.failQueued(aj, fmt.Errorf("job not started: it waited %s in the queue for a free slot (QueueTimeout; MaxJobs %d)",
+		w.o.QueueTimeout, w.o.MaxJobs), "queue_timeout")
+}
+
+// failQueued reports a queued job that will never start as failed.
+func (w *Worker) failQueued(aj *activeJob, reason error, status string) {
+	waited := time.Since(aj.queuedAt)
+	w.report(&aj.line, &livekit.UpdateJobStatus{JobId: aj.info.GetId(), Status: livekit.JobStatus_JS_FAILED, Error: reason.Error()})
+	w.obs.queueLeft(status, waited)
+	w.obs.setQueued(w.queued())
+	aj.cancel(errJobEnded)
+	w.later(func() {
+		w.log.Warn("queued job failed", jobAttrs(aj.info, aj.line.sess.workerID(),
+			slog.Any("error", reason), slog.Duration("waited", waited))...)
 	})
+	w.kickStatus()
+	w.kickLoad()
+}
+
+// queued is the number of jobs waiting for a slot.
+func (w *Worker) queued() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.queue)
 }
 
 // later runs fn on a goroutine the worker waits for before Run returns:
@@ -316,10 +430,10 @@ func jobAttrs(j *livekit.Job, workerID string, more ...any) []any {
 		slog.String("worker_id", workerID)}, more...)
 }
 
-func (w *Worker) runJob(a *activeJob, ctx context.Context, p job.Params) {
+func (w *Worker) runJob(a *activeJob) {
 	defer w.jobWG.Done()
 	w.report(&a.line, &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_RUNNING})
-	ctl := w.newJob(a, ctx, p)
+	ctl := w.newJob(a)
 	// The handler runs above this frame for the job's whole life: keep it
 	// small, so that an idle job's stack stays at its initial 2 KiB. No
 	// logging here (a slog call's frame alone doubles the stack, even at
@@ -331,12 +445,13 @@ func (w *Worker) runJob(a *activeJob, ctx context.Context, p job.Params) {
 // newJob builds the job a handler sees.
 //
 //go:noinline
-func (w *Worker) newJob(a *activeJob, ctx context.Context, p job.Params) *job.Control {
+func (w *Worker) newJob(a *activeJob) *job.Control {
+	p := a.params
 	p.Logger = w.o.Logger.With(slog.String("worker_id", a.line.sess.workerID()))
 	p.OnConnected = func(t job.Timing) {
 		w.report(&a.line, &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_RUNNING, JoinTiming: t.Proto(w.base)})
 	}
-	j, ctl := job.New(ctx, p)
+	j, ctl := job.New(a.ctx, p)
 	j.Logger().Debug("job started")
 	return ctl
 }
@@ -384,7 +499,9 @@ func (w *Worker) endJob(a *activeJob, ctl *job.Control, err error) {
 	w.recent.add(j.ID())
 	close(w.jobsChange)
 	w.jobsChange = make(chan struct{})
+	next := w.dequeueLocked()
 	w.mu.Unlock()
+	w.startQueued(next)
 	w.kickStatus()
 	w.kickLoad()
 }
@@ -392,12 +509,20 @@ func (w *Worker) endJob(a *activeJob, ctl *job.Control, err error) {
 func (w *Worker) handleTermination(id string) {
 	w.mu.Lock()
 	a, ok := w.jobs[id]
+	unqueued := ok && w.unqueueLocked(a)
 	w.mu.Unlock()
-	if !ok {
+	switch {
+	case !ok:
 		w.release(id)
-		return
+	case unqueued:
+		// Never started: the server already recorded the end.
+		w.obs.queueLeft("terminated", time.Since(a.queuedAt))
+		w.obs.setQueued(w.queued())
+		a.cancel(job.ErrTerminated)
+		w.kickStatus()
+	default:
+		a.cancel(job.ErrTerminated)
 	}
-	a.cancel(job.ErrTerminated)
 }
 
 // report sends a job status on its line: to the connection the job was
@@ -461,12 +586,38 @@ func (w *Worker) kickStatus() {
 	}
 }
 
-// loadLocked is the load from running jobs; w.mu is held.
-func (w *Worker) loadLocked() float64 {
-	if w.o.MaxJobs > 0 {
-		return float64(len(w.jobs)+len(w.reserved)) / float64(w.o.MaxJobs)
+// runShare is the part of the reported load that the running slots make
+// up when the worker has a queue; the queue makes up the rest. Among the
+// workers it may offer a job to, the server picks at random weighted by
+// 1 - load: a worker with free slots is preferred to one that would queue.
+const runShare = 0.85
+
+// loadLocked is the load to report to the server, and whether the worker
+// is full. Its fullness (slots, then queue; and LoadFunc against
+// LoadThreshold) is mapped onto [0, ServerTargetLoad): the server takes a
+// job only while some worker reports less than its target load, so a
+// worker reaches it only when it is full. w.mu is held.
+func (w *Worker) loadLocked(userLoad float64, hasUserLoad bool) (load float64, full bool) {
+	var f float64 // fullness, in [0, 1]
+	if max := w.o.MaxJobs; max > 0 {
+		used, q := len(w.jobs)+len(w.reserved), w.o.queueCap()
+		switch run := min(used, max); {
+		case used >= max+q:
+			f, full = 1, true
+		case q == 0:
+			f = float64(used) / float64(max)
+		default:
+			f = runShare*float64(run)/float64(max) + (1-runShare)*float64(used-run)/float64(q)
+		}
 	}
-	return 0
+	if hasUserLoad {
+		u := userLoad / w.o.LoadThreshold
+		if u >= 1 {
+			u, full = 1, true
+		}
+		f = max(f, u)
+	}
+	return f * w.o.ServerTargetLoad, full
 }
 
 // workerStatus builds the next UpdateWorkerStatus.
@@ -474,12 +625,9 @@ func (w *Worker) workerStatus() *livekit.UpdateWorkerStatus {
 	userLoad, hasUserLoad := w.userLoad()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	load := w.loadLocked()
-	if hasUserLoad {
-		load = userLoad
-	}
+	load, full := w.loadLocked(userLoad, hasUserLoad)
 	st := livekit.WorkerStatus_WS_AVAILABLE
-	if w.draining || load >= w.o.LoadThreshold || (w.o.MaxJobs > 0 && len(w.jobs)+len(w.reserved) >= w.o.MaxJobs) {
+	if w.draining || full {
 		st = livekit.WorkerStatus_WS_FULL
 	}
 	w.seq++

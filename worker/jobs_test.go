@@ -206,7 +206,7 @@ func TestJobOwnsItsSlotUntilItEnds(t *testing.T) {
 	t.Parallel()
 	srv := workertest.NewServer(t)
 	o := testOptions(srv, "slot-bot", "")
-	o.MaxJobs = 1
+	o.MaxJobs, o.MaxQueued = 1, -1
 	rec := newRecorder()
 	r := startWorker(t, o, rec.handle)
 	c := mustConn(t, srv)

@@ -9,8 +9,11 @@ import (
 // observer feeds the worker's metrics.
 type observer struct{ m *metrics.Worker }
 
-func newObserver(agentName, deployment string) *observer {
-	return &observer{m: metrics.New(agentName, deployment)}
+func newObserver(o Options) *observer {
+	m := metrics.New(o.AgentName, o.Deployment)
+	m.Capacity.Set(float64(o.MaxJobs))
+	m.QueueCapacity.Set(float64(o.queueCap()))
+	return &observer{m: m}
 }
 
 func b2f(b bool) float64 {
@@ -43,9 +46,21 @@ func (o *observer) declined(reason string, took time.Duration) {
 	o.m.OffersDeclined.WithLabelValues(reason).Inc()
 	o.m.DecisionLatency.Observe(took.Seconds())
 }
-func (o *observer) jobStarted(launch time.Duration) {
+// jobStarted counts a started job; launch is the time from its assignment,
+// observed for jobs that did not wait in the queue.
+func (o *observer) jobStarted(launch time.Duration, wasQueued bool) {
 	o.m.JobsRunning.Inc()
-	o.m.LaunchLatency.Observe(launch.Seconds())
+	if !wasQueued {
+		o.m.LaunchLatency.Observe(launch.Seconds())
+	}
+}
+func (o *observer) setQueued(n int)           { o.m.JobsQueued.Set(float64(n)) }
+func (o *observer) queueWait(d time.Duration) { o.m.QueueWait.Observe(d.Seconds()) }
+
+// queueLeft counts a queued job that ended without starting.
+func (o *observer) queueLeft(status string, waited time.Duration) {
+	o.m.JobsFinished.WithLabelValues(status).Inc()
+	o.m.QueueWait.Observe(waited.Seconds())
 }
 func (o *observer) jobFinished(status string, took time.Duration) {
 	o.m.JobsRunning.Dec()

@@ -342,7 +342,7 @@ func TestTerminationBeforeAssignmentReleasesSlot(t *testing.T) {
 	t.Parallel()
 	srv := workertest.NewServer(t)
 	o := testOptions(srv, "term-bot", "")
-	o.MaxJobs = 1
+	o.MaxJobs, o.MaxQueued = 1, -1
 	rec := newRecorder()
 	defer rec.releaseAll()
 	startWorker(t, o, rec.handle)
@@ -376,7 +376,7 @@ func TestMaxJobsUnderConcurrentOffers(t *testing.T) {
 			t.Parallel()
 			srv := workertest.NewServer(t)
 			o := testOptions(srv, "burst-bot", "")
-			o.MaxJobs = maxJobs
+			o.MaxJobs, o.MaxQueued = maxJobs, -1
 			o.LoadThreshold = 1
 			o.LoadFunc = tc.load
 			o.AssignmentTimeout = time.Minute
@@ -422,7 +422,7 @@ func TestAssignmentTimeoutFreesSlot(t *testing.T) {
 	t.Parallel()
 	srv := workertest.NewServer(t)
 	o := testOptions(srv, "slot-bot", "")
-	o.MaxJobs = 1
+	o.MaxJobs, o.MaxQueued = 1, -1
 	o.AssignmentTimeout = 300 * time.Millisecond
 	rec := newRecorder()
 	defer rec.releaseAll()
@@ -431,10 +431,10 @@ func TestAssignmentTimeoutFreesSlot(t *testing.T) {
 	ctx := waitCtx(t)
 
 	orphan := workertest.NewJob("slot-bot", "")
+	offered := time.Now() // the worker starts the timeout after this
 	if res, err := c.Offer(ctx, orphan); err != nil || !res.GetAvailable() {
 		t.Fatalf("offer: %v %v", res, err)
 	}
-	accepted := time.Now()
 	// The assignment never comes. After AssignmentTimeout the slot is free.
 	next := workertest.NewJob("slot-bot", "")
 	eventually(t, "the slot of the unassigned offer freed", func() bool {
@@ -444,23 +444,24 @@ func TestAssignmentTimeoutFreesSlot(t *testing.T) {
 		}
 		return res.GetAvailable()
 	})
-	if took := time.Since(accepted); took < o.AssignmentTimeout {
+	if took := time.Since(offered); took < o.AssignmentTimeout {
 		t.Fatalf("slot freed after %s, before the assignment timeout %s", took, o.AssignmentTimeout)
 	}
 	if got := metricValue(t, r.w, "assignment_timeouts_total", "", ""); got != 1 {
 		t.Errorf("assignment_timeouts_total = %v, want 1", got)
 	}
-	// The late assignment of the orphan is not run.
-	if err := c.Assign(ctx, orphan, workertest.Token); err != nil {
+	// next is assigned in time (its own timeout runs); the late
+	// assignment of the orphan is not run.
+	if err := c.Assign(ctx, next, workertest.Token); err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, c, orphan.GetId(), livekit.JobStatus_JS_FAILED)
-	if err := c.Assign(ctx, next, workertest.Token); err != nil {
+	if err := c.Assign(ctx, orphan, workertest.Token); err != nil {
 		t.Fatal(err)
 	}
 	if got := rec.waitStarted(t); got.ID() != next.GetId() {
 		t.Fatalf("ran %s, want %s", got.ID(), next.GetId())
 	}
+	waitStatus(t, c, orphan.GetId(), livekit.JobStatus_JS_FAILED)
 }
 
 func TestStuckOnRequestDoesNotBlockStop(t *testing.T) {

@@ -41,6 +41,8 @@ const (
 	DefaultShutdownTimeout   = 10 * time.Second
 	DefaultMinBackoff        = 500 * time.Millisecond
 	DefaultMaxBackoff        = 30 * time.Second
+	DefaultQueueTimeout      = 30 * time.Second
+	DefaultServerTargetLoad  = 0.7
 )
 
 // RequestFunc decides a job offer: it calls r.Accept or r.Reject. An error,
@@ -80,17 +82,35 @@ type Options struct {
 	// OnRequestTimeout bounds OnRequest; default 5s (the server waits 10s).
 	OnRequestTimeout time.Duration
 
-	// MaxJobs caps the jobs running at once (accepted offers count as soon
-	// as they are accepted); 0 = no cap.
+	// MaxJobs caps the jobs running at once; 0 = no cap. The worker
+	// reports its load so that LiveKit's server keeps offering jobs until
+	// the worker is really full (see ServerTargetLoad).
 	MaxJobs int
-	// LoadFunc reports the worker's load in [0, 1] (values outside are
-	// clamped); it is called on every offer and status report, so keep it
-	// cheap. Default: running and reserved jobs divided by MaxJobs, or 0
-	// without MaxJobs (then only LoadFunc can make the worker full: see
-	// [CPULoad]).
+	// MaxQueued: accepted jobs beyond MaxJobs wait in a FIFO queue, up to
+	// this many, and start as slots free; the worker declines offers only
+	// when the queue is full too. Default MaxJobs (a burst as large as the
+	// worker's capacity waits instead of being lost); -1 = no queue.
+	// Without MaxJobs there is no queue.
+	MaxQueued int
+	// QueueTimeout: a queued job that could not start within it is
+	// reported failed ("queue timeout") and counted. Default 30s.
+	QueueTimeout time.Duration
+	// ServerTargetLoad is the LiveKit server's agents.target_load (its
+	// default is 0.7): the server offers jobs to a node only while its
+	// available workers report loads below it. The worker maps its own
+	// fullness onto [0, ServerTargetLoad), reaching it only when full, so
+	// that MaxJobs means what it says. Set it if the server's is not
+	// the default.
+	ServerTargetLoad float64
+	// LoadFunc, if set, reports the worker's load in [0, 1] by a measure of
+	// its own (CPU, say: see [CPULoad]); values outside are clamped. It is
+	// sampled on a goroutine of its own every 500ms and after each job
+	// starts or ends. The worker is full when LoadFunc reaches
+	// LoadThreshold, or when its slots and queue are: the reported load is
+	// the larger of the two measures.
 	LoadFunc func() float64
-	// LoadThreshold: at or above it the worker reports itself full and
-	// declines offers. Default 0.7, range (0, 1].
+	// LoadThreshold: LoadFunc at or above it makes the worker full.
+	// Default 0.7, range (0, 1].
 	LoadThreshold float64
 	// StatusInterval is how often load is reported besides on every change;
 	// default 2.5s.
@@ -187,8 +207,15 @@ func (o Options) withDefaults(getenv func(string) string) (Options, error) {
 	setDur(&o.ShutdownTimeout, DefaultShutdownTimeout)
 	setDur(&o.MinBackoff, DefaultMinBackoff)
 	setDur(&o.MaxBackoff, DefaultMaxBackoff)
+	setDur(&o.QueueTimeout, DefaultQueueTimeout)
 	if o.LoadThreshold == 0 {
 		o.LoadThreshold = DefaultLoadThreshold
+	}
+	if o.ServerTargetLoad == 0 {
+		o.ServerTargetLoad = DefaultServerTargetLoad
+	}
+	if o.MaxJobs > 0 && o.MaxQueued == 0 {
+		o.MaxQueued = o.MaxJobs
 	}
 	return o, o.validate()
 }
@@ -216,6 +243,12 @@ func (o *Options) validate() error {
 	if o.MaxJobs < 0 {
 		return &OptionError{Option: "MaxJobs", Value: fmt.Sprint(o.MaxJobs), Rule: "must be >= 0 (0 = no cap)"}
 	}
+	if o.MaxQueued < -1 {
+		return &OptionError{Option: "MaxQueued", Value: fmt.Sprint(o.MaxQueued), Rule: "must be >= -1 (0 = MaxJobs, -1 = no queue)"}
+	}
+	if o.ServerTargetLoad <= 0 || o.ServerTargetLoad > 1 {
+		return &OptionError{Option: "ServerTargetLoad", Value: fmt.Sprint(o.ServerTargetLoad), Rule: "must be in (0, 1] (the server's agents.target_load; its default is 0.7)"}
+	}
 	if o.LoadThreshold <= 0 || o.LoadThreshold > 1 {
 		return &OptionError{Option: "LoadThreshold", Value: fmt.Sprint(o.LoadThreshold), Rule: "must be in (0, 1]"}
 	}
@@ -230,6 +263,7 @@ func (o *Options) validate() error {
 		"PingInterval": o.PingInterval, "PongTimeout": o.PongTimeout, "StatusInterval": o.StatusInterval,
 		"AssignmentTimeout": o.AssignmentTimeout, "DrainTimeout": o.DrainTimeout,
 		"ShutdownTimeout": o.ShutdownTimeout, "MinBackoff": o.MinBackoff, "MaxBackoff": o.MaxBackoff,
+		"QueueTimeout": o.QueueTimeout,
 	} {
 		if d < 0 {
 			return &OptionError{Option: name, Value: d.String(), Rule: "must not be negative"}
@@ -342,4 +376,12 @@ func visibleText(s string) error {
 		}
 	}
 	return nil
+}
+
+// queueCap is how many jobs may wait for a slot.
+func (o *Options) queueCap() int {
+	if o.MaxJobs == 0 {
+		return 0
+	}
+	return max(o.MaxQueued, 0)
 }

@@ -58,20 +58,35 @@ type Snapshot struct {
 	Draining   bool          `json:"draining"`
 	GaveUp     bool          `json:"gave_up"`
 	Load       float64       `json:"load"`
-	Jobs       []JobSnapshot `json:"jobs"`
+	// Jobs are the running and the queued jobs, oldest first.
+	Jobs []JobSnapshot `json:"jobs"`
+	// Queued is how many of Jobs wait for a slot.
+	Queued int `json:"queued"`
 	// LastActivity is when a worker loop last turned.
 	LastActivity time.Time `json:"last_activity"`
 	// Hint says why registrations keep failing, when the worker knows.
 	Hint string `json:"hint,omitempty"`
 }
 
-// JobSnapshot describes one running job.
+// JobSnapshot describes one running or queued job.
 type JobSnapshot struct {
-	ID        string        `json:"id"`
-	Room      string        `json:"room"`
-	Identity  string        `json:"identity"`
-	StartedAt time.Time     `json:"started_at"`
-	Age       time.Duration `json:"age_ns"`
+	ID       string `json:"id"`
+	Room     string `json:"room"`
+	Identity string `json:"identity"`
+	// StartedAt is when the handler started; zero while queued.
+	StartedAt time.Time `json:"started_at"`
+	// Queued: the job waits for a slot since QueuedAt.
+	Queued   bool      `json:"queued,omitempty"`
+	QueuedAt time.Time `json:"queued_at,omitzero"`
+	// Age is how long the job has run, or waited while queued.
+	Age time.Duration `json:"age_ns"`
+}
+
+func (j JobSnapshot) since() time.Time {
+	if j.Queued {
+		return j.QueuedAt
+	}
+	return j.StartedAt
 }
 
 // Snapshot returns the worker's current state.
@@ -87,19 +102,21 @@ func (w *Worker) Snapshot() Snapshot {
 		Registered:   w.connected,
 		Draining:     w.draining,
 		GaveUp:       w.gaveUp,
-		Load:         w.loadLocked(),
+		Queued:       len(w.queue),
 		Jobs:         make([]JobSnapshot, 0, len(w.jobs)),
 		LastActivity: w.lastLoop,
 		Hint:         w.hint,
 	}
-	if hasUserLoad {
-		s.Load = userLoad
-	}
+	s.Load, _ = w.loadLocked(userLoad, hasUserLoad)
 	for _, a := range w.jobs {
-		s.Jobs = append(s.Jobs, JobSnapshot{ID: a.info.GetId(), Room: a.info.GetRoom().GetName(), Identity: a.identity,
-			StartedAt: a.started, Age: now.Sub(a.started)})
+		js := JobSnapshot{ID: a.info.GetId(), Room: a.info.GetRoom().GetName(), Identity: a.identity,
+			StartedAt: a.started, Age: now.Sub(a.started), Queued: a.queued}
+		if a.queued {
+			js.QueuedAt, js.Age = a.queuedAt, now.Sub(a.queuedAt)
+		}
+		s.Jobs = append(s.Jobs, js)
 	}
-	sort.Slice(s.Jobs, func(i, k int) bool { return s.Jobs[i].StartedAt.Before(s.Jobs[k].StartedAt) })
+	sort.Slice(s.Jobs, func(i, k int) bool { return s.Jobs[i].since().Before(s.Jobs[k].since()) })
 	return s
 }
 

@@ -34,7 +34,7 @@ func TestWorkerStatusTracksJobs(t *testing.T) {
 	t.Parallel()
 	srv := workertest.NewServer(t)
 	o := testOptions(srv, "status-bot", "")
-	o.MaxJobs = 2
+	o.MaxJobs, o.MaxQueued = 2, -1
 	o.LoadThreshold = 1
 	startWorker(t, o, func(ctx context.Context, j *job.Job) error {
 		<-ctx.Done()
@@ -51,16 +51,17 @@ func TestWorkerStatusTracksJobs(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no status with one job: %v", err)
 	}
-	if one.GetLoad() != 0.5 {
-		t.Errorf("load with 1 of 2 jobs = %v, want 0.5", one.GetLoad())
+	// Half full, on the server's scale: half its target load (0.7).
+	if one.GetLoad() != 0.35 {
+		t.Errorf("load with 1 of 2 jobs = %v, want 0.35", one.GetLoad())
 	}
 	dispatch(t, c, b)
 	full, err := c.WaitWorkerStatus(ctx, statusIs(livekit.WorkerStatus_WS_FULL, 2))
 	if err != nil {
 		t.Fatalf("no full status at MaxJobs: %v", err)
 	}
-	if full.GetLoad() != 1 || full.GetDraining() {
-		t.Errorf("status at MaxJobs: load %v draining %v, want 1 and false", full.GetLoad(), full.GetDraining())
+	if full.GetLoad() != 0.7 || full.GetDraining() {
+		t.Errorf("status at MaxJobs: load %v draining %v, want 0.7 (the server's target load) and false", full.GetLoad(), full.GetDraining())
 	}
 	if err := c.Terminate(a.GetId()); err != nil {
 		t.Fatal(err)
@@ -96,8 +97,10 @@ func TestLoadFuncMakesWorkerFull(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no full status at load 0.9: %v", err)
 	}
-	if st.GetLoad() < 0.89 || st.GetLoad() > 0.91 {
-		t.Errorf("reported load %v, want 0.9", st.GetLoad())
+	// At or above LoadThreshold the worker is full: the server's target
+	// load is reported.
+	if st.GetLoad() < 0.69 || st.GetLoad() > 0.71 {
+		t.Errorf("reported load %v, want 0.7", st.GetLoad())
 	}
 	if res, err := c.Offer(ctx, workertest.NewJob("load-bot", "")); err != nil || res.GetAvailable() {
 		t.Fatalf("offer at load 0.9: %v %v, want declined", res, err)

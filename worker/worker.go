@@ -59,7 +59,8 @@ type Worker struct {
 	connected  bool
 	gaveUp     bool
 	hint       string // why registrations keep failing, for /readyz; "" when nothing is known
-	jobs       map[string]*activeJob
+	jobs       map[string]*activeJob // running and queued
+	queue      []*activeJob          // queued jobs, oldest first
 	reserved   map[string]*reservation
 	recent     recentSet // jobs that ended, so a repeated assignment never reruns one
 	held       int       // job statuses held back by their StatusDelay
@@ -104,7 +105,7 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 		jobsChange:  make(chan struct{}),
 	}
 	w.log = o.Logger.With(slog.String("agent_name", o.AgentName), slog.String("deployment", o.Deployment))
-	w.obs = newObserver(o.AgentName, o.Deployment)
+	w.obs = newObserver(o)
 	// The worker's own registry always exists, so /metrics works whatever
 	// Options.Registerer is (a wrapping Registerer is no Gatherer).
 	w.registry = prometheus.NewRegistry()
@@ -304,13 +305,23 @@ func (w *Worker) waitJobs(ctx context.Context) bool {
 	}
 }
 
+// cancelAllJobs cancels running jobs with cause and fails queued ones,
+// which will never start; it returns how many jobs there were.
 func (w *Worker) cancelAllJobs(cause error) int {
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	n := len(w.jobs)
+	queued := append([]*activeJob(nil), w.queue...)
+	for _, a := range queued {
+		w.unqueueLocked(a)
+	}
 	for _, a := range w.jobs {
 		a.cancel(cause)
 	}
-	return len(w.jobs)
+	w.mu.Unlock()
+	for _, a := range queued {
+		w.failQueued(a, fmt.Errorf("job not started: %w", cause), "drain_timeout")
+	}
+	return n
 }
 
 // flushOutbox waits until the job statuses for the current connection
@@ -323,7 +334,7 @@ func (w *Worker) flushOutbox(ctx context.Context) {
 		w.mu.Lock()
 		n, s := w.held, w.sess
 		if s != nil {
-			n += len(s.outbox)
+			n += len(s.outbox) + s.writing
 		}
 		w.mu.Unlock()
 		if n == 0 || s == nil {
