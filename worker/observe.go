@@ -46,6 +46,7 @@ func (o *observer) declined(reason string, took time.Duration) {
 	o.m.OffersDeclined.WithLabelValues(reason).Inc()
 	o.m.DecisionLatency.Observe(took.Seconds())
 }
+
 // jobStarted counts a started job; launch is the time from its assignment,
 // observed for jobs that did not wait in the queue.
 func (o *observer) jobStarted(launch time.Duration, wasQueued bool) {

@@ -51,13 +51,13 @@ func (w *Worker) notify(c StateChange) {
 
 // Snapshot is the worker's state at one instant, for status pages.
 type Snapshot struct {
-	AgentName  string        `json:"agent_name"`
-	Deployment string        `json:"deployment"`
-	WorkerID   string        `json:"worker_id"`
-	Registered bool          `json:"registered"`
-	Draining   bool          `json:"draining"`
-	GaveUp     bool          `json:"gave_up"`
-	Load       float64       `json:"load"`
+	AgentName  string  `json:"agent_name"`
+	Deployment string  `json:"deployment"`
+	WorkerID   string  `json:"worker_id"`
+	Registered bool    `json:"registered"`
+	Draining   bool    `json:"draining"`
+	GaveUp     bool    `json:"gave_up"`
+	Load       float64 `json:"load"`
 	// Jobs are the running and the queued jobs, oldest first.
 	Jobs []JobSnapshot `json:"jobs"`
 	// Queued is how many of Jobs wait for a slot.

@@ -58,7 +58,7 @@ type Worker struct {
 	workerID   string
 	connected  bool
 	gaveUp     bool
-	hint       string // why registrations keep failing, for /readyz; "" when nothing is known
+	hint       string                // why registrations keep failing, for /readyz; "" when nothing is known
 	jobs       map[string]*activeJob // running and queued
 	queue      []*activeJob          // queued jobs, oldest first
 	reserved   map[string]*reservation
