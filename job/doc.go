@@ -16,6 +16,11 @@
 //		return nil
 //	}
 //
-// Jobs are created by a runtime (package worker) with [New]; tests of a
-// handler can create one the same way and drive it through its [Control].
+// The job lasts as long as the handler: returning ends it (the worker
+// leaves the room and reports the end). A handler that greets a caller
+// must stay until the call is over.
+//
+// Jobs are created by the runtime (package worker). Tests of a handler run
+// it without a server with package jobtest, and against a real server with
+// package livekittest.
 package job

@@ -5,14 +5,14 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/livekit/protocol/livekit"
-
 	"github.com/lkagent/lkagent/job"
+	"github.com/lkagent/lkagent/job/jobtest"
 )
 
-// A handler can be tested without a server: create the job with New and play
-// the runtime with its Control.
-func ExampleNew() {
+// A handler serves its job until the job's context ends: here the server
+// terminates the job (the dispatch was deleted). Package jobtest runs the
+// handler without a server.
+func ExampleHandler() {
 	handler := func(ctx context.Context, j *job.Job) error {
 		j.OnShutdown(func(_ context.Context, reason error) {
 			fmt.Println("shutdown hook:", reason)
@@ -22,17 +22,14 @@ func ExampleNew() {
 		return ctx.Err()
 	}
 
-	j, ctl := job.New(context.Background(), job.Params{Info: &livekit.Job{
-		Id: "AJ_1", AgentName: "support-bot", Deployment: "staging", Room: &livekit.Room{Name: "room-1"},
-	}})
-	_ = j
-	ctl.Cancel(job.ErrTerminated) // as when the server deletes the dispatch
-	err := ctl.Run(handler)
-	fmt.Println("outcome:", ctl.Finish(context.Background(), err))
+	tj := jobtest.New(jobtest.Options{ID: "AJ_1", AgentName: "support-bot", Deployment: "staging", Room: "room-1"})
+	tj.Cancel(job.ErrTerminated) // as when the server deletes the dispatch
+	res := tj.Run(handler)
+	fmt.Println("reported as failed:", res.Outcome != nil)
 	// Output:
 	// job AJ_1 for support-bot (deployment "staging") in room room-1
 	// shutdown hook: job terminated by server
-	// outcome: <nil>
+	// reported as failed: false
 }
 
 // OnRequest functions receive a Request and accept or reject it.
@@ -44,9 +41,9 @@ func ExampleRequest_Accept() {
 		return r.Accept(job.AcceptOptions{Identity: "bot-" + r.RoomName(), Attributes: map[string]string{"tier": "gold"}})
 	}
 
-	r := job.NewRequest(&livekit.Job{Id: "AJ_2", Room: &livekit.Room{Name: "room-2"}}, false)
-	_ = onRequest(context.Background(), r)
-	decided, accepted, opts := r.Decision()
+	req := jobtest.NewRequest(jobtest.Options{ID: "AJ_2", Room: "room-2"})
+	_ = onRequest(context.Background(), req.Request())
+	decided, accepted, opts := req.Decision()
 	fmt.Println(decided, accepted, opts.Identity, opts.Attributes["tier"])
 	// Output: true true bot-room-2 gold
 }
@@ -54,16 +51,14 @@ func ExampleRequest_Accept() {
 // A handler ends its own job with Shutdown; the job still counts as a
 // success.
 func ExampleJob_Shutdown() {
-	j, ctl := job.New(context.Background(), job.Params{Info: &livekit.Job{Id: "AJ_3"}})
-	_ = j
-	err := ctl.Run(func(ctx context.Context, j *job.Job) error {
+	res := jobtest.New(jobtest.Options{}).Run(func(ctx context.Context, j *job.Job) error {
 		j.Shutdown("caller hung up")
 		<-ctx.Done()
 		fmt.Println("cause:", context.Cause(ctx))
 		return ctx.Err()
 	})
-	fmt.Println("outcome:", ctl.Finish(context.Background(), err), errors.Is(err, context.Canceled))
+	fmt.Println("reported as failed:", res.Outcome != nil, errors.Is(res.Err, context.Canceled))
 	// Output:
 	// cause: job shut down by its handler: caller hung up
-	// outcome: <nil> true
+	// reported as failed: false true
 }

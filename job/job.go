@@ -2,21 +2,24 @@ package job
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"runtime/debug"
-	"sync"
-	"time"
 
 	"github.com/livekit/protocol/livekit"
 	lksdk "github.com/livekit/server-sdk-go/v2"
+
+	"github.com/lkagent/lkagent/internal/jobrt"
 )
 
-// Handler runs one job. It should return when ctx is done; the job ends when
-// it returns. A nil error reports the job as successful, an error as failed
-// (with the error's text shown by the server), except that an error caused by
-// the server terminating the job or by [Job.Shutdown] still counts as success.
+// Handler runs one job. The job lasts as long as the handler: when it
+// returns, the worker leaves the room, runs the shutdown hooks and reports
+// the job's end to the server. A handler that greets the caller and
+// returns at once hangs up on them; a handler that serves a call returns
+// when ctx is done or the call is over.
+//
+// A nil error reports the job as successful, an error as failed (with the
+// error's text shown by the server), except that an error caused by the
+// server terminating the job, by the room going away or by [Job.Shutdown]
+// still counts as success.
 type Handler func(ctx context.Context, j *Job) error
 
 // Causes with which a job's context is cancelled. Read them with
@@ -24,164 +27,56 @@ type Handler func(ctx context.Context, j *Job) error
 var (
 	// ErrTerminated: the server asked the worker to stop the job (the
 	// dispatch was deleted or the room closed).
-	ErrTerminated = errors.New("job terminated by server")
+	ErrTerminated = jobrt.ErrTerminated
 	// ErrDrainTimeout: the worker was draining and the job did not end
 	// within the drain timeout.
-	ErrDrainTimeout = errors.New("job cancelled: worker drain timeout")
+	ErrDrainTimeout = jobrt.ErrDrainTimeout
 	// ErrWorkerStopped: the worker stopped without draining.
-	ErrWorkerStopped = errors.New("job cancelled: worker stopped")
+	ErrWorkerStopped = jobrt.ErrWorkerStopped
 	// ErrRoomDisconnected: the agent was disconnected from the job's room
 	// (the room was deleted or closed, or the agent was removed). The job
 	// is over and counts as a success.
-	ErrRoomDisconnected = errors.New("job ended: disconnected from the room")
+	ErrRoomDisconnected = jobrt.ErrRoomDisconnected
 	// ErrShutdown: the handler called [Job.Shutdown]. The cause is a
 	// *ShutdownError that wraps it and carries the reason.
-	ErrShutdown = errors.New("job shut down by its handler")
+	ErrShutdown = jobrt.ErrShutdown
 )
 
 // ShutdownError is the cause of a job context cancelled by [Job.Shutdown].
-type ShutdownError struct{ Reason string }
+type ShutdownError = jobrt.ShutdownError
 
-func (e *ShutdownError) Error() string {
-	if e.Reason == "" {
-		return ErrShutdown.Error()
-	}
-	return ErrShutdown.Error() + ": " + e.Reason
-}
+// Job is one running agent job: what the server dispatched, the room to
+// join, and the job's lifetime. Its methods are safe for concurrent use.
+// A runtime (package worker) creates it; tests create one with package
+// jobtest.
+type Job jobrt.Job
 
-// Unwrap makes errors.Is(err, ErrShutdown) true.
-func (e *ShutdownError) Unwrap() error { return ErrShutdown }
-
-// Params describe a job to [New]. Runtimes fill it from the server's
-// JobAssignment; tests of a handler fill it by hand.
-type Params struct {
-	// Info is the job as the server sent it. Required.
-	Info *livekit.Job
-	// Identity is the participant identity the job was accepted with.
-	Identity string
-	// URL is the LiveKit URL [Job.Connect] joins (ws:// or wss://).
-	URL string
-	// Token is the room join token from the assignment. It is a secret:
-	// it is never logged.
-	Token string
-	// Logger receives the job's log lines; nil discards them. The job adds
-	// job_id, room, agent_name and deployment attributes.
-	Logger *slog.Logger
-	// Timing carries the instants the runtime already recorded (offer
-	// received, accepted, assignment received, launched).
-	Timing Timing
-	// OnConnected, if set, is called once [Job.Connect] joined the room,
-	// with the timing so far (runtimes report it to the server).
-	OnConnected func(Timing)
-}
-
-// Timing records the instants of a job's start, the ones the server's
-// JobJoinTiming reports. Zero values were not recorded.
-type Timing struct {
-	OfferReceived      time.Time
-	Accepted           time.Time
-	AssignmentReceived time.Time
-	Launched           time.Time
-	EntrypointStarted  time.Time
-	ConnectCalled      time.Time
-	Connected          time.Time
-}
-
-// Proto converts t to the protocol's JobJoinTiming: microseconds since base
-// on the monotonic clock (base and the instants must come from time.Now in
-// one process). Unrecorded instants stay zero.
-func (t Timing) Proto(base time.Time) *livekit.JobJoinTiming {
-	us := func(v time.Time) int64 {
-		if v.IsZero() {
-			return 0
-		}
-		return v.Sub(base).Microseconds()
-	}
-	return &livekit.JobJoinTiming{
-		OfferReceivedUs:      us(t.OfferReceived),
-		AcceptedUs:           us(t.Accepted),
-		AssignmentReceivedUs: us(t.AssignmentReceived),
-		LaunchedUs:           us(t.Launched),
-		LaunchWarm:           true,
-		EntrypointStartedUs:  us(t.EntrypointStarted),
-		ConnectCalledUs:      us(t.ConnectCalled),
-		ConnectedUs:          us(t.Connected),
-	}
-}
-
-// Job is one running agent job. Its methods are safe for concurrent use.
-type Job struct {
-	info     *livekit.Job
-	identity string
-	url      string
-	token    string
-	log      *slog.Logger
-	cancel   context.CancelCauseFunc
-	onConn   func(Timing)
-
-	connMu sync.Mutex // serializes Connect
-
-	mu     sync.Mutex // guards what follows; never held while calling out
-	room   *lksdk.Room
-	hooks  []func(ctx context.Context, reason error)
-	timing Timing
-	ended  bool
-}
-
-// New creates a job and the context its handler runs with, derived from
-// parent. The returned [Control] is the runtime's side of the job.
-func New(parent context.Context, p Params) (*Job, *Control) {
-	if p.Info == nil {
-		p.Info = &livekit.Job{}
-	}
-	log := p.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	log = log.With(
-		slog.String("job_id", p.Info.GetId()),
-		slog.String("room", p.Info.GetRoom().GetName()),
-		slog.String("agent_name", p.Info.GetAgentName()),
-		slog.String("deployment", p.Info.GetDeployment()),
-	)
-	ctx, cancel := context.WithCancelCause(parent)
-	j := &Job{
-		info:     p.Info,
-		identity: p.Identity,
-		url:      p.URL,
-		token:    p.Token,
-		log:      log,
-		cancel:   cancel,
-		onConn:   p.OnConnected,
-		timing:   p.Timing,
-	}
-	return j, &Control{job: j, ctx: ctx}
-}
+func (j *Job) rt() *jobrt.Job { return (*jobrt.Job)(j) }
 
 // ID is the server's job id (AJ_…).
-func (j *Job) ID() string { return j.info.GetId() }
+func (j *Job) ID() string { return j.rt().ID() }
 
 // AgentName is the agent name the job was dispatched to.
-func (j *Job) AgentName() string { return j.info.GetAgentName() }
+func (j *Job) AgentName() string { return j.rt().AgentName() }
 
 // Deployment is the deployment the job was dispatched to; "" is production.
-func (j *Job) Deployment() string { return j.info.GetDeployment() }
+func (j *Job) Deployment() string { return j.rt().Deployment() }
 
 // RoomName is the name of the job's room.
-func (j *Job) RoomName() string { return j.info.GetRoom().GetName() }
+func (j *Job) RoomName() string { return j.rt().RoomName() }
 
 // Metadata is the dispatch's metadata.
-func (j *Job) Metadata() string { return j.info.GetMetadata() }
+func (j *Job) Metadata() string { return j.rt().Metadata() }
 
 // Identity is the participant identity the job was accepted with.
-func (j *Job) Identity() string { return j.identity }
+func (j *Job) Identity() string { return j.rt().Identity() }
 
 // Info is the job as the server sent it. Treat it as read-only.
-func (j *Job) Info() *livekit.Job { return j.info }
+func (j *Job) Info() *livekit.Job { return j.rt().Info() }
 
 // Logger returns a logger whose lines carry the job's id, room, agent name
 // and deployment.
-func (j *Job) Logger() *slog.Logger { return j.log }
+func (j *Job) Logger() *slog.Logger { return j.rt().Logger() }
 
 // Connect joins the job's room as the accepted identity with the
 // assignment's token, and returns the room. Calling it again returns the
@@ -190,73 +85,15 @@ func (j *Job) Logger() *slog.Logger { return j.log }
 // agent removed), the job's context is cancelled with ErrRoomDisconnected.
 // cb's own callbacks still run.
 func (j *Job) Connect(ctx context.Context, cb *lksdk.RoomCallback, opts ...lksdk.ConnectOption) (*lksdk.Room, error) {
-	// connMu makes concurrent calls join once; j.mu is never held while
-	// joining (which waits for the ICE handshake), nor while calling back.
-	j.connMu.Lock()
-	defer j.connMu.Unlock()
-	j.mu.Lock()
-	if j.room != nil {
-		room := j.room
-		j.mu.Unlock()
-		return room, nil
-	}
-	if j.ended {
-		j.mu.Unlock()
-		return nil, errors.New("job: Connect after the job ended")
-	}
-	if j.url == "" || j.token == "" {
-		j.mu.Unlock()
-		return nil, errors.New("job: Connect needs a URL and a token; this job was created without them")
-	}
-	j.timing.ConnectCalled = time.Now()
-	j.mu.Unlock()
-
-	wrapped := lksdk.NewRoomCallback()
-	if cb != nil {
-		c := *cb
-		wrapped = &c
-	}
-	userDisconnected := wrapped.OnDisconnectedWithReason
-	wrapped.OnDisconnectedWithReason = func(reason lksdk.DisconnectionReason) {
-		if userDisconnected != nil {
-			userDisconnected(reason)
-		}
-		j.cancel(ErrRoomDisconnected)
-	}
-	room := lksdk.NewRoom(wrapped)
-	if err := room.JoinWithContextAndToken(ctx, j.url, j.token, opts...); err != nil {
-		return nil, fmt.Errorf("job %s: join room %q: %w", j.ID(), j.RoomName(), err)
-	}
-	j.mu.Lock()
-	if j.ended {
-		j.mu.Unlock()
-		room.Disconnect()
-		return nil, errors.New("job: the job ended while joining its room")
-	}
-	j.timing.Connected = time.Now()
-	j.room = room
-	t := j.timing
-	j.mu.Unlock()
-	j.log.Debug("joined room", slog.String("identity", j.identity),
-		slog.Duration("took", t.Connected.Sub(t.ConnectCalled)))
-	if j.onConn != nil {
-		j.onConn(t)
-	}
-	return room, nil
+	return j.rt().Connect(ctx, cb, opts...)
 }
 
 // Room returns the room joined by [Job.Connect], or nil before it.
-func (j *Job) Room() *lksdk.Room {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.room
-}
+func (j *Job) Room() *lksdk.Room { return j.rt().Room() }
 
 // Shutdown ends the job from inside: it cancels the job's context with a
 // *ShutdownError carrying reason. The handler should then return.
-func (j *Job) Shutdown(reason string) {
-	j.cancel(&ShutdownError{Reason: reason})
-}
+func (j *Job) Shutdown(reason string) { j.rt().Shutdown(reason) }
 
 // OnShutdown registers fn to run once when the job ends, after the handler
 // returned and before the room is left and the end is reported. Hooks run in
@@ -264,118 +101,4 @@ func (j *Job) Shutdown(reason string) {
 // shutdown timeout; reason is why the job ended: the cause its context was
 // cancelled with, else the handler's error (nil when the handler returned
 // nil on its own).
-func (j *Job) OnShutdown(fn func(ctx context.Context, reason error)) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.hooks = append(j.hooks, fn)
-}
-
-// Control is the runtime's side of a [Job]: it owns the job's context and
-// ends the job. Handler code never needs it; tests of a handler use it to
-// play the runtime.
-type Control struct {
-	job *Job
-	ctx context.Context
-}
-
-// Job returns the controlled job.
-func (c *Control) Job() *Job { return c.job }
-
-// Context is the context the handler runs with.
-func (c *Control) Context() context.Context { return c.ctx }
-
-// Cancel cancels the job's context with cause (for example ErrTerminated).
-// The first cause wins.
-func (c *Control) Cancel(cause error) { c.job.cancel(cause) }
-
-// Run calls h with the job's context, turning a panic into an error that
-// carries the stack. It records when the entrypoint started.
-func (c *Control) Run(h Handler) (err error) {
-	c.job.mu.Lock()
-	c.job.timing.EntrypointStarted = time.Now()
-	c.job.mu.Unlock()
-	defer func() {
-		if r := recover(); r != nil {
-			err = &PanicError{Value: r, Stack: debug.Stack()}
-		}
-	}()
-	return h(c.ctx, c.job)
-}
-
-// Finish ends the job after its handler returned with err: it runs the
-// shutdown hooks (each bounded by ctx, panics recovered and logged), leaves
-// the room, and cancels the job's context. It returns the job's outcome:
-// nil for success, or the error to report. Finish is idempotent.
-func (c *Control) Finish(ctx context.Context, err error) error {
-	j := c.job
-	j.mu.Lock()
-	if j.ended {
-		j.mu.Unlock()
-		return Outcome(c.ctx, err)
-	}
-	j.ended = true
-	hooks := j.hooks
-	room := j.room
-	j.mu.Unlock()
-
-	reason := err
-	if cause := context.Cause(c.ctx); cause != nil {
-		reason = cause
-	}
-	for _, fn := range hooks {
-		func() {
-			defer func() {
-				if r := recover(); r != nil {
-					j.log.Error("shutdown hook panicked", slog.Any("panic", r), slog.String("stack", string(debug.Stack())))
-				}
-			}()
-			fn(ctx, reason)
-		}()
-	}
-	outcome := Outcome(c.ctx, err)
-	j.cancel(errJobEnded)
-	if room != nil {
-		room.Disconnect()
-	}
-	return outcome
-}
-
-// Timing returns the instants recorded so far.
-func (c *Control) Timing() Timing {
-	c.job.mu.Lock()
-	defer c.job.mu.Unlock()
-	return c.job.timing
-}
-
-var errJobEnded = errors.New("job ended")
-
-// Outcome maps a handler's return value to the job's result: nil for
-// success, the error otherwise. An error that only reports the context being
-// cancelled because the server terminated the job, the room went away or
-// the handler shut it down is a success; one caused by a drain timeout or a stopping worker is a
-// failure that names that cause.
-func Outcome(ctx context.Context, err error) error {
-	if err == nil {
-		return nil
-	}
-	cause := context.Cause(ctx)
-	cancelled := errors.Is(err, context.Canceled) || (cause != nil && errors.Is(err, cause))
-	if !cancelled {
-		return err
-	}
-	switch {
-	case errors.Is(cause, ErrTerminated), errors.Is(cause, ErrShutdown), errors.Is(cause, ErrRoomDisconnected):
-		return nil
-	case cause != nil && !errors.Is(cause, context.Canceled):
-		return cause
-	}
-	return err
-}
-
-// PanicError is the error a job ends with when its handler panicked.
-type PanicError struct {
-	Value any
-	Stack []byte
-}
-
-func (e *PanicError) Error() string { return fmt.Sprintf("job handler panicked: %v", e.Value) }
+func (j *Job) OnShutdown(fn func(ctx context.Context, reason error)) { j.rt().OnShutdown(fn) }

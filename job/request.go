@@ -1,16 +1,14 @@
 package job
 
 import (
-	"errors"
-	"maps"
-	"sync"
-
 	"github.com/livekit/protocol/livekit"
+
+	"github.com/lkagent/lkagent/internal/jobrt"
 )
 
 // ErrDecided is returned by [Request.Accept] and [Request.Reject] when the
 // request was already decided.
-var ErrDecided = errors.New("job request already accepted or rejected")
+var ErrDecided = jobrt.ErrDecided
 
 // AcceptOptions say how the agent joins the room of an accepted job. All
 // fields are optional.
@@ -28,79 +26,33 @@ type AcceptOptions struct {
 // Request is a job offer from the server, handed to the worker's OnRequest
 // function, which must call Accept or Reject. A request neither accepted nor
 // rejected when OnRequest returns is declined.
-type Request struct {
-	info     *livekit.Job
-	resuming bool
+type Request jobrt.Request
 
-	mu       sync.Mutex
-	decided  bool
-	accepted bool
-	opts     AcceptOptions
-}
-
-// NewRequest wraps an offered job. Runtimes create requests; tests of an
-// OnRequest function can create them too.
-func NewRequest(info *livekit.Job, resuming bool) *Request {
-	if info == nil {
-		info = &livekit.Job{}
-	}
-	return &Request{info: info, resuming: resuming}
-}
+func (r *Request) rt() *jobrt.Request { return (*jobrt.Request)(r) }
 
 // Job is the offered job as the server sent it. Treat it as read-only.
-func (r *Request) Job() *livekit.Job { return r.info }
+func (r *Request) Job() *livekit.Job { return r.rt().Job() }
 
 // ID is the offered job's id.
-func (r *Request) ID() string { return r.info.GetId() }
+func (r *Request) ID() string { return r.rt().ID() }
 
 // AgentName is the agent name the job was dispatched to.
-func (r *Request) AgentName() string { return r.info.GetAgentName() }
+func (r *Request) AgentName() string { return r.rt().AgentName() }
 
 // Deployment is the deployment the job was dispatched to; "" is production.
-func (r *Request) Deployment() string { return r.info.GetDeployment() }
+func (r *Request) Deployment() string { return r.rt().Deployment() }
 
 // RoomName is the name of the job's room.
-func (r *Request) RoomName() string { return r.info.GetRoom().GetName() }
+func (r *Request) RoomName() string { return r.rt().RoomName() }
 
 // Metadata is the dispatch's metadata.
-func (r *Request) Metadata() string { return r.info.GetMetadata() }
+func (r *Request) Metadata() string { return r.rt().Metadata() }
 
 // Resuming reports whether the job was running on another worker before.
-func (r *Request) Resuming() bool { return r.resuming }
+func (r *Request) Resuming() bool { return r.rt().Resuming() }
 
 // Accept takes the job, joining its room as o describes.
-func (r *Request) Accept(o AcceptOptions) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.decided {
-		return ErrDecided
-	}
-	if o.Identity == "" {
-		o.Identity = DefaultIdentity(r.info.GetId())
-	}
-	o.Attributes = maps.Clone(o.Attributes)
-	r.decided, r.accepted, r.opts = true, true, o
-	return nil
-}
+func (r *Request) Accept(o AcceptOptions) error { return r.rt().Accept(jobrt.AcceptOptions(o)) }
 
 // Reject declines the job; the server offers it to another worker.
-func (r *Request) Reject() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.decided {
-		return ErrDecided
-	}
-	r.decided = true
-	return nil
-}
-
-// Decision reports whether the request was decided, whether it was
-// accepted, and with which options.
-func (r *Request) Decision() (decided, accepted bool, o AcceptOptions) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.decided, r.accepted, r.opts
-}
-
-// DefaultIdentity is the identity a job is accepted with when none is given.
-func DefaultIdentity(jobID string) string { return "agent-" + jobID }
+func (r *Request) Reject() error { return r.rt().Reject() }

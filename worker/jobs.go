@@ -9,6 +9,7 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
+	"github.com/lkagent/lkagent/internal/jobrt"
 	"github.com/lkagent/lkagent/job"
 )
 
@@ -33,7 +34,7 @@ type activeJob struct {
 	identity string
 	ctx      context.Context         // the parent of the job's context
 	cancel   context.CancelCauseFunc // cancels the job's context with a cause
-	params   job.Params              // what the handler's job is built from
+	params   jobrt.Params              // what the handler's job is built from
 	line     statusLine
 
 	// Guarded by w.mu.
@@ -56,7 +57,7 @@ type statusLine struct {
 type reservation struct {
 	sess     *session
 	identity string
-	timing   job.Timing
+	timing   jobrt.Timing
 	timer    *time.Timer
 }
 
@@ -95,7 +96,7 @@ func (w *Worker) handleOffer(s *session, req *livekit.AvailabilityRequest, recei
 		decline(reason)
 		return
 	}
-	r := job.NewRequest(j, req.GetResuming())
+	r := jobrt.NewRequest(j, req.GetResuming())
 	if err := w.decide(r); err != nil {
 		w.release(j.GetId())
 		decline(DeclineRequestError, slog.Any("error", err))
@@ -111,7 +112,7 @@ func (w *Worker) handleOffer(s *session, req *livekit.AvailabilityRequest, recei
 		return
 	}
 	now := time.Now()
-	if !w.confirm(j.GetId(), opts.Identity, job.Timing{OfferReceived: received, Accepted: now}) {
+	if !w.confirm(j.GetId(), opts.Identity, jobrt.Timing{OfferReceived: received, Accepted: now}) {
 		decline(DeclineDraining)
 		return
 	}
@@ -144,9 +145,9 @@ func (w *Worker) screen(j *livekit.Job) string {
 }
 
 // decide runs OnRequest with its timeout; a panic or timeout is an error.
-func (w *Worker) decide(r *job.Request) error {
+func (w *Worker) decide(r *jobrt.Request) error {
 	if w.o.OnRequest == nil {
-		return r.Accept(job.AcceptOptions{})
+		return r.Accept(jobrt.AcceptOptions{})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.o.OnRequestTimeout)
 	defer cancel()
@@ -159,7 +160,7 @@ func (w *Worker) decide(r *job.Request) error {
 				res <- fmt.Errorf("OnRequest panicked: %v", p)
 			}
 		}()
-		res <- w.o.OnRequest(ctx, r)
+		res <- w.o.OnRequest(ctx, (*job.Request)(r))
 	}()
 	select {
 	case err := <-res:
@@ -198,7 +199,7 @@ func (w *Worker) reserve(s *session, id string) string {
 
 // confirm records an accepted offer's identity and starts the timer that
 // frees its slot if no assignment comes. False if the slot is gone.
-func (w *Worker) confirm(id, identity string, t job.Timing) bool {
+func (w *Worker) confirm(id, identity string, t jobrt.Timing) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	r, ok := w.reserved[id]
@@ -282,7 +283,7 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 		identity: res.identity,
 		ctx:      ctx,
 		cancel:   cancel,
-		params:   job.Params{Info: info, Identity: res.identity, URL: url, Token: a.GetToken(), Timing: timing},
+		params:   jobrt.Params{Info: info, Identity: res.identity, URL: url, Token: a.GetToken(), Timing: timing},
 		line:     statusLine{sess: s, notBefore: received.Add(w.statusDelay)},
 	}
 	w.jobs[id] = aj
@@ -439,30 +440,30 @@ func (w *Worker) runJob(a *activeJob) {
 	// logging here (a slog call's frame alone doubles the stack, even at
 	// a level that is off), and the start and the end of the job, whose
 	// frames are large, are functions of their own.
-	w.endJob(a, ctl, ctl.Run(w.handler))
+	w.endJob(a, ctl, ctl.Run(func(ctx context.Context) error { return w.handler(ctx, (*job.Job)(ctl.Job())) }))
 }
 
 // newJob builds the job a handler sees.
 //
 //go:noinline
-func (w *Worker) newJob(a *activeJob) *job.Control {
+func (w *Worker) newJob(a *activeJob) *jobrt.Control {
 	p := a.params
 	p.Logger = w.o.Logger.With(slog.String("worker_id", a.line.sess.workerID()))
-	p.OnConnected = func(t job.Timing) {
+	p.OnConnected = func(t jobrt.Timing) {
 		w.report(&a.line, &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_RUNNING, JoinTiming: t.Proto(w.base)})
 	}
-	j, ctl := job.New(a.ctx, p)
+	j, ctl := jobrt.New(a.ctx, p)
 	j.Logger().Debug("job started")
 	return ctl
 }
 
 // endJob reports the end of a job whose handler returned err and forgets
 // the job.
-func (w *Worker) endJob(a *activeJob, ctl *job.Control, err error) {
+func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
 	j := ctl.Job()
 	log := j.Logger()
 	status := "success"
-	var pe *job.PanicError
+	var pe *jobrt.PanicError
 	if errors.As(err, &pe) {
 		status = "panicked"
 		log.Error("job handler panicked", slog.Any("panic", pe.Value), slog.String("stack", string(pe.Stack)))

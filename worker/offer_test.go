@@ -174,7 +174,7 @@ func TestDefaultAcceptIdentity(t *testing.T) {
 	c := mustConn(t, srv)
 	j := workertest.NewJob("id-bot", "")
 	res := dispatch(t, c, j)
-	if want := job.DefaultIdentity(j.GetId()); res.GetParticipantIdentity() != want {
+	if want := "agent-" + j.GetId(); res.GetParticipantIdentity() != want {
 		t.Errorf("identity %q, want %q", res.GetParticipantIdentity(), want)
 	}
 	if got := rec.waitStarted(t); got.Identity() != res.GetParticipantIdentity() {

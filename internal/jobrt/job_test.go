@@ -1,4 +1,4 @@
-package job
+package jobrt
 
 import (
 	"context"
@@ -51,7 +51,7 @@ func TestOutcome(t *testing.T) {
 
 func TestRunRecoversPanic(t *testing.T) {
 	_, ctl := New(context.Background(), Params{Info: &livekit.Job{Id: "AJ_p"}})
-	err := ctl.Run(func(context.Context, *Job) error { panic("kaboom") })
+	err := ctl.Run(func(context.Context) error { panic("kaboom") })
 	var pe *PanicError
 	if !errors.As(err, &pe) || pe.Value != "kaboom" || !strings.Contains(string(pe.Stack), "TestRunRecoversPanic") {
 		t.Fatalf("Run = %v, want a PanicError with the value and the stack", err)
