@@ -34,7 +34,7 @@ type activeJob struct {
 	identity string
 	ctx      context.Context         // the parent of the job's context
 	cancel   context.CancelCauseFunc // cancels the job's context with a cause
-	params   jobrt.Params              // what the handler's job is built from
+	params   jobrt.Params            // what the handler's job is built from
 	line     statusLine
 
 	// Guarded by w.mu.
