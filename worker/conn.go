@@ -390,6 +390,7 @@ func (w *Worker) publish(s *session) {
 	}
 	w.mu.Unlock()
 	w.obs.registered(true)
+	w.registeredOnce()
 	w.log.Info("registered", slog.String("worker_id", s.workerID()),
 		slog.String("server_version", s.reg.GetServerInfo().GetVersion()))
 	w.notify(StateChange{State: StateRegistered, WorkerID: s.workerID()})

@@ -13,6 +13,11 @@ import (
 	"github.com/lkagent/lkagent/job"
 )
 
+// quickReturn: a handler that returns this soon after joining its room,
+// on its own and without an error, has most likely hung up on its caller
+// by mistake.
+const quickReturn = 2 * time.Second
+
 // errJobEnded cancels the context of a job that ended.
 var errJobEnded = errors.New("job ended")
 
@@ -78,7 +83,7 @@ func (w *Worker) handleOffer(s *session, req *livekit.AvailabilityRequest, recei
 	w.obs.offer()
 	decline := func(reason string, attrs ...any) {
 		w.obs.declined(reason, time.Since(received))
-		level := slog.LevelDebug
+		level := slog.LevelInfo
 		if reason == DeclineForeignAgent || reason == DeclineForeignDeployment || reason == DeclineForeignJobType {
 			level = slog.LevelWarn
 			attrs = append(attrs, slog.String("offered_agent_name", j.GetAgentName()),
@@ -453,13 +458,14 @@ func (w *Worker) newJob(a *activeJob) *jobrt.Control {
 		w.report(&a.line, &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_RUNNING, JoinTiming: t.Proto(w.base)})
 	}
 	j, ctl := jobrt.New(a.ctx, p)
-	j.Logger().Debug("job started")
+	j.Logger().Info("job started", slog.String("identity", p.Identity))
 	return ctl
 }
 
 // endJob reports the end of a job whose handler returned err and forgets
 // the job.
 func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
+	onItsOwn := ctl.Context().Err() == nil // nothing ended the job but its handler
 	j := ctl.Job()
 	log := j.Logger()
 	status := "success"
@@ -486,6 +492,13 @@ func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
 		log.Info("job terminated by server", slog.Duration("took", time.Since(a.started)))
 	default:
 		log.Info("job finished", slog.Duration("took", time.Since(a.started)))
+		if t := ctl.Timing(); onItsOwn && err == nil && !t.Connected.IsZero() {
+			if in := time.Since(t.Connected); in < quickReturn {
+				log.Warn("the handler returned soon after joining its room: returning ends the job and leaves the room, "+
+					"so the caller may not get what it just sent; serve until ctx is done or the call is over",
+					slog.Duration("after_joining", in.Round(time.Millisecond)))
+			}
+		}
 	}
 	// A job the server terminated is already over for the server: it
 	// recorded the end when it sent the termination and would drop a

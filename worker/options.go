@@ -60,9 +60,14 @@ type Options struct {
 	APIKey    string
 	APISecret string
 
-	// AgentName is the name dispatches address ("" is the automatic agent,
-	// dispatched to every new room).
+	// AgentName is the name dispatches address. Required, unless
+	// AutomaticDispatch is set.
 	AgentName string
+	// AutomaticDispatch opts in to serving LiveKit's automatic dispatch:
+	// with AgentName "", the server dispatches the worker to every new
+	// room of the project, whoever the room is for. A worker without an
+	// agent name would otherwise join rooms meant for other agents.
+	AutomaticDispatch bool
 	// Deployment is the label this worker registers with ("staging",
 	// "canary", …; "" is production). Default $LIVEKIT_AGENT_DEPLOYMENT.
 	// At most 64 bytes, no '_', no whitespace or control bytes.
@@ -233,6 +238,12 @@ func (o *Options) validate() error {
 	if err := validDeployment(o.Deployment); err != nil {
 		return &OptionError{Option: "Deployment", Value: o.Deployment,
 			Rule: err.Error() + " (a deployment is at most 64 bytes of UTF-8 without '_', spaces, control or invisible characters; \"\" is production)"}
+	}
+	switch {
+	case o.AgentName == "" && !o.AutomaticDispatch:
+		return &OptionError{Option: "AgentName", Rule: "required: the name dispatches address (to serve the automatic dispatch to every new room instead, set AutomaticDispatch)"}
+	case o.AgentName != "" && o.AutomaticDispatch:
+		return &OptionError{Option: "AutomaticDispatch", Value: "true", Rule: "the automatic dispatch is for workers without an agent name: leave AgentName empty or AutomaticDispatch false"}
 	}
 	if err := validAgentName(o.AgentName); err != nil {
 		return &OptionError{Option: "AgentName", Value: o.AgentName, Rule: err.Error()}

@@ -49,10 +49,11 @@ type Worker struct {
 	// server's race set it to 0.
 	statusDelay time.Duration
 
-	runMu   sync.Mutex  // held while Run runs
-	running atomic.Bool // Run is running (for /healthz)
+	runMu   sync.Mutex  // held from Start until the run ended
+	running atomic.Bool // a run is on (for /healthz)
 
 	mu         sync.Mutex
+	run        *runState // the current or last run; nil before the first
 	draining   bool
 	sess       *session // registered session, nil while disconnected
 	workerID   string
@@ -129,9 +130,10 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 // Run connects, registers and serves jobs until ctx ends, reconnecting
 // whenever the connection is lost (a lost connection never ends a job).
 // When ctx ends it drains: it tells the server it is full, declines new
-// offers, waits up to DrainTimeout for running jobs, cancels the rest
-// (waiting up to ShutdownTimeout), reports their final status and closes
-// the connection.
+// offers, waits up to DrainTimeout for running and queued jobs, cancels
+// the rest (waiting up to ShutdownTimeout), reports their final status and
+// closes the connection. Run is [Worker.Start], then [Worker.Stop] with
+// DrainTimeout once ctx ends.
 //
 // Run returns nil after a drain. It returns an error only when the
 // connection cannot be restored, after letting running jobs end (up to
@@ -143,61 +145,206 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 // Run returned. Bad options are reported by [New], never by Run, except
 // an HTTPAddr that cannot be bound.
 func (w *Worker) Run(ctx context.Context) error {
+	if err := w.Start(ctx); err != nil {
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return nil // stopped before it registered: nothing to drain
+		}
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		dctx, cancel := context.WithTimeout(context.Background(), w.o.DrainTimeout)
+		defer cancel()
+		_ = w.Stop(dctx) // a drain that ran out of time is logged, not an error of Run
+		return w.Err()
+	case <-w.Done():
+		return w.Err()
+	}
+}
+
+// Start starts the worker and returns once it is registered with the
+// server. It returns the error that stops the worker if that comes first
+// (ErrUnauthorized, ErrMisconfigured, ErrGaveUp, or an HTTPAddr that
+// cannot be bound), or ctx's error if ctx ends first (the worker is then
+// stopped). ctx bounds the wait only; its values reach every job. The
+// worker runs until [Worker.Stop] or [Worker.StopAndCancel], or until the
+// connection cannot be restored ([Worker.Done] and [Worker.Err] tell).
+// Start while the worker runs returns ErrAlreadyRunning.
+func (w *Worker) Start(ctx context.Context) error {
 	if !w.runMu.TryLock() {
 		return ErrAlreadyRunning
 	}
-	defer w.runMu.Unlock()
-	w.running.Store(true)
-	defer w.running.Store(false)
+	rs, err := w.begin(ctx)
+	if err != nil {
+		w.runMu.Unlock()
+		return err
+	}
+	select {
+	case <-rs.registered:
+		return nil
+	case <-rs.done:
+		return rs.err
+	case <-ctx.Done():
+		_ = w.StopAndCancel(context.Background())
+		return fmt.Errorf("worker: start: not registered yet: %w", ctx.Err())
+	}
+}
+
+// Stop drains the worker and stops it: it declines new offers, lets
+// running and queued jobs end until ctx is done, then cancels what is
+// left with job.ErrDrainTimeout (waiting up to ShutdownTimeout for the
+// handlers), reports the final statuses and closes the connection. It
+// returns once the worker stopped: nil if every job ended on its own,
+// else an error wrapping ctx's error. Stopping a worker that is not
+// running returns nil.
+func (w *Worker) Stop(ctx context.Context) error { return w.stop(ctx, false) }
+
+// StopAndCancel stops the worker at once: it cancels running jobs with
+// job.ErrWorkerStopped and fails queued ones, waits for the handlers until
+// ctx is done (and no longer than ShutdownTimeout), reports the final
+// statuses and closes the connection.
+func (w *Worker) StopAndCancel(ctx context.Context) error { return w.stop(ctx, true) }
+
+// Done is closed when the worker stopped: after Stop or StopAndCancel, or
+// on its own when the connection cannot be restored (see Err). Before the
+// first Start it is closed.
+func (w *Worker) Done() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.run == nil {
+		closed := make(chan struct{})
+		close(closed)
+		return closed
+	}
+	return w.run.done
+}
+
+// Err is why the worker stopped on its own (ErrUnauthorized,
+// ErrMisconfigured, ErrGaveUp), once Done is closed; nil when it was
+// stopped by Stop or StopAndCancel, or while it runs.
+func (w *Worker) Err() error {
+	w.mu.Lock()
+	rs := w.run
+	w.mu.Unlock()
+	if rs == nil {
+		return nil
+	}
+	select {
+	case <-rs.done:
+		return rs.err
+	default:
+		return nil
+	}
+}
+
+// runState is one run of the worker, from Start to its end.
+type runState struct {
+	registered chan struct{} // closed on the first registration
+	regOnce    sync.Once
+	stopReq    chan struct{} // closed by the first stop request
+	stopOnce   sync.Once
+	stopCtx    context.Context // the stop request's deadline
+	stopNow    bool            // cancel jobs at once
+	done       chan struct{}   // closed once everything stopped
+	err        error           // why the worker stopped on its own; set before done closes
+	stopErr    error           // what Stop returns; set before done closes
+}
+
+// begin starts a run: the HTTP endpoints, the load sampler, the
+// connection loop, and the goroutine that ends them all.
+func (w *Worker) begin(ctx context.Context) (*runState, error) {
 	w.mu.Lock()
 	w.draining, w.gaveUp, w.hint, w.lastLoop = false, false, "", time.Now()
 	w.mu.Unlock()
 	w.obs.setDraining(false)
+	stopHTTP := func() {}
 	if w.o.HTTPAddr != "" {
 		ln, err := w.listenHTTP()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		w.log.Info("serving HTTP endpoints", slog.String("addr", ln.Addr().String()))
-		defer w.serveHTTP(ln)()
+		stopHTTP = w.serveHTTP(ln)
 	}
+	rs := &runState{registered: make(chan struct{}), stopReq: make(chan struct{}), done: make(chan struct{})}
+	w.mu.Lock()
+	w.run = rs
+	w.mu.Unlock()
+	w.running.Store(true)
 
-	// The connection outlives ctx: the drain still needs it.
+	// The connection outlives ctx: the drain still needs it. Jobs keep
+	// ctx's values, not its cancellation.
 	connCtx, stopConn := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopConn()
 	jobCtx, cancelJobs := context.WithCancelCause(context.WithoutCancel(ctx))
-	defer cancelJobs(job.ErrWorkerStopped)
+	stopLoads := func() {}
 	if w.loads != nil {
-		loadCtx, stopLoads := context.WithCancel(connCtx)
+		loadCtx, cancel := context.WithCancel(connCtx)
 		sampled := make(chan struct{})
 		go func() {
 			defer close(sampled)
 			w.loads.run(loadCtx, w.log, w.kickStatus)
 		}()
-		defer func() {
-			stopLoads()
+		stopLoads = func() {
+			cancel()
 			w.waitUser(sampled, "LoadFunc")
-		}()
+		}
 	}
-
 	connDone := make(chan error, 1)
 	go func() { connDone <- w.connectLoop(connCtx, jobCtx) }()
 
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-connDone:
-		connDone = nil
+	go func() {
+		var connErr error
+		select {
+		case <-rs.stopReq:
+		case connErr = <-connDone:
+			connDone = nil
+		}
+		drained := w.shutdown(rs, connErr)
+		stopConn()
+		if connDone != nil {
+			<-connDone
+		}
+		cancelJobs(job.ErrWorkerStopped)
+		w.waitOnRequests()
+		w.bg.Wait()
+		stopLoads()
+		stopHTTP()
+		rs.err = connErr
+		if !drained && rs.stopCtx != nil {
+			rs.stopErr = fmt.Errorf("worker: stop: jobs were still running: %w", rs.stopCtx.Err())
+		}
+		w.running.Store(false)
+		close(rs.done)
+		w.runMu.Unlock()
+	}()
+	return rs, nil
+}
+
+// stop asks the current run to stop (draining until ctx ends, or at once)
+// and waits for it.
+func (w *Worker) stop(ctx context.Context, now bool) error {
+	w.mu.Lock()
+	rs := w.run
+	w.mu.Unlock()
+	if rs == nil {
+		return nil
 	}
-	w.shutdown(runErr)
-	stopConn()
-	if connDone != nil {
-		<-connDone
+	rs.stopOnce.Do(func() {
+		rs.stopCtx, rs.stopNow = ctx, now
+		close(rs.stopReq)
+	})
+	<-rs.done
+	return rs.stopErr
+}
+
+// registeredOnce marks the current run registered.
+func (w *Worker) registeredOnce() {
+	w.mu.Lock()
+	rs := w.run
+	w.mu.Unlock()
+	if rs != nil {
+		rs.regOnce.Do(func() { close(rs.registered) })
 	}
-	cancelJobs(job.ErrWorkerStopped)
-	w.waitOnRequests()
-	w.bg.Wait()
-	return runErr
 }
 
 // waitOnRequests waits for OnRequest calls still running, up to
@@ -224,26 +371,38 @@ func (w *Worker) waitUser(done <-chan struct{}, what string) {
 	}
 }
 
-// shutdown drains the jobs: it lets them run up to DrainTimeout, then
-// cancels them. It does the same when the connection cannot be restored
-// (connErr): jobs do not need the connection to go on, and end with their
-// rooms.
-func (w *Worker) shutdown(connErr error) {
+// shutdown ends the jobs of a run that is stopping, and reports whether
+// they all ended on their own. A stop request drains until its context
+// ends (or cancels at once); when the connection cannot be restored
+// (connErr) it drains up to DrainTimeout: jobs do not need the connection
+// to go on, and end with their rooms.
+func (w *Worker) shutdown(rs *runState, connErr error) bool {
 	w.setDraining(true)
-	if n := w.runningJobs(); n > 0 {
+	dctx := rs.stopCtx
+	if dctx == nil {
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithTimeout(context.Background(), w.o.DrainTimeout)
+		defer cancel()
+	}
+	cause := job.ErrDrainTimeout
+	if rs.stopNow {
+		cause = job.ErrWorkerStopped
+	} else if n := w.runningJobs(); n > 0 {
 		if connErr != nil {
-			w.log.Error("the connection to the server cannot be restored; letting running jobs end before Run returns",
+			w.log.Error("the connection to the server cannot be restored; letting running jobs end before the worker stops",
 				slog.Int("running_jobs", n), slog.Duration("drain_timeout", w.o.DrainTimeout), slog.Any("error", connErr))
 		} else {
-			w.log.Info("draining", slog.Int("running_jobs", n), slog.Duration("drain_timeout", w.o.DrainTimeout))
+			w.log.Info("draining", slog.Int("running_jobs", n))
 		}
-		dctx, cancel := context.WithTimeout(context.Background(), w.o.DrainTimeout)
 		w.waitJobs(dctx)
-		cancel()
 	}
-	if n := w.cancelAllJobs(job.ErrDrainTimeout); n > 0 {
-		w.log.Warn("cancelling running jobs", slog.Int("jobs", n), slog.Any("cause", job.ErrDrainTimeout))
+	n := w.cancelAllJobs(cause)
+	if n > 0 {
+		w.log.Warn("cancelling running jobs", slog.Int("jobs", n), slog.Any("cause", cause))
 		sctx, cancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
+		if rs.stopNow {
+			sctx, cancel = context.WithTimeout(dctx, w.o.ShutdownTimeout)
+		}
 		if !w.waitJobs(sctx) {
 			w.log.Error("job handlers did not return within the shutdown timeout; leaving them behind",
 				slog.Int("jobs", w.runningJobs()), slog.Duration("shutdown_timeout", w.o.ShutdownTimeout))
@@ -254,6 +413,7 @@ func (w *Worker) shutdown(connErr error) {
 	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	w.flushOutbox(fctx)
 	cancel()
+	return n == 0 || rs.stopNow
 }
 
 // Drain makes the worker stop taking jobs (it reports itself full and

@@ -15,6 +15,8 @@ import (
 	"github.com/livekit/protocol/livekit"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 	"github.com/twitchtv/twirp"
+
+	"github.com/lkagent/lkagent/worker"
 )
 
 // dispatchJSON is how --json shows a dispatch: every field always present,
@@ -29,14 +31,17 @@ type dispatchJSON struct {
 	Jobs       []jobJSON `json:"jobs"`
 }
 
-// jobJSON is one job of a dispatch, as the server reports it.
+// jobJSON is one job of a dispatch: the state the server last recorded
+// (at RecordedAt), not a live view. A job whose worker died stays
+// "RUNNING" until its room closes.
 type jobJSON struct {
-	ID                  string `json:"id"`
-	Status              string `json:"status"`
-	Deployment          string `json:"deployment"`
-	WorkerID            string `json:"worker_id"`
-	ParticipantIdentity string `json:"participant_identity"`
-	Error               string `json:"error,omitempty"`
+	ID                  string    `json:"id"`
+	Status              string    `json:"status"`
+	RecordedAt          time.Time `json:"recorded_at,omitzero"`
+	Deployment          string    `json:"deployment"`
+	WorkerID            string    `json:"worker_id"`
+	ParticipantIdentity string    `json:"participant_identity"`
+	Error               string    `json:"error,omitempty"`
 }
 
 func toDispatchJSON(d *livekit.AgentDispatch) dispatchJSON {
@@ -52,14 +57,18 @@ func toDispatchJSON(d *livekit.AgentDispatch) dispatchJSON {
 		out.CreatedAt = time.Unix(0, ns).UTC()
 	}
 	for _, j := range d.GetState().GetJobs() {
-		out.Jobs = append(out.Jobs, jobJSON{
+		jj := jobJSON{
 			ID:                  j.GetId(),
 			Status:              strings.TrimPrefix(j.GetState().GetStatus().String(), "JS_"),
 			Deployment:          j.GetDeployment(),
 			WorkerID:            j.GetState().GetWorkerId(),
 			ParticipantIdentity: j.GetState().GetParticipantIdentity(),
 			Error:               j.GetState().GetError(),
-		})
+		}
+		if ns := j.GetState().GetUpdatedAt(); ns > 0 {
+			jj.RecordedAt = time.Unix(0, ns).UTC()
+		}
+		out.Jobs = append(out.Jobs, jj)
 	}
 	return out
 }
@@ -88,21 +97,33 @@ func printDispatches(w io.Writer, asJSON, single bool, ds ...*livekit.AgentDispa
 		return cmp.Compare(a.GetState().GetCreatedAt(), b.GetState().GetCreatedAt())
 	})
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
-	fmt.Fprintln(tw, "DISPATCH ID\tROOM\tAGENT NAME\tDEPLOYMENT\tMETADATA\tJOBS")
+	fmt.Fprintln(tw, "DISPATCH ID\tROOM\tAGENT NAME\tDEPLOYMENT\tMETADATA\tJOBS (LAST RECORDED STATE)")
+	recordedRunning := false
 	for _, d := range ds {
 		j := toDispatchJSON(d)
 		jobs := make([]string, 0, len(j.Jobs))
 		for _, jb := range j.Jobs {
 			s := jb.ID + " " + strings.ToLower(jb.Status)
+			if !jb.RecordedAt.IsZero() {
+				s += " " + time.Since(jb.RecordedAt).Round(time.Second).String() + " ago"
+			}
 			if jb.WorkerID != "" {
 				s += " on " + jb.WorkerID
 			}
+			recordedRunning = recordedRunning || jb.Status == "RUNNING"
 			jobs = append(jobs, s)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", j.ID, j.Room, agentLabel(j.AgentName), deploymentLabel(j.Deployment),
 			orDash(j.Metadata), orDash(strings.Join(jobs, ", ")))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if recordedRunning {
+		_, err := fmt.Fprintln(w, "(job states are what the server last recorded, not live: a job whose worker died stays running until its room closes)")
+		return err
+	}
+	return nil
 }
 
 // agentLabel shows an agent name in tables: "" is the automatic agent,
@@ -138,7 +159,7 @@ func runDispatchCreate(ctx context.Context, e *env, args []string) error {
 	asJSON := f.fs.Bool("json", false, "print JSON instead of a table")
 	f.env("room", "LKAGENT_ROOM")
 	f.env("agent-name", "LKAGENT_AGENT_NAME")
-	f.env("deployment", "LKAGENT_DEPLOYMENT")
+	f.env("deployment", worker.EnvDeployment)
 	f.required("room", "agent-name")
 	if err := f.parse(e, args); err != nil {
 		return err

@@ -154,3 +154,24 @@ func TestNotALiveKitServer(t *testing.T) {
 	cli(t, cleanEnv("LIVEKIT_URL="+web.URL, "LIVEKIT_API_KEY=k", "LIVEKIT_API_SECRET=s"), "dispatch", "list", "--room", "r").
 		mustFail(t, exitFailure, web.URL+" does not answer like a LiveKit server", "404")
 }
+
+// dispatch and token read the deployment from LIVEKIT_AGENT_DEPLOYMENT, as
+// the worker does: with it exported, a dispatch goes to that deployment.
+func TestDeploymentFromTheWorkersVariable(t *testing.T) {
+	t.Parallel()
+	room, agent := uniq("room"), uniq("agent")
+	var d dispatchJSON
+	out := cli(t, srvEnv("LIVEKIT_AGENT_DEPLOYMENT=staging"), "dispatch", "create", "--room", room, "--agent-name", agent, "--json").
+		mustOK(t).stdout
+	if err := json.Unmarshal([]byte(out), &d); err != nil {
+		t.Fatalf("--json output does not parse: %v\n%s", err, out)
+	}
+	if d.Deployment != "staging" {
+		t.Fatalf("dispatch went to deployment %q with LIVEKIT_AGENT_DEPLOYMENT=staging", d.Deployment)
+	}
+	tok := strings.TrimSpace(cli(t, srvEnv("LIVEKIT_AGENT_DEPLOYMENT=canary"), "token", "--identity", "i", "--room", room,
+		"--agent-name", agent).mustOK(t).stdout)
+	if out := cli(t, srvEnv(), "token", "--decode", tok).mustOK(t).stdout; !strings.Contains(out, "deployment canary") {
+		t.Fatalf("token with LIVEKIT_AGENT_DEPLOYMENT=canary decodes as:\n%s", out)
+	}
+}

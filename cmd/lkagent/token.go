@@ -13,6 +13,8 @@ import (
 
 	"github.com/livekit/protocol/auth"
 	"github.com/livekit/protocol/livekit"
+
+	"github.com/lkagent/lkagent/worker"
 )
 
 func runToken(ctx context.Context, e *env, args []string) error {
@@ -37,7 +39,7 @@ func runToken(ctx context.Context, e *env, args []string) error {
 	f.env("api-secret", "LIVEKIT_API_SECRET")
 	f.env("room", "LKAGENT_ROOM")
 	f.env("agent-name", "LKAGENT_AGENT_NAME")
-	f.env("deployment", "LKAGENT_DEPLOYMENT")
+	f.env("deployment", worker.EnvDeployment)
 	if err := f.parse(e, args); err != nil {
 		return err
 	}

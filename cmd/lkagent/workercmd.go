@@ -26,13 +26,17 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	agentName := f.fs.String("agent-name", "", "agent name to register with; dispatches address it")
 	deployment := f.fs.String("deployment", "", "deployment to register with; empty is production")
 	maxJobs := f.fs.Int("max-jobs", 0, "jobs run at once at most; 0 = no cap")
+	maxQueued := f.fs.Int("max-queued", 0, "accepted jobs that may wait for a slot beyond --max-jobs; 0 = as many as --max-jobs, -1 = no queue")
+	queueTimeout := f.fs.Duration("queue-timeout", worker.DefaultQueueTimeout, "a queued job that could not start within it is reported failed")
 	httpAddr := f.fs.String("http-addr", "127.0.0.1:0", "serve /metrics, /healthz, /readyz, / and /worker there (port 0: a free port, logged); empty turns them off")
 	drain := f.fs.Duration("drain-timeout", worker.DefaultDrainTimeout, "how long a stopping worker lets running jobs finish")
+	shutdown := f.fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long cancelled jobs get to return after the drain timeout")
 	maxRetry := f.fs.Int("max-retry", 0, "give up after this many failed connection attempts in a row; 0 = keep trying")
 	debug := f.fs.Bool("debug", false, "log at debug level")
 	f.env("agent-name", "LKAGENT_AGENT_NAME")
 	f.env("deployment", worker.EnvDeployment)
 	f.env("max-jobs", "LKAGENT_MAX_JOBS")
+	f.env("max-queued", "LKAGENT_MAX_QUEUED")
 	f.env("http-addr", "LKAGENT_HTTP_ADDR")
 	f.required("agent-name")
 	if err := f.parse(e, args); err != nil {
@@ -44,8 +48,8 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	if err := c.check(name); err != nil {
 		return err
 	}
-	if *maxJobs < 0 || *maxRetry < 0 || *drain <= 0 {
-		return usagef(name, "--max-jobs and --max-retry must not be negative, --drain-timeout must be positive")
+	if *maxJobs < 0 || *maxRetry < 0 || *maxQueued < -1 || *drain <= 0 || *shutdown <= 0 || *queueTimeout <= 0 {
+		return usagef(name, "--max-jobs and --max-retry must not be negative, --max-queued not below -1, and the timeouts must be positive")
 	}
 
 	level := slog.LevelInfo
@@ -60,14 +64,16 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 		AgentName:       *agentName,
 		Deployment:      *deployment,
 		MaxJobs:         *maxJobs,
+		MaxQueued:       *maxQueued,
+		QueueTimeout:    *queueTimeout,
 		HTTPAddr:        *httpAddr,
 		DrainTimeout:    *drain,
+		ShutdownTimeout: *shutdown,
 		MaxRetry:        *maxRetry,
 		RegisterTimeout: c.timeout,
 		OnRequest:       echoagent.OnRequest,
 		Logger:          log,
 	}, func(ctx context.Context, j *job.Job) error {
-		j.Logger().Info("job started", slog.String("identity", j.Identity()))
 		err := echoagent.Handle(ctx, j)
 		j.Logger().Info("job ended", slog.String("cause", fmt.Sprint(context.Cause(ctx))))
 		return err

@@ -37,11 +37,10 @@ func proxyTo(t *testing.T, s *lkserver.Server) *faultproxy.Proxy {
 	return p
 }
 
-// proxied is a worker whose Run runs until the test ends, connected to a
-// server through url.
+// proxied is a worker that runs until the test ends, connected to a
+// server through a URL of the test's choice.
 type proxied struct {
 	w             *worker.Worker
-	done          chan error
 	registrations atomic.Int32
 	mu            sync.Mutex
 	states        []worker.StateChange
@@ -63,8 +62,7 @@ func (p *proxied) disconnects() []worker.StateChange {
 func runVia(t *testing.T, s *lkserver.Server, url string, o worker.Options, h job.Handler) *proxied {
 	t.Helper()
 	o.URL, o.APIKey, o.APISecret = url, s.APIKey(), s.APISecret()
-	testDefaults(t, &o)
-	p := &proxied{done: make(chan error, 1)}
+	p := &proxied{}
 	o.OnStateChange = func(c worker.StateChange) {
 		p.mu.Lock()
 		p.states = append(p.states, c)
@@ -73,23 +71,7 @@ func runVia(t *testing.T, s *lkserver.Server, url string, o worker.Options, h jo
 			p.registrations.Add(1)
 		}
 	}
-	w, err := worker.New(o, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.w = w
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { p.done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-p.done:
-		case <-time.After(60 * time.Second):
-			t.Errorf("Run did not return")
-		}
-	})
-	waitFor(t, 30*time.Second, "registration", func() bool { return p.registrations.Load() > 0 })
-	time.Sleep(lkserver.RegistrationSettle)
+	p.w = startWorkerAt(t, o, h)
 	return p
 }
 
@@ -173,8 +155,8 @@ func checkStillServing(t *testing.T, s *lkserver.Server, p *proxied, h *inRoom, 
 		t.Fatalf("the agent %s is no longer in room %s", j.Identity(), j.RoomName())
 	}
 	select {
-	case err := <-p.done:
-		t.Fatalf("Run returned %v", err)
+	case <-p.w.Done():
+		t.Fatalf("the worker stopped: %v", p.w.Err())
 	default:
 	}
 	room := uniq("room")

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -80,43 +79,32 @@ type ran struct {
 func startWorker(t *testing.T, o worker.Options, h job.Handler) *worker.Worker {
 	t.Helper()
 	o.URL, o.APIKey, o.APISecret = srv.URL(), srv.APIKey(), srv.APISecret()
+	return startWorkerAt(t, o, h)
+}
+
+// startWorkerAt starts a worker with o until the test ends (draining for
+// o.DrainTimeout at the end), and returns once it is registered and the
+// server routes to it.
+func startWorkerAt(t *testing.T, o worker.Options, h job.Handler) *worker.Worker {
+	t.Helper()
 	testDefaults(t, &o)
-	registered := make(chan struct{})
-	var once sync.Once
-	prev := o.OnStateChange
-	o.OnStateChange = func(c worker.StateChange) {
-		if c.State == worker.StateRegistered {
-			once.Do(func() { close(registered) })
-		}
-		if prev != nil {
-			prev(c)
-		}
-	}
 	w, err := worker.New(o, h)
 	if err != nil {
 		t.Fatalf("worker.New: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.Start(ctx); err != nil {
+		t.Fatalf("worker did not register: %v", err)
+	}
 	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run returned %v", err)
-			}
-		case <-time.After(60 * time.Second):
-			t.Errorf("Run did not return within 60s of its context ending")
+		ctx, cancel := context.WithTimeout(context.Background(), o.DrainTimeout)
+		defer cancel()
+		_ = w.Stop(ctx) // jobs still holding at the end are cancelled
+		if err := w.Err(); err != nil {
+			t.Errorf("the worker stopped on its own: %v", err)
 		}
 	})
-	select {
-	case <-registered:
-	case err := <-done:
-		t.Fatalf("worker stopped before registering: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("worker did not register within 30s")
-	}
 	time.Sleep(lkserver.RegistrationSettle)
 	return w
 }

@@ -19,30 +19,12 @@ import (
 func runOn(t *testing.T, s *lkserver.Server, o worker.Options, h job.Handler, registrations *atomic.Int32) *worker.Worker {
 	t.Helper()
 	o.URL, o.APIKey, o.APISecret = s.URL(), s.APIKey(), s.APISecret()
-	testDefaults(t, &o)
 	o.OnStateChange = func(c worker.StateChange) {
 		if c.State == worker.StateRegistered {
 			registrations.Add(1)
 		}
 	}
-	w, err := worker.New(o, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(60 * time.Second):
-			t.Errorf("Run did not return")
-		}
-	})
-	waitFor(t, 30*time.Second, "registration", func() bool { return registrations.Load() > 0 })
-	time.Sleep(lkserver.RegistrationSettle)
-	return w
+	return startWorkerAt(t, o, h)
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
@@ -128,7 +110,7 @@ func TestMaxJobsRoutesToSecondWorker(t *testing.T) {
 	t.Parallel()
 	agent := uniq("cap")
 	a, b := newRecorder("staging", true), newRecorder("staging", true)
-	wa := startWorker(t, worker.Options{AgentName: agent, Deployment: "staging", MaxJobs: 1}, a.handle)
+	wa := startWorker(t, worker.Options{AgentName: agent, Deployment: "staging", MaxJobs: 1, MaxQueued: -1}, a.handle)
 	createDispatchAndWait(t, agent, a.runs)
 	// Only now start the second worker: the first job surely went to a.
 	startWorker(t, worker.Options{AgentName: agent, Deployment: "staging", MaxJobs: 10}, b.handle)
