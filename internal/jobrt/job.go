@@ -35,6 +35,15 @@ var (
 	// ErrShutdown: the handler called [Job.Shutdown]. The cause is a
 	// *ShutdownError that wraps it and carries the reason.
 	ErrShutdown = errors.New("job shut down by its handler")
+	// ErrParticipantLeft: the cause of the context a participant entrypoint
+	// ([Job.OnParticipant]) runs with, once its participant left the room.
+	ErrParticipantLeft = errors.New("participant left the room")
+	// ErrNotConnected: a helper that needs the job's room was called
+	// before [Job.Connect] joined it.
+	ErrNotConnected = errors.New("not in the room yet: call Connect first")
+	// ErrNoCredentials: [Job.API] was called on a job whose runtime gave
+	// it no server API URL, key or secret.
+	ErrNoCredentials = errors.New("no server API credentials")
 )
 
 // ShutdownError is the cause of a job context cancelled by [Job.Shutdown].
@@ -62,6 +71,14 @@ type Params struct {
 	// Token is the room join token from the assignment. It is a secret:
 	// it is never logged.
 	Token string
+	// APIURL is the base URL of the server API (http:// or https://; a
+	// ws:// or wss:// URL is converted) that [Job.API] and
+	// [Job.DeleteRoom] call. Empty: URL.
+	APIURL string
+	// APIKey and APISecret are the credentials [Job.API] signs its
+	// requests with: the worker's own. Without them Job.API returns
+	// ErrNoCredentials. The secret is never logged nor put in an error.
+	APIKey, APISecret string
 	// Logger receives the job's log lines; nil discards them. The job adds
 	// job_id, room, agent_name and deployment attributes.
 	Logger *slog.Logger
@@ -71,6 +88,27 @@ type Params struct {
 	// OnConnected, if set, is called once [Job.Connect] joined the room,
 	// with the timing so far (runtimes report it to the server).
 	OnConnected func(Timing)
+}
+
+// String describes p without its secrets (the token and the API
+// secret), so that printing Params never leaks them.
+func (p Params) String() string {
+	return fmt.Sprintf("jobrt.Params{job %s, room %q, identity %q, URL %q, API URL %q, API key %q, token %s, API secret %s}",
+		p.Info.GetId(), p.Info.GetRoom().GetName(), p.Identity, p.URL, p.APIURL, p.APIKey,
+		redacted(p.Token), redacted(p.APISecret))
+}
+
+// GoString is String, for the %#v verb.
+func (p Params) GoString() string { return p.String() }
+
+// LogValue logs p as String does.
+func (p Params) LogValue() slog.Value { return slog.StringValue(p.String()) }
+
+func redacted(secret string) string {
+	if secret == "" {
+		return "(none)"
+	}
+	return "(set)"
 }
 
 // Timing records the instants of a job's start, the ones the server's
@@ -112,18 +150,35 @@ type Job struct {
 	info     *livekit.Job
 	identity string
 	url      string
-	token    string
+	apiURL   string
+	apiKey   string
+	secrets  *secrets // behind a pointer: printing a Job shows an address
 	log      *slog.Logger
+	ctx      context.Context // the handler's context
 	cancel   context.CancelCauseFunc
 	onConn   func(Timing)
 
 	connMu sync.Mutex // serializes Connect
 
-	mu     sync.Mutex // guards what follows; never held while calling out
-	room   *lksdk.Room
-	hooks  []func(ctx context.Context, reason error)
-	timing Timing
-	ended  bool
+	mu         sync.Mutex // guards what follows; never held while calling out
+	room       *lksdk.Room
+	hooks      []func(ctx context.Context, reason error)
+	timing     Timing
+	ended      bool
+	pending    []func(*lksdk.Room) // participant entrypoints waiting for Connect
+	goroutines goroutines          // started with Go
+
+	watchers watchers // wakes the participant helpers on room events
+
+	apiOnce sync.Once
+	api     *API
+	apiErr  error
+}
+
+// secrets are a job's credentials.
+type secrets struct {
+	token     string
+	apiSecret string
 }
 
 // New creates a job and the context its handler runs with, derived from
@@ -143,12 +198,19 @@ func New(parent context.Context, p Params) (*Job, *Control) {
 		slog.String("deployment", p.Info.GetDeployment()),
 	)
 	ctx, cancel := context.WithCancelCause(parent)
+	apiURL := p.APIURL
+	if apiURL == "" {
+		apiURL = p.URL
+	}
 	j := &Job{
 		info:     p.Info,
 		identity: p.Identity,
 		url:      p.URL,
-		token:    p.Token,
+		apiURL:   apiURL,
+		apiKey:   p.APIKey,
+		secrets:  &secrets{token: p.Token, apiSecret: p.APISecret},
 		log:      log,
+		ctx:      ctx,
 		cancel:   cancel,
 		onConn:   p.OnConnected,
 		timing:   p.Timing,
@@ -186,7 +248,12 @@ func (j *Job) Logger() *slog.Logger { return j.log }
 // room already joined. The room is left when the job ends; if the agent is
 // disconnected from the room first (the room was deleted or closed, or the
 // agent removed), the job's context is cancelled with ErrRoomDisconnected.
-// cb's own callbacks still run.
+//
+// cb's callbacks all run, as the SDK calls them; the job adds its own
+// handling of participant events (for [Job.WaitForParticipant] and
+// [Job.OnParticipant]) next to them. A panic in one of cb's callbacks is
+// recovered and fails the job, as one in a goroutine started with
+// [Job.Go] does.
 func (j *Job) Connect(ctx context.Context, cb *lksdk.RoomCallback, opts ...lksdk.ConnectOption) (*lksdk.Room, error) {
 	// connMu makes concurrent calls join once; j.mu is never held while
 	// joining (which waits for the ICE handshake), nor while calling back.
@@ -202,27 +269,15 @@ func (j *Job) Connect(ctx context.Context, cb *lksdk.RoomCallback, opts ...lksdk
 		j.mu.Unlock()
 		return nil, errors.New("job: Connect after the job ended")
 	}
-	if j.url == "" || j.token == "" {
+	if j.url == "" || j.secrets.token == "" {
 		j.mu.Unlock()
 		return nil, errors.New("job: Connect needs a URL and a token; this job was created without them")
 	}
 	j.timing.ConnectCalled = time.Now()
 	j.mu.Unlock()
 
-	wrapped := lksdk.NewRoomCallback()
-	if cb != nil {
-		c := *cb
-		wrapped = &c
-	}
-	userDisconnected := wrapped.OnDisconnectedWithReason
-	wrapped.OnDisconnectedWithReason = func(reason lksdk.DisconnectionReason) {
-		if userDisconnected != nil {
-			userDisconnected(reason)
-		}
-		j.cancel(ErrRoomDisconnected)
-	}
-	room := lksdk.NewRoom(wrapped)
-	if err := room.JoinWithContextAndToken(ctx, j.url, j.token, opts...); err != nil {
+	room := lksdk.NewRoom(j.wrapCallback(cb))
+	if err := room.JoinWithContextAndToken(ctx, j.url, j.secrets.token, opts...); err != nil {
 		return nil, fmt.Errorf("job %s: join room %q: %w", j.ID(), j.RoomName(), err)
 	}
 	j.mu.Lock()
@@ -234,7 +289,12 @@ func (j *Job) Connect(ctx context.Context, cb *lksdk.RoomCallback, opts ...lksdk
 	j.timing.Connected = time.Now()
 	j.room = room
 	t := j.timing
+	pending := j.pending
+	j.pending = nil
 	j.mu.Unlock()
+	for _, start := range pending {
+		start(room)
+	}
 	j.log.Debug("joined room", slog.String("identity", j.identity),
 		slog.Duration("took", t.Connected.Sub(t.ConnectCalled)))
 	if j.onConn != nil {
@@ -257,11 +317,12 @@ func (j *Job) Shutdown(reason string) {
 }
 
 // OnShutdown registers fn to run once when the job ends, after the handler
-// returned and before the room is left and the end is reported. Hooks run in
-// the order they were added, with a context bounded by the runtime's
-// shutdown timeout; reason is why the job ended: the cause its context was
-// cancelled with, else the handler's error (nil when the handler returned
-// nil on its own).
+// returned and the goroutines started with [Job.Go] ended, and before the
+// room is left and the end is reported. Hooks run in the order they were
+// added, with a context bounded by the runtime's shutdown timeout (what is
+// left of it); reason is why the job ended: the cause its context was
+// cancelled with, else the handler's error, else the failure of a
+// goroutine started with Go (nil when the job ended well on its own).
 func (j *Job) OnShutdown(fn func(ctx context.Context, reason error)) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -300,25 +361,40 @@ func (c *Control) Run(h func(ctx context.Context) error) (err error) {
 	return h(c.ctx)
 }
 
-// Finish ends the job after its handler returned with err: it runs the
-// shutdown hooks (each bounded by ctx, panics recovered and logged), leaves
-// the room, and cancels the job's context. It returns the job's outcome:
-// nil for success, or the error to report. Finish is idempotent.
+// Finish ends the job after its handler returned with err: it cancels the
+// job's context, waits for the goroutines started with [Job.Go], runs the
+// shutdown hooks (panics recovered and logged) and leaves the room, all
+// bounded by ctx (the runtime's shutdown timeout). It returns the job's
+// outcome: nil for success, or the error to report; a goroutine started
+// with Go that failed makes the job fail even if the handler returned nil.
+// Finish is idempotent.
 func (c *Control) Finish(ctx context.Context, err error) error {
 	j := c.job
 	j.mu.Lock()
 	if j.ended {
 		j.mu.Unlock()
-		return Outcome(c.ctx, err)
+		return j.withFailure(Outcome(c.ctx, err))
 	}
 	j.ended = true
-	hooks := j.hooks
-	room := j.room
+	j.pending = nil
 	j.mu.Unlock()
 
+	// What the handler's return means is decided before the job's own
+	// cancellation below, which is not a cause.
+	outcome := Outcome(c.ctx, err)
 	reason := err
 	if cause := context.Cause(c.ctx); cause != nil {
 		reason = cause
+	}
+	j.cancel(errJobEnded)
+	j.waitGoroutines(ctx)
+
+	j.mu.Lock()
+	hooks := j.hooks
+	room := j.room
+	j.mu.Unlock()
+	if reason == nil {
+		reason = j.failure()
 	}
 	for _, fn := range hooks {
 		func() {
@@ -330,12 +406,10 @@ func (c *Control) Finish(ctx context.Context, err error) error {
 			fn(ctx, reason)
 		}()
 	}
-	outcome := Outcome(c.ctx, err)
-	j.cancel(errJobEnded)
 	if room != nil {
 		room.Disconnect()
 	}
-	return outcome
+	return j.withFailure(outcome)
 }
 
 // Timing returns the instants recorded so far.
@@ -370,10 +444,23 @@ func Outcome(ctx context.Context, err error) error {
 	return err
 }
 
-// PanicError is the error a job ends with when its handler panicked.
+// PanicError is the error a job ends with when its handler, a goroutine
+// started with [Job.Go] (a participant entrypoint among them) or one of
+// its room callbacks panicked.
 type PanicError struct {
+	// Value is what was passed to panic.
 	Value any
+	// Stack is the stack of the goroutine that panicked, as
+	// runtime/debug.Stack formats it.
 	Stack []byte
+	// Where says what panicked: "" for the handler, else for example
+	// "job goroutine" or "room callback OnDataPacket".
+	Where string
 }
 
-func (e *PanicError) Error() string { return fmt.Sprintf("job handler panicked: %v", e.Value) }
+func (e *PanicError) Error() string {
+	if e.Where == "" {
+		return fmt.Sprintf("job handler panicked: %v", e.Value)
+	}
+	return fmt.Sprintf("%s panicked: %v", e.Where, e.Value)
+}

@@ -10,9 +10,14 @@
 //		t.Fatal(res.Outcome)
 //	}
 //
-// Connect fails on a test job unless Options.URL and Options.Token are set:
-// keep the logic a unit test covers apart from the room's media, and test
-// the whole agent against a real server with package livekittest.
+// Connect fails on a test job unless Options.URL and Options.Token are set,
+// and so do the helpers that need the room (WaitForParticipant returns
+// job.ErrNotConnected); API and DeleteRoom need Options.APIKey and
+// APISecret. Goroutines started with Job.Go run as under the worker: a
+// panic in one fails the job, and Run returns once they ended (or the
+// shutdown timeout passed). Keep the logic a unit test covers apart from
+// the room's media, and test the whole agent against a real server with
+// package livekittest.
 package jobtest
 
 import (
@@ -44,6 +49,10 @@ type Options struct {
 	// URL and Token let Connect join a real room (a LiveKit URL and a join
 	// token for Identity in Room); without them Connect fails.
 	URL, Token string
+	// APIURL, APIKey and APISecret are the server API credentials of
+	// Job.API and Job.DeleteRoom (APIURL defaults to URL); without them
+	// those return an error wrapping job.ErrNoCredentials.
+	APIURL, APIKey, APISecret string
 	// ShutdownTimeout bounds the shutdown hooks, as the worker's option
 	// does; default 10s.
 	ShutdownTimeout time.Duration
@@ -79,7 +88,8 @@ func New(o Options) *Job {
 	if id == "" {
 		id = jobrt.DefaultIdentity(info.GetId())
 	}
-	j, ctl := jobrt.New(context.Background(), jobrt.Params{Info: info, Identity: id, URL: o.URL, Token: o.Token, Logger: o.Logger})
+	j, ctl := jobrt.New(context.Background(), jobrt.Params{Info: info, Identity: id, URL: o.URL, Token: o.Token,
+		APIURL: o.APIURL, APIKey: o.APIKey, APISecret: o.APISecret, Logger: o.Logger})
 	timeout := o.ShutdownTimeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second
@@ -100,8 +110,10 @@ func (t *Job) Cancel(cause error) { t.ctl.Cancel(cause) }
 
 // Result is how a handler's run ended.
 type Result struct {
-	// Err is what the handler returned; after a panic, an error that
-	// carries the panic's value and stack (Panicked is then true).
+	// Err is what the handler returned; after a panic of the handler, an
+	// error that carries the panic's value and stack (Panicked is then
+	// true; a panic in a goroutine started with Job.Go shows in Outcome
+	// and Cause instead).
 	Err      error
 	Panicked bool
 	// Outcome is what the worker reports to the server: nil for
@@ -109,12 +121,14 @@ type Result struct {
 	// a termination, the room going away or Job.Shutdown is a success.
 	Outcome error
 	// Cause is why the job's context ended: the cause it was cancelled
-	// with, or nil when the handler returned on its own.
+	// with (a goroutine's failure among them), or nil when the handler
+	// returned on its own.
 	Cause error
 }
 
 // Run runs h on the job as the worker would and returns how it ended: it
-// recovers a panic, runs the shutdown hooks, and decides the outcome.
+// recovers a panic, waits for the goroutines started with Job.Go, runs the
+// shutdown hooks, and decides the outcome.
 func (t *Job) Run(h job.Handler) Result {
 	err := t.ctl.Run(func(ctx context.Context) error { return h(ctx, t.Job()) })
 	cause := context.Cause(t.ctl.Context())
@@ -122,7 +136,7 @@ func (t *Job) Run(h job.Handler) Result {
 	defer cancel()
 	outcome := t.ctl.Finish(ctx, err)
 	var pe *jobrt.PanicError
-	return Result{Err: err, Panicked: errors.As(err, &pe), Outcome: outcome, Cause: cause}
+	return Result{Err: err, Panicked: errors.As(err, &pe) && pe.Where == "", Outcome: outcome, Cause: cause}
 }
 
 // Start runs h on the job on a goroutine of its own, as Run does; the

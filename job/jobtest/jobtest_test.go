@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
+
+	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/job/jobtest"
@@ -70,5 +73,61 @@ func TestJobDescribesTheDispatch(t *testing.T) {
 	res := <-tj.Start(func(ctx context.Context, j *job.Job) error { return nil })
 	if res.Outcome != nil || res.Err != nil {
 		t.Fatalf("result %+v", res)
+	}
+}
+
+// Goroutines started with Job.Go run as under the worker: a panic fails
+// the job (reported in Outcome and Cause, not as the handler's panic), and
+// Run returns once they ended.
+func TestGoroutinesFailTheJob(t *testing.T) {
+	t.Parallel()
+	tj := jobtest.New(jobtest.Options{})
+	var cleanedUp atomic.Bool
+	res := tj.Run(func(ctx context.Context, j *job.Job) error {
+		j.Go(func(ctx context.Context) error {
+			<-ctx.Done()
+			cleanedUp.Store(true)
+			return nil
+		})
+		j.Go(func(context.Context) error { panic("worker goroutine") })
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	pe, ok := errors.AsType[*job.PanicError](res.Outcome)
+	if !ok || pe.Value != "worker goroutine" || len(pe.Stack) == 0 {
+		t.Fatalf("outcome %v, want the goroutine's panic with its stack", res.Outcome)
+	}
+	if !errors.Is(res.Cause, pe) || res.Panicked {
+		t.Fatalf("cause %v, panicked %v; want the goroutine's panic as the cause, the handler not panicked", res.Cause, res.Panicked)
+	}
+	if !cleanedUp.Load() {
+		t.Fatal("Run returned before the other goroutine ended")
+	}
+}
+
+// The helpers that need a room or credentials say so on a test job.
+func TestHelpersWithoutAServer(t *testing.T) {
+	t.Parallel()
+	res := jobtest.New(jobtest.Options{}).Run(func(ctx context.Context, j *job.Job) error {
+		if _, err := j.WaitForParticipant(ctx); !errors.Is(err, job.ErrNotConnected) {
+			t.Errorf("WaitForParticipant = %v, want ErrNotConnected", err)
+		}
+		if _, err := j.API(); !errors.Is(err, job.ErrNoCredentials) {
+			t.Errorf("API = %v, want ErrNoCredentials", err)
+		}
+		if err := j.DeleteRoom(ctx); !errors.Is(err, job.ErrNoCredentials) {
+			t.Errorf("DeleteRoom = %v, want ErrNoCredentials", err)
+		}
+		j.OnParticipant(func(context.Context, *lksdk.RemoteParticipant) {
+			t.Error("participant entrypoint ran without a room")
+		})
+		return nil
+	})
+	if res.Outcome != nil {
+		t.Fatalf("outcome %v", res.Outcome)
+	}
+	withKeys := jobtest.New(jobtest.Options{APIURL: "http://127.0.0.1:1", APIKey: "k", APISecret: "s"}).Job()
+	if api, err := withKeys.API(); err != nil || api.Room == nil || api.Dispatch == nil || api.Egress == nil {
+		t.Fatalf("API with credentials = %+v, %v", api, err)
 	}
 }

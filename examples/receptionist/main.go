@@ -1,0 +1,69 @@
+// Command receptionist runs a clinic's receptionist agent: a LiveKit agent
+// worker whose jobs wait for their caller, greet them in the room's chat,
+// answer their questions (opening hours, address, parking, prices) and
+// book appointments, and end when the caller leaves:
+//
+//	export LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=... LIVEKIT_API_SECRET=...
+//	go run ./examples/receptionist --deployment staging
+//
+// Chat arrives as text streams on "lk.chat" or as legacy chat packets;
+// replies go to the caller as text streams on "lk.chat". A dispatch's
+// metadata may name the caller: {"caller":"identity"}; without it the
+// first participant who is not an agent is the caller.
+//
+// SIGINT or SIGTERM drains the worker: it takes no new jobs and lets
+// running calls finish. A second signal exits at once.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	lklogger "github.com/livekit/protocol/logger"
+	lksdk "github.com/livekit/server-sdk-go/v2"
+
+	"github.com/lkagent/lkagent/worker"
+)
+
+func main() {
+	agentName := flag.String("agent-name", "receptionist", "agent name the worker registers with")
+	deployment := flag.String("deployment", "", "deployment to register with (default $"+worker.EnvDeployment+"; empty is production)")
+	clinic := flag.String("clinic", "Harbour Dental", "the clinic's name, in the greeting")
+	drain := flag.Duration("drain-timeout", 30*time.Minute, "how long a stopping worker lets running calls finish")
+	httpAddr := flag.String("http-addr", "127.0.0.1:0", "serve /metrics, /healthz, /readyz, / and /worker there (port 0: a free port, logged; empty: off)")
+	flag.Parse()
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// The LiveKit SDK logs every connection step; the worker logs what matters.
+	lksdk.SetLogger(lklogger.GetDiscardLogger())
+
+	w, err := worker.New(worker.Options{
+		HTTPAddr:     *httpAddr,
+		AgentName:    *agentName,
+		Deployment:   *deployment, // "" falls back to $LIVEKIT_AGENT_DEPLOYMENT
+		DrainTimeout: *drain,
+		Logger:       log,
+	}, newHandler(*clinic))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "receptionist:", err)
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		log.Info("signal received: draining (a second signal exits at once)")
+		stop() // a second signal now kills the process
+	}()
+	if err := w.Run(ctx); err != nil {
+		log.Error("worker failed", slog.Any("error", err))
+		os.Exit(1)
+	}
+	log.Info("receptionist stopped")
+}
