@@ -150,10 +150,9 @@ func (r *rig) onMessage(_ *workertest.Conn, m *livekit.WorkerMessage) {
 			r.declined.Add(1)
 		}
 	case *livekit.WorkerMessage_UpdateJob:
+		// The counts first: a benchmark told of a final status by the
+		// callback may read them at once.
 		u := x.UpdateJob
-		if r.cfg.onStatus != nil {
-			r.cfg.onStatus(benchIndex(u.GetJobId()), u.GetStatus(), at)
-		}
 		switch u.GetStatus() {
 		case livekit.JobStatus_JS_RUNNING:
 			r.runningSt.Add(1)
@@ -161,6 +160,9 @@ func (r *rig) onMessage(_ *workertest.Conn, m *livekit.WorkerMessage) {
 			r.succeeded.Add(1)
 		case livekit.JobStatus_JS_FAILED:
 			r.failed.Add(1)
+		}
+		if r.cfg.onStatus != nil {
+			r.cfg.onStatus(benchIndex(u.GetJobId()), u.GetStatus(), at)
 		}
 	case *livekit.WorkerMessage_UpdateWorker:
 		r.workerStatuses.Add(1)

@@ -288,8 +288,9 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 		identity: res.identity,
 		ctx:      ctx,
 		cancel:   cancel,
-		params:   jobrt.Params{Info: info, Identity: res.identity, URL: url, Token: a.GetToken(), Timing: timing},
-		line:     statusLine{sess: s, notBefore: received.Add(w.statusDelay)},
+		params: jobrt.Params{Info: info, Identity: res.identity, URL: url, Token: a.GetToken(), Timing: timing,
+			APIURL: w.o.URL, APIKey: w.o.APIKey, APISecret: w.o.APISecret},
+		line: statusLine{sess: s, notBefore: received.Add(w.statusDelay)},
 	}
 	w.jobs[id] = aj
 	start := w.o.MaxJobs == 0 || w.runningLocked() <= w.o.MaxJobs

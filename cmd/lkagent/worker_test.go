@@ -73,6 +73,11 @@ func TestWorkerTakesItsDeploymentAndDrains(t *testing.T) {
 	if strings.Contains(w.stdout.String()+w.stderr.String(), srv.APISecret()) {
 		t.Fatal("the worker logged the API secret")
 	}
+	// The job joined its room: the SDK's and pion's lines went to the
+	// worker's logger, none to stderr.
+	if e := w.stderr.String(); e != "" {
+		t.Fatalf("stderr is not empty after a job in a room:\n%s", e)
+	}
 }
 
 // A second signal does not wait for the drain.

@@ -15,6 +15,8 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 	lksdk "github.com/livekit/server-sdk-go/v2"
+
+	"github.com/lkagent/lkagent/internal/sdklog"
 )
 
 // Causes with which a job's context is cancelled. Read them with
@@ -277,6 +279,9 @@ func (j *Job) Connect(ctx context.Context, cb *lksdk.RoomCallback, opts ...lksdk
 	j.mu.Unlock()
 
 	room := lksdk.NewRoom(j.wrapCallback(cb))
+	// The SDK (and pion, for the room's peer connection) logs through the
+	// job's logger, at levels that suit a worker, unless opts say otherwise.
+	opts = append([]lksdk.ConnectOption{lksdk.WithLogger(sdklog.New(j.log))}, opts...)
 	if err := room.JoinWithContextAndToken(ctx, j.url, j.secrets.token, opts...); err != nil {
 		return nil, fmt.Errorf("job %s: join room %q: %w", j.ID(), j.RoomName(), err)
 	}
