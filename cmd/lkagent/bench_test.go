@@ -74,3 +74,129 @@ func TestBenchJSONAgainstRealServer(t *testing.T) {
 		t.Errorf("no progress on stderr: %q", r.stderr)
 	}
 }
+
+// burstJSON is the part of bench --burst --json the tests read.
+type burstJSON struct {
+	Jobs       int `json:"jobs"`
+	Dispatched int `json:"dispatched"`
+	Ran        int `json:"ran"`
+	Lost       int `json:"lost"`
+	RunTwice   int `json:"run_twice"`
+	MaxJobs    int `json:"max_jobs"`
+	MaxQueued  int `json:"max_queued"`
+	Workers    []struct {
+		WorkerID    string `json:"worker_id"`
+		Ran         int    `json:"ran"`
+		PeakRunning int    `json:"peak_running"`
+		Queued      int    `json:"queued"`
+	} `json:"workers"`
+	QueueWait struct {
+		N   int     `json:"n"`
+		P50 float64 `json:"p50_ms"`
+		P99 float64 `json:"p99_ms"`
+	} `json:"queue_wait"`
+	QueueWaitMeasure string  `json:"queue_wait_measure"`
+	LastStartMS      float64 `json:"first_dispatch_to_last_start_ms"`
+}
+
+// lkagent bench --burst against the real server: 30 dispatches at once to
+// one worker with 5 slots and a queue; all ran once, 5 at most at once.
+func TestBenchBurstJSONAgainstRealServer(t *testing.T) {
+	t.Parallel()
+	r := cli(t, srvEnv(), "bench", "--burst", "30", "--max-jobs", "5", "--max-queued", "30", "--hold", "1s",
+		"--queue-timeout", "1m", "--json")
+	if r.code != 0 {
+		t.Fatalf("exit %d, want 0\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	var rep burstJSON
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("bench --burst --json does not parse: %v\n%s", err, r.stdout)
+	}
+	if rep.Jobs != 30 || rep.Dispatched != 30 || rep.Ran != 30 || rep.Lost != 0 || rep.RunTwice != 0 {
+		t.Fatalf("jobs: %+v", rep)
+	}
+	if rep.MaxJobs != 5 || rep.MaxQueued != 30 || len(rep.Workers) != 1 {
+		t.Fatalf("workers: %+v", rep)
+	}
+	if w := rep.Workers[0]; w.Ran != 30 || w.PeakRunning != 5 || w.Queued == 0 || !strings.HasPrefix(w.WorkerID, "AW_") {
+		t.Errorf("worker: %+v", w)
+	}
+	if rep.QueueWait.N != 30 || rep.QueueWait.P99 < rep.QueueWait.P50 || rep.QueueWaitMeasure == "" {
+		t.Errorf("queue wait: %+v %q", rep.QueueWait, rep.QueueWaitMeasure)
+	}
+	// 6 rounds of 1s jobs through 5 slots: the last starts 5s in at least.
+	if rep.LastStartMS < 5000 {
+		t.Errorf("last job started %.0f ms after the first dispatch", rep.LastStartMS)
+	}
+	if !strings.Contains(r.stderr, "bench: burst: 30 dispatches at once") {
+		t.Errorf("no progress on stderr: %q", r.stderr)
+	}
+}
+
+// The table of a burst over two workers lists both.
+func TestBenchBurstTableTwoWorkers(t *testing.T) {
+	t.Parallel()
+	r := cli(t, srvEnv(), "bench", "--burst", "12", "--max-jobs", "3", "--workers", "2", "--hold", "500ms")
+	if r.code != 0 {
+		t.Fatalf("exit %d, want 0\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, want := range []string{"burst of 12 dispatches at once", `deployments "staging", 2 worker(s)`,
+		"MaxJobs 3, MaxQueued 3", "queue wait", "peak running", "first dispatch → last job started"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("table lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if n := strings.Count(r.stdout, "\nAW_"); n != 2 {
+		t.Errorf("%d worker rows, want 2:\n%s", n, r.stdout)
+	}
+}
+
+// Without a queue, a burst larger than the slots loses jobs (the server
+// drops what the full worker declines): the bench says so and exits 1.
+func TestBenchBurstLostJobsExit1(t *testing.T) {
+	t.Parallel()
+	r := cli(t, srvEnv(), "bench", "--burst", "10", "--max-jobs", "2", "--max-queued", "-1", "--hold", "3s", "--json")
+	if r.code != exitFailure {
+		t.Fatalf("exit %d, want 1\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	var rep burstJSON
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("bench --burst --json does not parse: %v\n%s", err, r.stdout)
+	}
+	if rep.Lost == 0 || rep.Ran+rep.Lost != 10 || rep.Workers[0].PeakRunning > 2 {
+		t.Errorf("report: %+v", rep)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "lkagent: bench: ") || !strings.Contains(last, "jobs lost") {
+		t.Errorf("last line of stderr: %q", last)
+	}
+}
+
+func TestBenchBurstUsage(t *testing.T) {
+	t.Parallel()
+	env := srvEnv()
+	for _, tc := range []struct {
+		args  []string
+		parts []string
+	}{
+		{[]string{"--max-jobs", "5"}, []string{"--max-jobs needs --burst"}},
+		{[]string{"--hold", "1s"}, []string{"--hold needs --burst"}},
+		{[]string{"--burst", "10", "--jobs", "3"}, []string{"--jobs does not apply to --burst"}},
+		{[]string{"--burst", "0"}, []string{"--burst must be at least 1"}},
+		{[]string{"--burst", "10", "--max-queued", "-2"}, []string{"--max-queued must be at least -1"}},
+		{[]string{"--burst", "10", "--hold", "0s"}, []string{"--hold must be positive"}},
+		{[]string{"--burst", "10", "--deployments", "prod_us"}, []string{"not a valid deployment"}},
+		{[]string{"--burst", "10", "--workers", "0"}, []string{"--workers must be at least 1"}},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			t.Parallel()
+			cli(t, env, append([]string{"bench"}, tc.args...)...).mustFail(t, exitUsage, tc.parts...)
+		})
+	}
+	out := cli(t, cleanEnv(), "bench", "--help").mustOK(t).stdout
+	for _, want := range []string{"lkagent bench --burst N", "--max-queued", "--queue-timeout", "--hold", "queue wait", "exit 1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("bench --help lacks %q:\n%s", want, out)
+		}
+	}
+}

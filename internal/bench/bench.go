@@ -163,6 +163,55 @@ type Report struct {
 	Duration time.Duration `json:"duration_ns"`
 }
 
+// startWorker runs a worker with o and h until runCtx ends (wg counts it)
+// and waits until it registered, or ctx ends. OnStateChange, if set in o,
+// is still called.
+func startWorker(ctx, runCtx context.Context, wg *sync.WaitGroup, o worker.Options, h job.Handler) (*worker.Worker, error) {
+	registered := make(chan error, 1)
+	var once sync.Once
+	settle := func(err error) { once.Do(func() { registered <- err }) }
+	prev := o.OnStateChange
+	o.OnStateChange = func(c worker.StateChange) {
+		if prev != nil {
+			prev(c)
+		}
+		switch c.State {
+		case worker.StateRegistered:
+			settle(nil)
+		case worker.StateStopped:
+			err := c.Err
+			if err == nil {
+				err = errors.New("stopped before it registered")
+			}
+			settle(err)
+		}
+	}
+	w, err := worker.New(o, h)
+	if err != nil {
+		return nil, fmt.Errorf("bench: worker for deployment %q: %w", o.Deployment, err)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := w.Run(runCtx); err != nil {
+			settle(err)
+		}
+	}()
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	select {
+	case err := <-registered:
+		if err != nil {
+			return nil, fmt.Errorf("bench: worker for deployment %q: %w", o.Deployment, err)
+		}
+		return w, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-timeout.C:
+		return nil, fmt.Errorf("bench: a worker for deployment %q did not register within 30s", o.Deployment)
+	}
+}
+
 // run is the state of one handler run.
 type run struct {
 	done       chan struct{} // closed when the measuring side is done with the job
@@ -212,10 +261,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	fmt.Fprintf(cfg.Progress, "starting %d workers per deployment for %s…\n", cfg.WorkersPerDeployment, quoteAll(cfg.Deployments))
 	for _, dep := range cfg.Deployments {
 		for range cfg.WorkersPerDeployment {
-			registered := make(chan error, 1)
 			var dialAt time.Time
-			var once sync.Once
-			w, err := worker.New(worker.Options{
+			o := worker.Options{
 				URL: cfg.URL, APIKey: cfg.APIKey, APISecret: cfg.APISecret,
 				AgentName: cfg.AgentName, Deployment: dep, JobType: cfg.JobType,
 				Logger: cfg.Logger, DrainTimeout: time.Second,
@@ -228,31 +275,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 						regMu.Lock()
 						regs = append(regs, time.Since(dialAt))
 						regMu.Unlock()
-						once.Do(func() { registered <- nil })
-					case worker.StateStopped:
-						once.Do(func() { registered <- c.Err })
 					}
 				},
-			}, b.handler(dep))
-			if err != nil {
-				return nil, err
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if err := w.Run(wctx); err != nil {
-					once.Do(func() { registered <- err })
-				}
-			}()
-			select {
-			case err := <-registered:
-				if err != nil {
-					return nil, fmt.Errorf("bench: worker for deployment %q: %w", dep, err)
-				}
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(30 * time.Second):
-				return nil, errors.New("bench: a worker did not register within 30s")
+			if _, err := startWorker(ctx, wctx, &wg, o, b.handler(dep)); err != nil {
+				return nil, err
 			}
 		}
 	}

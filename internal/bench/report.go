@@ -51,3 +51,71 @@ func (r *Report) WriteTable(out io.Writer) error {
 
 func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 func kib(b int64) string  { return fmt.Sprintf("%.1f KiB", float64(b)/(1<<10)) }
+
+// WriteTable prints r for people.
+func (r *BurstReport) WriteTable(out io.Writer) error {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	p := func(format string, a ...any) { fmt.Fprintf(tw, format, a...) }
+	queue := "no queue"
+	if r.MaxQueued > 0 {
+		queue = fmt.Sprintf("MaxQueued %d, QueueTimeout %s", r.MaxQueued, msDuration(r.QueueTimeoutMS))
+	}
+	maxJobs := "no cap"
+	if r.MaxJobs > 0 {
+		maxJobs = strconv.Itoa(r.MaxJobs)
+	}
+	p("burst of %d dispatches at once, agent %q, deployments %s, %d worker(s) each\n",
+		r.Jobs, r.AgentName, quoteAll(r.Deployments), r.WorkersPerDeployment)
+	p("workers: MaxJobs %s, %s; each job holds %s; rooms not joined\n\n", maxJobs, queue, msDuration(r.HoldMS))
+
+	p("jobs\n")
+	p("  dispatched\t%d of %d (%d failed)\n", r.Dispatched, r.Jobs, r.DispatchErrors)
+	p("  ran\t%d\n", r.Ran)
+	p("  lost (not started within %s of the last dispatch)\t%d (%d of them queue timeouts, %d started late)\n",
+		msDuration(r.LostAfterMS), r.Lost, r.QueueTimeouts, r.LateStarts)
+	p("  run twice\t%d\n", r.RunTwice)
+	p("  ran on a worker of another deployment\t%d\n", r.RoutingViolations)
+	p("  dispatching (first sent → last answered)\t%s\n", msDuration(r.DispatchingMS))
+	p("  first dispatch → last job started\t%s\n", msDuration(r.FirstDispatchToLastStartMS))
+	p("  wait ended\t%s\n", r.WaitEnded)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	p = func(format string, a ...any) { fmt.Fprintf(tw, format, a...) }
+	p("\nlatency (ms)\tn\tp50\tp95\tp99\tmax\n")
+	for _, l := range []struct {
+		name string
+		l    Latency
+	}{{"dispatch → offer (server)", r.DispatchToOffer}, {"dispatch → handler start", r.DispatchToStart}, {"queue wait", r.QueueWait}} {
+		p("  %s\t%d\t%.0f\t%.0f\t%.0f\t%.0f\n", l.name, l.l.N, l.l.P50, l.l.P95, l.l.P99, l.l.Max)
+	}
+	p("  (queue wait: %s)\n", r.QueueWaitMeasure)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	p = func(format string, a ...any) { fmt.Fprintf(tw, format, a...) }
+	p("\nworker\tdeployment\tran\tpeak running\toffers\tdeclined\tqueued\tqueue timeouts\n")
+	for _, w := range r.Workers {
+		p("%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\n", w.WorkerID, orProduction(w.Deployment), w.Ran, w.PeakRunning,
+			w.Offers, w.Declined, w.Queued, w.QueueTimeouts)
+	}
+	p("(peak running: counted by the handlers; offers, declined, queued, queue timeouts: the worker's metrics)\n")
+	p("\ntook %s\n", r.Duration.Round(time.Millisecond))
+	return tw.Flush()
+}
+
+// msDuration prints milliseconds as a duration.
+func msDuration(v float64) string {
+	return (time.Duration(v * float64(time.Millisecond))).Round(time.Millisecond).String()
+}
+
+func orProduction(d string) string {
+	if d == "" {
+		return "(production)"
+	}
+	return d
+}
