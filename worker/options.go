@@ -30,7 +30,7 @@ const (
 
 // Defaults of [Options]. Every zero field takes the default named here.
 const (
-	DefaultOnRequestTimeout  = 5 * time.Second
+	DefaultOnRequestTimeout  = 2 * time.Second
 	DefaultRegisterTimeout   = 10 * time.Second
 	DefaultPingInterval      = 10 * time.Second
 	DefaultPongTimeout       = 10 * time.Second
@@ -84,7 +84,11 @@ type Options struct {
 	// OnRequest decides each offer; nil accepts every offer of this
 	// worker's agent and deployment with identity "agent-<job id>".
 	OnRequest RequestFunc
-	// OnRequestTimeout bounds OnRequest; default 5s (the server waits 10s).
+	// OnRequestTimeout bounds OnRequest; default 2s. LiveKit's server
+	// gives a whole job request 3 seconds (its RPC timeout), retries on
+	// other workers included: an offer answered later is lost, and a late
+	// acceptance would hold a slot for nothing. Past it the offer is
+	// declined, in time for the server to try another worker.
 	OnRequestTimeout time.Duration
 
 	// MaxJobs caps the jobs running at once; 0 = no cap. The worker

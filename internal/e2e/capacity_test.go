@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -557,4 +558,40 @@ func TestDrainRunsQueuedJobs(t *testing.T) {
 	for _, id := range ids {
 		waitServerLine(t, 10*time.Second, "job ended", id, "JS_SUCCESS")
 	}
+}
+
+// The server gives a job request 3 s in all (its RPC timeout), retries on
+// other workers included. A worker whose OnRequest is slow declines at
+// OnRequestTimeout (2 s by default), in time for the server to offer the
+// job to another worker: no dispatch is lost to the slow one. With the
+// old default of 5 s, an offer to the slow worker was answered too late
+// and the job was dropped.
+func TestSlowOnRequestDeclinesInTimeForAnotherWorker(t *testing.T) {
+	t.Parallel()
+	agent := uniq("slowreq")
+	var slowOffers atomic.Int32
+	slow := newRecorder("slow", true)
+	startWorker(t, worker.Options{AgentName: agent, Deployment: "staging",
+		OnRequest: func(ctx context.Context, r *job.Request) error {
+			slowOffers.Add(1)
+			select {
+			case <-time.After(10 * time.Second):
+			case <-ctx.Done():
+			}
+			return r.Accept(job.AcceptOptions{})
+		}}, slow.handle)
+	fast := newRecorder("fast", true)
+	startWorker(t, worker.Options{AgentName: agent, Deployment: "staging"}, fast.handle)
+	for i := 0; slowOffers.Load() < 2 && i < 30; i++ {
+		room := uniq("room")
+		createDispatch(t, agent, room, "staging")
+		got := waitRun(t, 20*time.Second, slow.runs, fast.runs)
+		if got.Room != room || got.Worker != "fast" {
+			t.Fatalf("dispatch %d ran as %+v, want on the fast worker in %s", i, got, room)
+		}
+	}
+	if slowOffers.Load() < 2 {
+		t.Fatalf("the server offered %d of 30 jobs to the slow worker, which it picks half the time", slowOffers.Load())
+	}
+	t.Logf("%d offers went to the slow worker first; every job ran on the fast one", slowOffers.Load())
 }
