@@ -150,8 +150,15 @@ type Options struct {
 	DrainTimeout    time.Duration
 	ShutdownTimeout time.Duration
 
-	// Logger receives the worker's logs; default slog.Default().
+	// Logger receives the worker's logs; default slog.Default(). It also
+	// gets the LiveKit SDK's lines and pion's (their Info as Debug): a
+	// job's room logs through its job's logger, and New points the SDK's
+	// process-wide logger (which pion uses, and which writes to stderr by
+	// default) at this logger, unless KeepSDKLogger is set.
 	Logger *slog.Logger
+	// KeepSDKLogger leaves the SDK's process-wide logger (lksdk.SetLogger)
+	// as the program set it.
+	KeepSDKLogger bool
 	// OnStateChange, if set, is called (from the worker's own goroutine,
 	// keep it quick) on every connection state change.
 	OnStateChange func(StateChange)

@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/lkagent/lkagent/internal/sdklog"
 	"github.com/lkagent/lkagent/job"
 )
 
@@ -106,6 +107,9 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 		jobsChange:  make(chan struct{}),
 	}
 	w.log = o.Logger.With(slog.String("agent_name", o.AgentName), slog.String("deployment", o.Deployment))
+	if !o.KeepSDKLogger {
+		sdklog.Install(o.Logger.With(slog.String("component", "livekit-sdk")))
+	}
 	w.obs = newObserver(o)
 	// The worker's own registry always exists, so /metrics works whatever
 	// Options.Registerer is (a wrapping Registerer is no Gatherer).

@@ -12,9 +12,6 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
-
-	lklogger "github.com/livekit/protocol/logger"
-	lksdk "github.com/livekit/server-sdk-go/v2"
 )
 
 // Exit codes.
@@ -58,9 +55,6 @@ func commands() []*command {
 // run runs the command line args (without the program name) and returns the
 // exit code. ctx ends when the user interrupts; commands then stop cleanly.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	// The SDK logs connection details at info level through its own logger;
-	// the commands report what matters themselves.
-	lksdk.SetLogger(lklogger.GetDiscardLogger())
 	e := &env{stdout: stdout, stderr: stderr, getenv: getenv}
 
 	if len(args) == 0 {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/livekit/protocol/agent"
 	"github.com/livekit/protocol/livekit"
+	lklogger "github.com/livekit/protocol/logger"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 	"github.com/twitchtv/twirp"
 
@@ -361,7 +362,7 @@ func (d *demo) tokenBased(ctx context.Context, deployment string) error {
 			}
 		}
 	}
-	caller, err := lksdk.ConnectToRoomWithToken(d.srv.URL(), token, cb)
+	caller, err := lksdk.ConnectToRoomWithToken(d.srv.URL(), token, cb, lksdk.WithLogger(lklogger.GetDiscardLogger()))
 	if err != nil {
 		if ctx.Err() != nil {
 			return interrupted(ctx)

@@ -22,9 +22,6 @@ import (
 	"syscall"
 	"time"
 
-	lklogger "github.com/livekit/protocol/logger"
-	lksdk "github.com/livekit/server-sdk-go/v2"
-
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
@@ -43,7 +40,6 @@ func main() {
 		name = "production"
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With(slog.String("rollout", name))
-	lksdk.SetLogger(lklogger.GetDiscardLogger())
 
 	w, err := worker.New(worker.Options{
 		HTTPAddr:     *httpAddr,

@@ -25,9 +25,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	lklogger "github.com/livekit/protocol/logger"
-	lksdk "github.com/livekit/server-sdk-go/v2"
-
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -39,8 +36,6 @@ func main() {
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	// The LiveKit SDK logs every connection step; the worker logs what matters.
-	lksdk.SetLogger(lklogger.GetDiscardLogger())
 
 	w, err := worker.New(worker.Options{
 		HTTPAddr:   *httpAddr,

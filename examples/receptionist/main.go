@@ -25,9 +25,6 @@ import (
 	"syscall"
 	"time"
 
-	lklogger "github.com/livekit/protocol/logger"
-	lksdk "github.com/livekit/server-sdk-go/v2"
-
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -40,8 +37,6 @@ func main() {
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	// The LiveKit SDK logs every connection step; the worker logs what matters.
-	lksdk.SetLogger(lklogger.GetDiscardLogger())
 
 	w, err := worker.New(worker.Options{
 		HTTPAddr:     *httpAddr,

@@ -23,9 +23,6 @@ import (
 	"strings"
 	"syscall"
 
-	lklogger "github.com/livekit/protocol/logger"
-	lksdk "github.com/livekit/server-sdk-go/v2"
-
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
@@ -62,7 +59,6 @@ func main() {
 	blocked := strings.Split(*block, ",")
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	lksdk.SetLogger(lklogger.GetDiscardLogger())
 
 	onRequest := func(ctx context.Context, r *job.Request) error {
 		if ok, why := decide(r.Metadata(), blocked); !ok {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/livekit/protocol/livekit"
+	lklogger "github.com/livekit/protocol/logger"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 	"golang.org/x/sync/errgroup"
 
@@ -380,7 +381,7 @@ func (b *bench) phase(ctx context.Context, dc *lksdk.AgentDispatchClient, n, con
 				}
 				var err error
 				obs, err = lksdk.ConnectToRoom(b.cfg.URL, lksdk.ConnectInfo{APIKey: b.cfg.APIKey, APISecret: b.cfg.APISecret,
-					RoomName: room, ParticipantIdentity: "observer-" + room}, cb)
+					RoomName: room, ParticipantIdentity: "observer-" + room}, cb, lksdk.WithLogger(lklogger.GetDiscardLogger()))
 				if err != nil {
 					s.err = err
 					samples[i] = s

@@ -12,10 +12,10 @@ import (
 	"time"
 
 	"github.com/livekit/protocol/livekit"
-	lklogger "github.com/livekit/protocol/logger"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/sdklog"
 	"github.com/lkagent/lkagent/internal/syncbuf"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
@@ -30,7 +30,8 @@ var srv *lkserver.Server
 var serverLog = &syncbuf.Buffer{}
 
 func TestMain(m *testing.M) {
-	lksdk.SetLogger(lklogger.GetDiscardLogger())
+	// Before any test runs: the SDK's process-wide logger is set once.
+	sdklog.Install(slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	s, err := lkserver.Start(ctx, lkserver.Options{Logs: serverLog})
 	cancel()

@@ -10,9 +10,12 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	protologger "github.com/livekit/protocol/logger"
 	"github.com/livekit/protocol/logger/zaputil"
+	lksdk "github.com/livekit/server-sdk-go/v2"
 )
 
 // LevelTrace is the level of the SDK's own debug lines: below slog's Debug.
@@ -73,4 +76,57 @@ func (g *logger) WithItemSampler() protologger.Logger { return g }
 func (g *logger) WithoutSampler() protologger.Logger  { return g }
 func (g *logger) WithDeferredValues() (protologger.Logger, protologger.DeferredFieldResolver) {
 	return g, zaputil.NoOpDeferrer{}
+}
+
+// The SDK's process-wide logger. server-sdk-go logs a room's own lines
+// through the room's logger (see New), but pion, beneath it, logs through
+// the SDK's process-wide logger only (lksdk.SetLogger), which writes to
+// stderr by default. That setting is the process's, not a worker's: it is
+// installed once, as a forwarder to the logger of the worker that
+// installed it last.
+var (
+	installOnce sync.Once
+	forward     forwarder
+)
+
+// forwarder is a process-wide logger that writes to whatever logger was
+// installed last.
+type forwarder struct{ to atomic.Pointer[slog.Logger] }
+
+func (f *forwarder) current() protologger.Logger {
+	l := f.to.Load()
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	return New(l)
+}
+
+func (f *forwarder) Debugw(msg string, kv ...any)           { f.current().Debugw(msg, kv...) }
+func (f *forwarder) Infow(msg string, kv ...any)            { f.current().Infow(msg, kv...) }
+func (f *forwarder) Warnw(msg string, err error, kv ...any) { f.current().Warnw(msg, err, kv...) }
+func (f *forwarder) Errorw(msg string, err error, kv ...any) {
+	f.current().Errorw(msg, err, kv...)
+}
+func (f *forwarder) WithValues(kv ...any) protologger.Logger { return f.current().WithValues(kv...) }
+func (f *forwarder) WithUnlikelyValues(kv ...any) protologger.UnlikelyLogger {
+	return protologger.NewUnlikelyLogger(f, kv...)
+}
+func (f *forwarder) WithName(name string) protologger.Logger { return f.current().WithName(name) }
+func (f *forwarder) WithComponent(c string) protologger.Logger {
+	return f.current().WithComponent(c)
+}
+func (f *forwarder) WithCallDepth(int) protologger.Logger { return f }
+func (f *forwarder) WithItemSampler() protologger.Logger  { return f }
+func (f *forwarder) WithoutSampler() protologger.Logger   { return f }
+func (f *forwarder) WithDeferredValues() (protologger.Logger, protologger.DeferredFieldResolver) {
+	return f, zaputil.NoOpDeferrer{}
+}
+
+// Install makes the SDK's process-wide logger write to l (pion's lines,
+// at the levels New maps). The SDK's setting is written once, the first
+// time; later calls only change where it forwards to, which is safe at
+// any time.
+func Install(l *slog.Logger) {
+	forward.to.Store(l)
+	installOnce.Do(func() { lksdk.SetLogger(&forward) })
 }

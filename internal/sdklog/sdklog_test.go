@@ -42,3 +42,16 @@ func TestInfoLevelKeepsOnlyWarnings(t *testing.T) {
 		t.Fatalf("lines at Info level:\n%s", buf.String())
 	}
 }
+
+// Install points the SDK's process-wide logger at the last installed
+// logger; switching is safe while the SDK logs.
+func TestInstallForwardsToTheLastLogger(t *testing.T) {
+	var a, b bytes.Buffer
+	Install(slog.New(slog.NewTextHandler(&a, nil)))
+	forward.Warnw("to a", nil)
+	Install(slog.New(slog.NewTextHandler(&b, nil)))
+	forward.WithName("pion").Warnw("to b", nil)
+	if !strings.Contains(a.String(), "to a") || strings.Contains(a.String(), "to b") || !strings.Contains(b.String(), "msg=\"to b\" sdk=pion") {
+		t.Fatalf("a:\n%s\nb:\n%s", a.String(), b.String())
+	}
+}
