@@ -19,28 +19,30 @@ const Namespace = "lkagent"
 // Worker holds one worker's collectors. The collectors are safe for
 // concurrent use, as every Prometheus collector is.
 type Worker struct {
-	Connected          prometheus.Gauge
-	Registrations      prometheus.Counter
-	ReconnectAttempts  prometheus.Counter
-	Disconnects        *prometheus.CounterVec
-	OffersReceived     prometheus.Counter
-	OffersAccepted     prometheus.Counter
-	OffersDeclined     *prometheus.CounterVec
-	AssignmentTimeouts prometheus.Counter
-	UnexpectedAssigns  prometheus.Counter
-	JobsRunning        prometheus.Gauge
-	JobsFinished       *prometheus.CounterVec
-	JobDuration        prometheus.Histogram
-	LaunchLatency      prometheus.Histogram
-	DecisionLatency    prometheus.Histogram
-	Load               prometheus.Gauge
-	Draining           prometheus.Gauge
-	StatusesDropped    prometheus.Counter
-	JobsMigrated       prometheus.Counter
-	Capacity           prometheus.Gauge
-	QueueCapacity      prometheus.Gauge
-	JobsQueued         prometheus.Gauge
-	QueueWait          prometheus.Histogram
+	Connected           prometheus.Gauge
+	Registrations       prometheus.Counter
+	ReconnectAttempts   prometheus.Counter
+	Disconnects         *prometheus.CounterVec
+	OffersReceived      prometheus.Counter
+	OffersAccepted      prometheus.Counter
+	OffersDeclined      *prometheus.CounterVec
+	AssignmentTimeouts  prometheus.Counter
+	UnexpectedAssigns   prometheus.Counter
+	JobsRunning         prometheus.Gauge
+	JobsFinished        *prometheus.CounterVec
+	JobDuration         prometheus.Histogram
+	LaunchLatency       prometheus.Histogram
+	DecisionLatency     prometheus.Histogram
+	Load                prometheus.Gauge
+	Draining            prometheus.Gauge
+	StatusesDropped     prometheus.Counter
+	JobsMigrated        prometheus.Counter
+	Capacity            prometheus.Gauge
+	QueueCapacity       prometheus.Gauge
+	JobsQueued          prometheus.Gauge
+	QueueWait           prometheus.Histogram
+	MemoryWarnings      prometheus.Counter
+	IgnoredTerminations prometheus.Counter
 }
 
 // New creates a worker's collectors labelled with agentName and deployment.
@@ -71,7 +73,7 @@ func New(agentName, deployment string) *Worker {
 		UnexpectedAssigns:  counter("unexpected_assignments_total", "Assignments for jobs this worker did not accept or already ran; not run."),
 		JobsRunning:        gauge("jobs_running", "Jobs whose handler is running."),
 		JobsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "jobs_finished_total",
-			Help: "Jobs ended, by status: success, failed, terminated, panicked; queued jobs that never started: queue_timeout, drain_timeout.", ConstLabels: labels}, []string{"status"}),
+			Help: "Jobs ended, by status: success, failed, terminated, panicked; in job processes also crashed, memory_limit, killed, start_failed; queued jobs that never started: queue_timeout, drain_timeout.", ConstLabels: labels}, []string{"status"}),
 		JobDuration:     hist("job_duration_seconds", "Time from handler start to job end.", prometheus.ExponentialBuckets(0.01, 4, 12)),
 		LaunchLatency:   hist("job_launch_latency_seconds", "Time from assignment received to handler started.", fast),
 		DecisionLatency: hist("offer_decision_latency_seconds", "Time from offer received to availability answer.", fast),
@@ -86,6 +88,9 @@ func New(agentName, deployment string) *Worker {
 		JobsQueued:    gauge("jobs_queued", "Accepted jobs waiting for a slot."),
 		QueueWait: hist("queue_wait_seconds", "Time a job waited in the queue, until it started or gave up.",
 			prometheus.ExponentialBuckets(0.01, 2, 14)), // 10ms … ~82s
+		MemoryWarnings: counter("job_memory_warnings_total", "Job processes whose resident set passed MemoryWarn."),
+		IgnoredTerminations: counter("jobs_ignoring_termination_total",
+			"Jobs still running ShutdownTimeout after the server terminated them (their handler ignores its context)."),
 	}
 	return m
 }
@@ -95,7 +100,8 @@ func (m *Worker) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.Connected, m.Registrations, m.ReconnectAttempts, m.Disconnects,
 		m.OffersReceived, m.OffersAccepted, m.OffersDeclined, m.AssignmentTimeouts, m.UnexpectedAssigns,
 		m.JobsRunning, m.JobsFinished, m.JobDuration, m.LaunchLatency, m.DecisionLatency, m.Load, m.Draining,
-		m.StatusesDropped, m.JobsMigrated, m.Capacity, m.QueueCapacity, m.JobsQueued, m.QueueWait}
+		m.StatusesDropped, m.JobsMigrated, m.Capacity, m.QueueCapacity, m.JobsQueued, m.QueueWait,
+		m.MemoryWarnings, m.IgnoredTerminations}
 }
 
 // Register registers every collector of m with reg. The same collectors

@@ -9,6 +9,7 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
+	"github.com/lkagent/lkagent/internal/jobproc"
 	"github.com/lkagent/lkagent/internal/jobrt"
 	"github.com/lkagent/lkagent/job"
 )
@@ -46,7 +47,10 @@ type activeJob struct {
 	queued     bool
 	queuedAt   time.Time
 	queueTimer *time.Timer
-	started    time.Time // when the handler was launched; zero while queued
+	started    time.Time     // when the handler was launched; zero while queued
+	proc       *jobproc.Proc // the job's process (Processes executor)
+	stuck      *time.Timer   // set when the server terminated the job
+	ignoring   bool          // still running ShutdownTimeout after its termination
 }
 
 // statusLine carries one job's statuses to the connection it was assigned
@@ -327,6 +331,10 @@ func (w *Worker) launchLocked(aj *activeJob) {
 // start runs the handler of a launched job.
 func (w *Worker) start(aj *activeJob) {
 	w.obs.jobStarted(aj.started.Sub(aj.params.Timing.AssignmentReceived), !aj.queuedAt.IsZero())
+	if pool := w.pool.Load(); pool != nil {
+		go w.runJobProcess(aj, pool)
+		return
+	}
 	go w.runJob(aj)
 }
 
@@ -493,13 +501,7 @@ func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
 		log.Info("job terminated by server", slog.Duration("took", time.Since(a.started)))
 	default:
 		log.Info("job finished", slog.Duration("took", time.Since(a.started)))
-		if t := ctl.Timing(); onItsOwn && err == nil && !t.Connected.IsZero() {
-			if in := time.Since(t.Connected); in < quickReturn {
-				log.Warn("the handler returned soon after joining its room: returning ends the job and leaves the room, "+
-					"so the caller may not get what it just sent; serve until ctx is done or the call is over",
-					slog.Duration("after_joining", in.Round(time.Millisecond)))
-			}
-		}
+		warnQuickReturn(log, ctl, onItsOwn, err)
 	}
 	// A job the server terminated is already over for the server: it
 	// recorded the end when it sent the termination and would drop a
@@ -507,11 +509,32 @@ func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
 	if !terminated {
 		w.report(&a.line, upd)
 	}
-	w.obs.jobFinished(status, time.Since(a.started))
+	w.jobEnded(a, status, time.Since(a.started))
+}
+
+// warnQuickReturn warns about a handler that returned on its own soon
+// after joining its room: it most likely hung up on its caller by mistake.
+func warnQuickReturn(log *slog.Logger, ctl *jobrt.Control, onItsOwn bool, err error) {
+	if t := ctl.Timing(); onItsOwn && err == nil && !t.Connected.IsZero() {
+		if in := time.Since(t.Connected); in < quickReturn {
+			log.Warn("the handler returned soon after joining its room: returning ends the job and leaves the room, "+
+				"so the caller may not get what it just sent; serve until ctx is done or the call is over",
+				slog.Duration("after_joining", in.Round(time.Millisecond)))
+		}
+	}
+}
+
+// jobEnded forgets a job that ended (its end reported, or not to be), and
+// starts queued jobs in its slot.
+func (w *Worker) jobEnded(a *activeJob, status string, took time.Duration) {
+	w.obs.jobFinished(status, took)
 	a.cancel(errJobEnded) // detaches the job's context from the worker's
 	w.mu.Lock()
-	delete(w.jobs, j.ID())
-	w.recent.add(j.ID())
+	if a.stuck != nil {
+		a.stuck.Stop()
+	}
+	delete(w.jobs, a.info.GetId())
+	w.recent.add(a.info.GetId())
 	close(w.jobsChange)
 	w.jobsChange = make(chan struct{})
 	next := w.dequeueLocked()
@@ -537,7 +560,37 @@ func (w *Worker) handleTermination(id string) {
 		w.kickStatus()
 	default:
 		a.cancel(job.ErrTerminated)
+		w.watchTermination(a)
 	}
+}
+
+// watchTermination warns, counts and marks a job that is still running
+// ShutdownTimeout after the server terminated it: its handler ignores its
+// context and holds a slot for a call that is over. (A job process is
+// killed then; a goroutine cannot be.)
+func (w *Worker) watchTermination(a *activeJob) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if a.stuck != nil {
+		return
+	}
+	a.stuck = time.AfterFunc(w.o.ShutdownTimeout, func() {
+		w.mu.Lock()
+		_, running := w.jobs[a.info.GetId()]
+		if running {
+			a.ignoring = true
+		}
+		w.mu.Unlock()
+		if !running {
+			return
+		}
+		w.obs.ignoredTermination()
+		w.later(func() {
+			w.log.Warn("job still running after the server terminated it: its handler ignores its context and holds a slot",
+				jobAttrs(a.info, a.line.sess.workerID(), slog.Duration("after", w.o.ShutdownTimeout))...)
+		})
+		w.kickStatus()
+	})
 }
 
 // report sends a job status on its line: to the connection the job was
@@ -631,6 +684,10 @@ func (w *Worker) loadLocked(userLoad float64, hasUserLoad bool) (load float64, f
 			u, full = 1, true
 		}
 		f = max(f, u)
+	}
+	if w.poolErr.Load() != nil {
+		// Job processes cannot start: take no job it could not run.
+		f, full = 1, true
 	}
 	return f * w.o.ServerTargetLoad, full
 }

@@ -55,6 +55,8 @@ func (o *observer) jobStarted(launch time.Duration, wasQueued bool) {
 		o.m.LaunchLatency.Observe(launch.Seconds())
 	}
 }
+func (o *observer) memoryWarning()            { o.m.MemoryWarnings.Inc() }
+func (o *observer) ignoredTermination()       { o.m.IgnoredTerminations.Inc() }
 func (o *observer) setQueued(n int)           { o.m.JobsQueued.Set(float64(n)) }
 func (o *observer) queueWait(d time.Duration) { o.m.QueueWait.Observe(d.Seconds()) }
 

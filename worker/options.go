@@ -150,6 +150,11 @@ type Options struct {
 	DrainTimeout    time.Duration
 	ShutdownTimeout time.Duration
 
+	// Executor decides where jobs run: InProcess() (default) runs each on
+	// a goroutine of the worker's process; Processes(...) runs each in a
+	// process of its own, so that a job that crashes ends only itself.
+	Executor Executor
+
 	// Logger receives the worker's logs; default slog.Default(). It also
 	// gets the LiveKit SDK's lines and pion's (their Info as Debug): a
 	// job's room logs through its job's logger, and New points the SDK's
@@ -264,6 +269,18 @@ func (o *Options) validate() error {
 	}
 	if o.MaxJobs < 0 {
 		return &OptionError{Option: "MaxJobs", Value: fmt.Sprint(o.MaxJobs), Rule: "must be >= 0 (0 = no cap)"}
+	}
+	if p, ok := o.Executor.(processes); ok {
+		for name, v := range map[string]int64{"Idle": int64(p.o.Idle), "MemoryWarn": p.o.MemoryWarn,
+			"MemoryLimit": p.o.MemoryLimit, "StartTimeout": int64(p.o.StartTimeout)} {
+			if v < 0 {
+				return &OptionError{Option: "Executor", Value: fmt.Sprintf("ProcessOptions.%s = %d", name, v), Rule: "must not be negative"}
+			}
+		}
+		if p.o.MemoryWarn > 0 && p.o.MemoryLimit > 0 && p.o.MemoryWarn >= p.o.MemoryLimit {
+			return &OptionError{Option: "Executor", Value: fmt.Sprintf("MemoryWarn %d, MemoryLimit %d", p.o.MemoryWarn, p.o.MemoryLimit),
+				Rule: "MemoryWarn must be below MemoryLimit"}
+		}
 	}
 	if o.MaxQueued < -1 {
 		return &OptionError{Option: "MaxQueued", Value: fmt.Sprint(o.MaxQueued), Rule: "must be >= -1 (0 = MaxJobs, -1 = no queue)"}

@@ -3,6 +3,8 @@ package worker
 import (
 	"sort"
 	"time"
+
+	"github.com/lkagent/lkagent/internal/jobproc"
 )
 
 // State is the worker's connection state.
@@ -78,6 +80,12 @@ type JobSnapshot struct {
 	// Queued: the job waits for a slot since QueuedAt.
 	Queued   bool      `json:"queued,omitempty"`
 	QueuedAt time.Time `json:"queued_at,omitzero"`
+	// Pid and RSS (bytes) of the job's process (Processes executor).
+	Pid int   `json:"pid,omitempty"`
+	RSS int64 `json:"rss_bytes,omitempty"`
+	// IgnoringTermination: the server terminated the job more than
+	// ShutdownTimeout ago and its handler still runs.
+	IgnoringTermination bool `json:"ignoring_termination,omitempty"`
 	// Age is how long the job has run, or waited while queued.
 	Age time.Duration `json:"age_ns"`
 }
@@ -93,7 +101,6 @@ func (j JobSnapshot) since() time.Time {
 func (w *Worker) Snapshot() Snapshot {
 	userLoad, hasUserLoad := w.userLoad()
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	now := time.Now()
 	s := Snapshot{
 		AgentName:    w.o.AgentName,
@@ -108,13 +115,21 @@ func (w *Worker) Snapshot() Snapshot {
 		Hint:         w.hint,
 	}
 	s.Load, _ = w.loadLocked(userLoad, hasUserLoad)
+	procs := map[int]*jobproc.Proc{}
 	for _, a := range w.jobs {
 		js := JobSnapshot{ID: a.info.GetId(), Room: a.info.GetRoom().GetName(), Identity: a.identity,
-			StartedAt: a.started, Age: now.Sub(a.started), Queued: a.queued}
+			StartedAt: a.started, Age: now.Sub(a.started), Queued: a.queued, IgnoringTermination: a.ignoring}
 		if a.queued {
 			js.QueuedAt, js.Age = a.queuedAt, now.Sub(a.queuedAt)
 		}
+		if a.proc != nil {
+			procs[len(s.Jobs)] = a.proc
+		}
 		s.Jobs = append(s.Jobs, js)
+	}
+	w.mu.Unlock()
+	for i, p := range procs { // reads /proc: not under the lock
+		s.Jobs[i].Pid, s.Jobs[i].RSS = p.Pid(), p.RSS()
 	}
 	sort.Slice(s.Jobs, func(i, k int) bool { return s.Jobs[i].since().Before(s.Jobs[k].since()) })
 	return s

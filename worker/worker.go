@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/lkagent/lkagent/internal/jobproc"
 	"github.com/lkagent/lkagent/internal/sdklog"
 	"github.com/lkagent/lkagent/job"
 )
@@ -44,8 +45,12 @@ type Worker struct {
 	agentURL string    // the /agent endpoint
 	base     time.Time // timing base for JobJoinTiming
 	obs      *observer
-	registry *prometheus.Registry // the worker's own: its collectors, Go's and the process's
-	loads    *loadSampler         // nil without Options.LoadFunc
+	registry *prometheus.Registry         // the worker's own: its collectors, Go's and the process's
+	loads    *loadSampler                 // nil without Options.LoadFunc
+	procOpts ProcessOptions               // with the Processes executor
+	useProcs bool                         // jobs run in job processes
+	pool     atomic.Pointer[jobproc.Pool] // the current run's job processes
+	poolErr  atomic.Pointer[error]        // why job processes cannot start, nil when they can
 	// statusDelay is StatusDelay; tests against a fake without the
 	// server's race set it to 0.
 	statusDelay time.Duration
@@ -107,6 +112,9 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 		jobsChange:  make(chan struct{}),
 	}
 	w.log = o.Logger.With(slog.String("agent_name", o.AgentName), slog.String("deployment", o.Deployment))
+	if p, ok := o.Executor.(processes); ok {
+		w.useProcs, w.procOpts = true, p.o
+	}
 	if !o.KeepSDKLogger {
 		sdklog.Install(o.Logger.With(slog.String("component", "livekit-sdk")))
 	}
@@ -175,6 +183,9 @@ func (w *Worker) Run(ctx context.Context) error {
 // connection cannot be restored ([Worker.Done] and [Worker.Err] tell).
 // Start while the worker runs returns ErrAlreadyRunning.
 func (w *Worker) Start(ctx context.Context) error {
+	if w.useProcs && jobproc.IsChild() {
+		w.serveJobProcess(ctx) // exits the process
+	}
 	if !w.runMu.TryLock() {
 		return ErrAlreadyRunning
 	}
@@ -270,6 +281,22 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 		w.log.Info("serving HTTP endpoints", slog.String("addr", ln.Addr().String()))
 		stopHTTP = w.serveHTTP(ln)
 	}
+	closePool := func() {}
+	if w.useProcs {
+		pool, err := w.newPool(w.procOpts)
+		if err != nil {
+			stopHTTP()
+			return nil, err
+		}
+		w.pool.Store(pool)
+		closePool = func() {
+			w.pool.Store(nil)
+			ctx, cancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
+			defer cancel()
+			_ = pool.Close(ctx)
+			w.poolErr.Store(nil)
+		}
+	}
 	rs := &runState{registered: make(chan struct{}), stopReq: make(chan struct{}), done: make(chan struct{})}
 	w.mu.Lock()
 	w.run = rs
@@ -311,6 +338,7 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 		cancelJobs(job.ErrWorkerStopped)
 		w.waitOnRequests()
 		w.bg.Wait()
+		closePool()
 		stopLoads()
 		stopHTTP()
 		rs.err = connErr

@@ -1,0 +1,321 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/livekit/protocol/livekit"
+
+	"github.com/lkagent/lkagent/internal/jobproc"
+	"github.com/lkagent/lkagent/internal/jobrt"
+	"github.com/lkagent/lkagent/job"
+)
+
+// Executor decides where jobs run: in the worker's own process
+// ([InProcess], the default), or each in a process of its own
+// ([Processes]).
+type Executor interface{ isExecutor() }
+
+type inProcess struct{}
+
+func (inProcess) isExecutor() {}
+
+// InProcess runs each job's handler on a goroutine of the worker's
+// process: the cheapest way (a few kilobytes and a goroutine per job).
+// A panic in the handler, or in a goroutine it starts with [job.Job.Go],
+// fails only that job; a fatal runtime error (concurrent map writes), an
+// os.Exit, an out-of-memory kill or a crash in C code takes the whole
+// worker down, with every call it runs. Processes contains those.
+func InProcess() Executor { return inProcess{} }
+
+// ProcessOptions configure [Processes].
+type ProcessOptions struct {
+	// Idle is how many job processes are kept started and ready, so that
+	// a job starts at once; default 1. Each is replaced after use.
+	Idle int
+	// MemoryWarn: a job process whose resident set (RSS) passes it is
+	// logged at Warn, once; 0 = no warning.
+	MemoryWarn int64
+	// MemoryLimit: a job process whose RSS passes it is killed, and its
+	// job reported failed saying so; 0 = no limit.
+	MemoryLimit int64
+	// StartTimeout bounds a job process's start; default 10s. A process
+	// that does not become ready in time is killed. Starts that keep
+	// failing (3 in a row) make the worker report itself full, and say why
+	// on /readyz, until a start succeeds again.
+	StartTimeout time.Duration
+	// Env is added to the environment of job processes.
+	Env []string
+}
+
+type processes struct{ o ProcessOptions }
+
+func (processes) isExecutor() {}
+
+// Processes runs each job in a process of its own: the worker's own binary
+// (os.Executable, with the same arguments) started again. In that process
+// the program runs as usual up to [Worker.Run] or [Worker.Start] (so
+// everything before it runs in job processes too: keep it to building the
+// worker), and there the worker serves the one job it is handed instead
+// of registering, then exits the process. The parent keeps the connection
+// to the server and all bookkeeping.
+//
+// A job process that dies, however it dies (exit, signal, fatal runtime
+// error, MemoryLimit), ends only its job: the job is reported failed with
+// the cause and the last lines of the process's stderr, and counted; the
+// other jobs and the registration go on. Terminations, drains and
+// ShutdownTimeout work as in process: the handler's context is cancelled
+// with the same causes, and a process that does not end within
+// ShutdownTimeout is killed. Job processes log through the worker's
+// logger. Linux is the supported platform (memory limits, and job
+// processes dying with the worker, need it).
+func Processes(o ProcessOptions) Executor { return processes{o: o} }
+
+// Cause codes between the worker and its job processes.
+var causeCodes = map[error]string{
+	job.ErrTerminated:       "terminated",
+	job.ErrDrainTimeout:     "drain_timeout",
+	job.ErrWorkerStopped:    "worker_stopped",
+	job.ErrRoomDisconnected: "room_disconnected",
+}
+
+func causeFor(err error) jobproc.Cause {
+	for e, code := range causeCodes {
+		if errors.Is(err, e) {
+			return jobproc.Cause{Code: code, Text: e.Error()}
+		}
+	}
+	return jobproc.Cause{Code: "worker_stopped", Text: fmt.Sprint(err)}
+}
+
+func causeFrom(c jobproc.Cause) error {
+	for e, code := range causeCodes {
+		if c.Code == code {
+			return e
+		}
+	}
+	return job.ErrWorkerStopped // the parent went away, or a cause of a newer worker
+}
+
+// newPool starts the pool of job processes of a run.
+func (w *Worker) newPool(o ProcessOptions) (*jobproc.Pool, error) {
+	if o.Idle == 0 {
+		o.Idle = 1
+	}
+	pool, err := jobproc.New(jobproc.Options{
+		Idle:         max(o.Idle, 0),
+		MemoryWarn:   o.MemoryWarn,
+		MemoryLimit:  o.MemoryLimit,
+		StartTimeout: o.StartTimeout,
+		Env:          o.Env,
+		Logger:       w.log,
+		OnHealth: func(err error) {
+			if err != nil {
+				w.poolErr.Store(&err)
+			} else {
+				w.poolErr.Store(nil)
+			}
+			w.kickStatus()
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("worker: job processes: %w", err)
+	}
+	return pool, nil
+}
+
+// poolUnhealthy says why job processes cannot start, or "".
+func (w *Worker) poolUnhealthy() string {
+	if p := w.poolErr.Load(); p != nil {
+		return (*p).Error()
+	}
+	return ""
+}
+
+// runJobProcess runs a job in a job process, relays what it reports, and
+// ends the job with the process.
+func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
+	defer w.jobWG.Done()
+	w.report(&a.line, &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_RUNNING})
+	log := w.o.Logger.With(slog.String("worker_id", a.line.sess.workerID()), slog.String("job_id", a.info.GetId()),
+		slog.String("room", a.info.GetRoom().GetName()), slog.String("agent_name", a.info.GetAgentName()),
+		slog.String("deployment", a.info.GetDeployment()))
+	p := a.params
+	spec := jobproc.Spec{Job: p.Info, Identity: p.Identity, URL: p.URL, Token: p.Token, Base: w.base, Timing: p.Timing.Proto(w.base)}
+	pr, err := pool.Start(a.ctx, spec, log)
+	if err != nil {
+		var ee *jobproc.EndError
+		end := jobproc.End{Kind: jobproc.EndStartFailed, Error: err.Error()}
+		if errors.As(err, &ee) {
+			end = ee.End
+		}
+		w.endJobProcess(a, log, end)
+		return
+	}
+	w.mu.Lock()
+	a.proc = pr
+	w.mu.Unlock()
+	log.Info("job started", slog.String("identity", p.Identity), slog.Int("pid", pr.Pid()), slog.Bool("warm", pr.Warm()))
+	relayed := make(chan struct{})
+	go func() {
+		defer close(relayed)
+		for ev := range pr.Events() {
+			switch ev.Kind {
+			case jobproc.EventStatus:
+				ev.Status.JobId = a.info.GetId()
+				w.report(&a.line, ev.Status)
+			case jobproc.EventMemoryWarn: // logged by the pool
+				w.obs.memoryWarning()
+			}
+		}
+	}()
+	// Cancellation: the handler's context is cancelled with the same cause
+	// as in process; a process that does not end in time is killed.
+	stop := context.AfterFunc(a.ctx, func() {
+		pr.Stop(causeFor(context.Cause(a.ctx)), w.o.ShutdownTimeout)
+	})
+	end := pr.Wait()
+	stop()
+	<-relayed
+	w.endJobProcess(a, log, end)
+}
+
+// endJobProcess reports how a job process ended and forgets the job.
+func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) {
+	took := time.Since(a.started)
+	cause := context.Cause(a.ctx)
+	terminated := errors.Is(cause, job.ErrTerminated)
+	upd := &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_SUCCESS, JoinTiming: end.Timing}
+	status := "success"
+	switch end.Kind {
+	case jobproc.EndSucceeded:
+		if terminated {
+			status = "terminated"
+			log.Info("job terminated by server", slog.Duration("took", took))
+		} else {
+			log.Info("job finished", slog.Duration("took", took))
+		}
+	case jobproc.EndFailed, jobproc.EndPanicked:
+		status = "failed"
+		if end.Kind == jobproc.EndPanicked {
+			status = "panicked"
+			log.Error("job handler panicked", slog.String("panic", end.Error), slog.String("stack", string(end.Stack)))
+		}
+		upd.Status, upd.Error = livekit.JobStatus_JS_FAILED, end.String()
+		log.Warn("job failed", slog.String("error", end.String()), slog.Duration("took", took))
+	default:
+		// The process died: it ends only this job.
+		status = processEndStatus(end.Kind)
+		upd.Status, upd.Error = livekit.JobStatus_JS_FAILED, processFailure(end)
+		log.Error("job process ended without finishing its job", slog.String("cause", end.String()),
+			slog.String("kind", end.Kind.String()), slog.Int("pid", end.Pid), slog.Int("exit_code", end.ExitCode),
+			slog.String("signal", end.Signal), slog.Int64("max_rss", end.MaxRSS), slog.String("stderr", end.Stderr),
+			slog.Duration("took", took))
+	}
+	if !terminated {
+		w.report(&a.line, upd)
+	}
+	w.jobEnded(a, status, took)
+}
+
+// processEndStatus is the jobs_finished status of a job whose process died.
+func processEndStatus(k jobproc.EndKind) string {
+	switch k {
+	case jobproc.EndMemoryLimit:
+		return "memory_limit"
+	case jobproc.EndKilled, jobproc.EndUnresponsive:
+		return "killed"
+	case jobproc.EndStartFailed:
+		return "start_failed"
+	}
+	return "crashed"
+}
+
+// maxErrorText bounds the error a failed job reports to the server.
+const maxErrorText = 1500
+
+// processFailure is the error reported for a job whose process died: the
+// cause, then the last lines of its stderr.
+func processFailure(end jobproc.End) string {
+	s := end.String()
+	if tail := strings.TrimSpace(end.Stderr); tail != "" {
+		if room := maxErrorText - len(s) - 10; len(tail) > room && room > 0 {
+			tail = "…" + tail[len(tail)-room:]
+		}
+		s += "; stderr: " + tail
+	}
+	return s
+}
+
+// serveJobProcess serves the one job handed to this job process, then
+// exits the process.
+func (w *Worker) serveJobProcess(ctx context.Context) {
+	err := jobproc.Serve(ctx, func(ctx context.Context, s jobproc.Spec, r *jobproc.Reporter) jobproc.Outcome {
+		return w.runInJobProcess(ctx, s, r)
+	})
+	if err != nil {
+		w.log.Error("job process ended badly", slog.Any("error", err))
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// runInJobProcess runs the handler on the job s, in a job process.
+func (w *Worker) runInJobProcess(ctx context.Context, s jobproc.Spec, r *jobproc.Reporter) jobproc.Outcome {
+	// The handler sees the same causes as in process.
+	jobCtx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancel(errJobEnded)
+	stop := context.AfterFunc(ctx, func() {
+		var ce *jobproc.CauseError
+		if errors.As(context.Cause(ctx), &ce) {
+			cancel(causeFrom(ce.Cause))
+			return
+		}
+		cancel(job.ErrWorkerStopped)
+	})
+	defer stop()
+	log := slog.New(r.Handler())
+	_, ctl := jobrt.New(jobCtx, jobrt.Params{
+		Info: s.Job, Identity: s.Identity, URL: s.URL, Token: s.Token, Logger: log,
+		Timing: timingFrom(s.Base, s.Timing), APIURL: w.o.URL, APIKey: w.o.APIKey, APISecret: w.o.APISecret,
+		OnConnected: func(t jobrt.Timing) {
+			_ = r.Status(&livekit.UpdateJobStatus{JobId: s.Job.GetId(), Status: livekit.JobStatus_JS_RUNNING, JoinTiming: t.Proto(s.Base)})
+		},
+	})
+	err := ctl.Run(func(ctx context.Context) error { return w.handler(ctx, (*job.Job)(ctl.Job())) })
+	hctx, hcancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
+	outcome := ctl.Finish(hctx, err)
+	hcancel()
+	var out jobproc.Outcome
+	var pe *jobrt.PanicError
+	switch {
+	case errors.As(outcome, &pe):
+		out = jobproc.PanicOutcome(pe.Value, pe.Stack)
+	default:
+		out = jobproc.Failure(outcome)
+	}
+	out.Timing = ctl.Timing().Proto(s.Base)
+	return out
+}
+
+// timingFrom converts join timing in microseconds since base back to
+// instants.
+func timingFrom(base time.Time, t *livekit.JobJoinTiming) jobrt.Timing {
+	at := func(us int64) time.Time {
+		if us == 0 || base.IsZero() {
+			return time.Time{}
+		}
+		return base.Add(time.Duration(us) * time.Microsecond)
+	}
+	return jobrt.Timing{
+		OfferReceived:      at(t.GetOfferReceivedUs()),
+		Accepted:           at(t.GetAcceptedUs()),
+		AssignmentReceived: at(t.GetAssignmentReceivedUs()),
+		Launched:           at(t.GetLaunchedUs()),
+	}
+}

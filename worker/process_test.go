@@ -1,0 +1,279 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/livekit/protocol/livekit"
+
+	"github.com/lkagent/lkagent/internal/jobproc"
+	"github.com/lkagent/lkagent/job"
+	"github.com/lkagent/lkagent/worker"
+	"github.com/lkagent/lkagent/worker/workertest"
+)
+
+// envChildFails makes job processes of these tests exit before they serve.
+const envChildFails = "LKAGENT_TEST_CHILD_FAILS"
+
+func TestMain(m *testing.M) {
+	if jobproc.IsChild() {
+		serveTestJobProcess()
+	}
+	os.Exit(m.Run())
+}
+
+// serveTestJobProcess is what a job process of these tests runs: the same
+// program builds the same worker, and its Run serves the job.
+func serveTestJobProcess() {
+	if os.Getenv(envChildFails) != "" {
+		fmt.Fprintln(os.Stderr, "this job process cannot start")
+		os.Exit(1)
+	}
+	w, err := worker.New(worker.Options{URL: "ws://127.0.0.1:1", APIKey: "k", APISecret: "s", AgentName: "proc-bot",
+		Executor: worker.Processes(worker.ProcessOptions{}), ShutdownTimeout: 2 * time.Second}, misbehave)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	_ = w.Run(context.Background()) // serves the job, then exits the process
+	os.Exit(4)                      // not reached
+}
+
+// misbehave does what the job's metadata says.
+func misbehave(ctx context.Context, j *job.Job) error {
+	switch j.Metadata() {
+	case "fail":
+		return errors.New("the handler failed on purpose")
+	case "panic":
+		panic("the handler panicked on purpose")
+	case "exit3":
+		fmt.Fprintln(os.Stderr, "about to exit with code 3")
+		os.Exit(3)
+	case "mapwrites":
+		m := map[int]int{}
+		for i := range 4 {
+			go func() {
+				for k := 0; ; k++ {
+					m[k%64] = i
+				}
+			}()
+		}
+		select {}
+	case "alloc":
+		var keep [][]byte
+		for {
+			b := make([]byte, 16<<20)
+			for i := range b {
+				b[i] = 1
+			}
+			keep = append(keep, b)
+			time.Sleep(10 * time.Millisecond)
+		}
+	case "grow": // by 96 MiB, then hold
+		keep := make([]byte, 96<<20)
+		for i := range keep {
+			keep[i] = 1
+		}
+		<-ctx.Done()
+		keep[0] = 2
+		return nil
+	case "hold":
+		<-ctx.Done()
+		j.Logger().Info("job context ended", slog.String("cause", context.Cause(ctx).Error()))
+		return ctx.Err()
+	case "hang":
+		<-ctx.Done()
+		select {} // ignores its cancellation
+	}
+	return nil
+}
+
+func processOptions(srv *workertest.Server, o worker.ProcessOptions) worker.Options {
+	opts := testOptions(srv, "proc-bot", "")
+	opts.Executor = worker.Processes(o)
+	opts.ShutdownTimeout = 2 * time.Second
+	return opts
+}
+
+func procJob(meta string) *livekit.Job {
+	j := workertest.NewJob("proc-bot", "")
+	j.Metadata = meta
+	return j
+}
+
+// Jobs run in processes of their own; however a job process ends, only its
+// job ends: reported failed with the cause and the end of its stderr, and
+// counted. The registration and the other jobs go on.
+func TestProcessesContainFailures(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServer(t)
+	r := startWorker(t, processOptions(srv, worker.ProcessOptions{Idle: 2}), misbehave)
+	c := mustConn(t, srv)
+	holder := procJob("hold")
+	dispatch(t, c, holder)
+	eventually(t, "the holding job's process", func() bool {
+		s := r.w.Snapshot()
+		return len(s.Jobs) == 1 && s.Jobs[0].Pid > 0 && s.Jobs[0].RSS > 0
+	})
+	for _, tc := range []struct {
+		meta, status string
+		wantErr      []string
+	}{
+		{"ok", "success", nil},
+		{"fail", "failed", []string{"the handler failed on purpose"}},
+		{"panic", "panicked", []string{"panicked on purpose"}},
+		{"exit3", "crashed", []string{"code 3", "about to exit with code 3"}},
+		{"mapwrites", "crashed", []string{"concurrent map writes"}},
+	} {
+		j := procJob(tc.meta)
+		dispatch(t, c, j)
+		want := livekit.JobStatus_JS_FAILED
+		if tc.wantErr == nil {
+			want = livekit.JobStatus_JS_SUCCESS
+		}
+		u := waitStatus(t, c, j.GetId(), want)
+		for _, s := range tc.wantErr {
+			if !strings.Contains(u.GetError(), s) {
+				t.Errorf("%s: reported error %q does not say %q", tc.meta, u.GetError(), s)
+			}
+		}
+		eventually(t, tc.status+" counted", func() bool {
+			return metricValue(t, r.w, "jobs_finished_total", "status", tc.status) >= 1
+		})
+	}
+	if c.Err() != nil || len(srv.Workers()) != 1 {
+		t.Fatalf("the registration did not survive: %v, %d registrations", c.Err(), len(srv.Workers()))
+	}
+	if s := r.w.Snapshot(); len(s.Jobs) != 1 || s.Jobs[0].ID != holder.GetId() {
+		t.Fatalf("jobs after the failures: %+v, want the holding job only", s.Jobs)
+	}
+	// The holding job ends with the server's termination, with the same
+	// cause as in process.
+	if err := c.Terminate(holder.GetId()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the held job to see its termination", func() bool {
+		return r.logs.count(slog.LevelInfo, "cause=job terminated by server") == 1
+	})
+	eventually(t, "the held job to end", func() bool { return len(r.w.Snapshot().Jobs) == 0 })
+}
+
+// A job process past MemoryWarn is logged and counted once; one past
+// MemoryLimit is killed, and its job reported failed saying so.
+func TestProcessMemoryLimit(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServer(t)
+	// Generous: a job process of a test binary built with -race idles at
+	// about 40 MiB, and its heap weighs about twice as much.
+	r := startWorker(t, processOptions(srv, worker.ProcessOptions{MemoryWarn: 96 << 20, MemoryLimit: 512 << 20}), misbehave)
+	c := mustConn(t, srv)
+	grower := procJob("grow")
+	dispatch(t, c, grower)
+	eventually(t, "the warning past MemoryWarn", func() bool {
+		return metricValue(t, r.w, "job_memory_warnings_total", "", "") == 1 &&
+			r.logs.count(slog.LevelWarn, "memory above the warning level") == 1
+	})
+	j := procJob("alloc")
+	dispatch(t, c, j)
+	u := waitStatus(t, c, j.GetId(), livekit.JobStatus_JS_FAILED)
+	if !strings.Contains(u.GetError(), "memory limit") {
+		t.Fatalf("reported error %q does not name the memory limit", u.GetError())
+	}
+	eventually(t, "the kill counted", func() bool {
+		return metricValue(t, r.w, "jobs_finished_total", "status", "memory_limit") == 1
+	})
+	if s := r.w.Snapshot(); len(s.Jobs) != 1 || s.Jobs[0].ID != grower.GetId() {
+		t.Fatalf("jobs after the kill: %+v, want the growing job only", s.Jobs)
+	}
+	if err := c.Terminate(grower.GetId()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A job process that ignores its termination is killed after
+// ShutdownTimeout; its slot is free again.
+func TestProcessIgnoringTerminationIsKilled(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServer(t)
+	o := processOptions(srv, worker.ProcessOptions{})
+	o.MaxJobs, o.MaxQueued = 1, -1
+	r := startWorker(t, o, misbehave)
+	c := mustConn(t, srv)
+	j := procJob("hang")
+	dispatch(t, c, j)
+	eventually(t, "the job's process", func() bool { s := r.w.Snapshot(); return len(s.Jobs) == 1 && s.Jobs[0].Pid > 0 })
+	if err := c.Terminate(j.GetId()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the process killed and counted", func() bool {
+		return metricValue(t, r.w, "jobs_finished_total", "status", "killed") == 1
+	})
+	next := procJob("ok")
+	if res := dispatch(t, c, next); !res.GetAvailable() {
+		t.Fatal("the slot was not freed")
+	}
+	waitStatus(t, c, next.GetId(), livekit.JobStatus_JS_SUCCESS)
+}
+
+// A handler that ignores its termination cannot be killed in process: it
+// is logged at Warn, counted, and shown in the worker's snapshot.
+func TestInProcessIgnoringTerminationIsReported(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServer(t)
+	o := testOptions(srv, "deaf-bot", "")
+	o.ShutdownTimeout = 300 * time.Millisecond
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	r := startWorker(t, o, func(ctx context.Context, j *job.Job) error {
+		<-release // ignores ctx
+		return nil
+	})
+	c := mustConn(t, srv)
+	j := workertest.NewJob("deaf-bot", "")
+	dispatch(t, c, j)
+	waitStatus(t, c, j.GetId(), livekit.JobStatus_JS_RUNNING)
+	if err := c.Terminate(j.GetId()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the stuck job reported", func() bool {
+		s := r.w.Snapshot()
+		return len(s.Jobs) == 1 && s.Jobs[0].IgnoringTermination &&
+			r.logs.count(slog.LevelWarn, "its handler ignores its context") == 1 &&
+			metricValue(t, r.w, "jobs_ignoring_termination_total", "", "") == 1
+	})
+	once.Do(func() { close(release) })
+}
+
+// Job processes that cannot start make the worker report itself full and
+// say why on /readyz, instead of taking jobs it cannot run.
+func TestUnstartableJobProcessesMakeTheWorkerFull(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServer(t)
+	o := processOptions(srv, worker.ProcessOptions{Env: []string{envChildFails + "=1"}})
+	r := startWorker(t, o, misbehave)
+	c := mustConn(t, srv)
+	ctx := waitCtx(t)
+	if _, err := c.WaitWorkerStatus(ctx, func(u *livekit.UpdateWorkerStatus) bool {
+		return u.GetStatus() == livekit.WorkerStatus_WS_FULL
+	}); err != nil {
+		t.Fatalf("no full status while job processes cannot start: %v", err)
+	}
+	if res, err := c.Offer(ctx, procJob("ok")); err != nil || res.GetAvailable() {
+		t.Fatalf("offer while job processes cannot start: %v %v, want declined", res, err)
+	}
+	rec := httptest.NewRecorder()
+	r.w.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "job processes cannot start") {
+		t.Fatalf("/readyz = %d %q, want 503 saying job processes cannot start", rec.Code, rec.Body.String())
+	}
+}
