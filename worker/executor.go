@@ -221,6 +221,11 @@ func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) 
 		w.report(&a.line, upd)
 	}
 	w.jobEnded(a, status, took)
+	var joined time.Time
+	if us := end.Timing.GetConnectedUs(); us > 0 {
+		joined = w.base.Add(time.Duration(us) * time.Microsecond)
+	}
+	w.restart(a, status, joined)
 }
 
 // processEndStatus is the jobs_finished status of a job whose process died.

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lkagent/lkagent/guard"
 )
 
 // ProtocolVersion is the agent protocol version reported by /worker.
@@ -24,6 +26,7 @@ const ProtocolVersion = 1
 //	GET /readyz   200 while registered and not draining, else 503 and why
 //	GET /         200 "OK" while registered, else 503 and why (as LiveKit's Python and Node workers answer)
 //	GET /worker   JSON description of the worker and its running jobs
+//	POST /webhook LiveKit's webhooks, with Options.Webhook (see package guard)
 func (w *Worker) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(w.registry, promhttp.HandlerOpts{}))
@@ -48,6 +51,16 @@ func (w *Worker) Handler() http.Handler {
 		}
 		_, _ = rw.Write([]byte("OK"))
 	})
+	if w.hookRest != nil {
+		mux.HandleFunc("POST "+guard.WebhookPath, func(rw http.ResponseWriter, r *http.Request) {
+			wh := w.webhook.Load()
+			if wh == nil {
+				http.Error(rw, "worker is not running", http.StatusServiceUnavailable)
+				return
+			}
+			wh.ServeHTTP(rw, r)
+		})
+	}
 	mux.HandleFunc("GET /worker", func(rw http.ResponseWriter, _ *http.Request) {
 		s := w.Snapshot()
 		rw.Header().Set("Content-Type", "application/json")

@@ -510,6 +510,7 @@ func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
 		w.report(&a.line, upd)
 	}
 	w.jobEnded(a, status, time.Since(a.started))
+	w.restart(a, status, ctl.Timing().Connected)
 }
 
 // warnQuickReturn warns about a handler that returned on its own soon

@@ -150,6 +150,20 @@ type Options struct {
 	DrainTimeout    time.Duration
 	ShutdownTimeout time.Duration
 
+	// Restart: when a job fails in a way the worker sees (its handler
+	// panicked, its job process died or passed MemoryLimit, or could not
+	// start) and its dispatch's restart policy is JRP_ON_FAILURE (the
+	// default), the worker dispatches the same agent, deployment and
+	// metadata to the room again, if someone other than agents is still
+	// there: bounded per room, agent and deployment, and restarted once
+	// even if a webhook receiver sees the failure too (see package guard).
+	Restart RestartOptions
+	// Webhook serves POST /webhook with the HTTP endpoints: LiveKit's
+	// webhooks (configure the server's webhook URLs to reach it, signed
+	// with this worker's API key), to restart agents whose whole worker
+	// died, as `lkagent guard` does. Off by default.
+	Webhook bool
+
 	// Executor decides where jobs run: InProcess() (default) runs each on
 	// a goroutine of the worker's process; Processes(...) runs each in a
 	// process of its own, so that a job that crashes ends only itself.

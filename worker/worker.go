@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/lkagent/lkagent/guard"
 	"github.com/lkagent/lkagent/internal/jobproc"
 	"github.com/lkagent/lkagent/internal/sdklog"
 	"github.com/lkagent/lkagent/job"
@@ -38,19 +39,22 @@ import (
 // Worker is one registered agent worker. Create it with [New] and run it
 // with [Worker.Run].
 type Worker struct {
-	o        Options
-	handler  job.Handler
-	log      *slog.Logger
-	dialer   *websocket.Dialer
-	agentURL string    // the /agent endpoint
-	base     time.Time // timing base for JobJoinTiming
-	obs      *observer
-	registry *prometheus.Registry         // the worker's own: its collectors, Go's and the process's
-	loads    *loadSampler                 // nil without Options.LoadFunc
-	procOpts ProcessOptions               // with the Processes executor
-	useProcs bool                         // jobs run in job processes
-	pool     atomic.Pointer[jobproc.Pool] // the current run's job processes
-	poolErr  atomic.Pointer[error]        // why job processes cannot start, nil when they can
+	o         Options
+	handler   job.Handler
+	log       *slog.Logger
+	dialer    *websocket.Dialer
+	agentURL  string    // the /agent endpoint
+	base      time.Time // timing base for JobJoinTiming
+	obs       *observer
+	registry  *prometheus.Registry          // the worker's own: its collectors, Go's and the process's
+	loads     *loadSampler                  // nil without Options.LoadFunc
+	restarter *guard.Restarter              // nil with Restart.Disabled
+	hookRest  *guard.Restarter              // the webhook's, with Options.Webhook
+	webhook   atomic.Pointer[guard.Webhook] // the current run's webhook receiver
+	procOpts  ProcessOptions                // with the Processes executor
+	useProcs  bool                          // jobs run in job processes
+	pool      atomic.Pointer[jobproc.Pool]  // the current run's job processes
+	poolErr   atomic.Pointer[error]         // why job processes cannot start, nil when they can
 	// statusDelay is StatusDelay; tests against a fake without the
 	// server's race set it to 0.
 	statusDelay time.Duration
@@ -134,6 +138,18 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 	if o.Registerer != nil {
 		if err := w.obs.m.Register(o.Registerer); err != nil {
 			return nil, fmt.Errorf("worker: register metrics with Options.Registerer: %w", err)
+		}
+	}
+	if !o.Restart.Disabled || o.Webhook {
+		r, err := w.newRestarter()
+		if err != nil {
+			return nil, &OptionError{Option: "Restart", Rule: err.Error()}
+		}
+		if !o.Restart.Disabled {
+			w.restarter = r
+		}
+		if o.Webhook {
+			w.hookRest = r
 		}
 	}
 	return w, nil
@@ -297,6 +313,17 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 			w.poolErr.Store(nil)
 		}
 	}
+	closeWebhook := func() {}
+	if w.hookRest != nil {
+		wh := guard.NewWebhook(w.hookRest, guard.WebhookOptions{})
+		w.webhook.Store(wh)
+		closeWebhook = func() {
+			w.webhook.Store(nil)
+			ctx, cancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
+			defer cancel()
+			_ = wh.Close(ctx) // restarts under way finish, or are cancelled
+		}
+	}
 	rs := &runState{registered: make(chan struct{}), stopReq: make(chan struct{}), done: make(chan struct{})}
 	w.mu.Lock()
 	w.run = rs
@@ -338,6 +365,7 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 		cancelJobs(job.ErrWorkerStopped)
 		w.waitOnRequests()
 		w.bg.Wait()
+		closeWebhook()
 		closePool()
 		stopLoads()
 		stopHTTP()
