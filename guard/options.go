@@ -3,9 +3,10 @@ package guard
 import (
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"time"
+
+	"github.com/lkagent/lkagent/internal/lkurl"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -118,17 +119,8 @@ func (o *Options) validate() error {
 	if o.URL == "" {
 		return &OptionError{Option: "URL", Rule: "required: set Options.URL or " + EnvURL + " (for example ws://127.0.0.1:7880)"}
 	}
-	u, err := url.Parse(o.URL)
-	if err != nil {
-		return &OptionError{Option: "URL", Value: o.URL, Rule: "not a URL: " + err.Error()}
-	}
-	switch u.Scheme {
-	case "ws", "wss", "http", "https":
-	default:
-		return &OptionError{Option: "URL", Value: o.URL, Rule: "scheme must be ws, wss, http or https"}
-	}
-	if u.Host == "" {
-		return &OptionError{Option: "URL", Value: o.URL, Rule: "has no host"}
+	if shown, problem := lkurl.Problem(o.URL); problem != "" {
+		return &OptionError{Option: "URL", Value: shown, Rule: problem}
 	}
 	if o.APIKey == "" {
 		return &OptionError{Option: "APIKey", Rule: "required: set Options.APIKey or " + EnvAPIKey}
@@ -154,18 +146,6 @@ func (o *Options) validate() error {
 }
 
 // httpURL is the server's HTTP base URL: ws becomes http, wss https.
-func httpURL(base string) string {
-	u, err := url.Parse(base)
-	if err != nil {
-		return base
-	}
-	switch u.Scheme {
-	case "ws":
-		u.Scheme = "http"
-	case "wss":
-		u.Scheme = "https"
-	}
-	return u.String()
-}
+func httpURL(base string) string { return lkurl.HTTP(base) }
 
 func osGetenv(k string) string { return os.Getenv(k) }

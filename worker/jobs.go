@@ -11,6 +11,7 @@ import (
 
 	"github.com/lkagent/lkagent/internal/jobproc"
 	"github.com/lkagent/lkagent/internal/jobrt"
+	"github.com/lkagent/lkagent/internal/lkurl"
 	"github.com/lkagent/lkagent/job"
 )
 
@@ -285,7 +286,7 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 	timing.AssignmentReceived = received
 	url := a.GetUrl()
 	if url == "" {
-		url = wsURL(w.o.URL)
+		url = lkurl.WS(w.o.URL)
 	}
 	aj := &activeJob{
 		info:     info,

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lkagent/lkagent/internal/cpuload"
+	"github.com/lkagent/lkagent/internal/lkurl"
 	"github.com/lkagent/lkagent/job"
 )
 
@@ -327,20 +328,9 @@ func (o *Options) validate() error {
 
 // agentURL is the worker endpoint for base: http(s) becomes ws(s), path /agent.
 func agentURL(base string) string {
-	u, _ := url.Parse(wsURL(base))
+	u, _ := url.Parse(lkurl.WS(base))
 	u.Path = strings.TrimSuffix(u.Path, "/") + "/agent"
 	return u.String()
-}
-
-// wsURL converts an http(s) URL to ws(s); ws(s) URLs are returned as they are.
-func wsURL(base string) string {
-	switch {
-	case strings.HasPrefix(base, "http://"):
-		return "ws://" + strings.TrimPrefix(base, "http://")
-	case strings.HasPrefix(base, "https://"):
-		return "wss://" + strings.TrimPrefix(base, "https://")
-	}
-	return base
 }
 
 func osGetenv(k string) string { return os.Getenv(k) }
@@ -359,30 +349,8 @@ func validateURL(raw string) error {
 	if raw == "" {
 		return &OptionError{Option: "URL", Rule: "required: set Options.URL or " + EnvURL + " (for example ws://127.0.0.1:7880)"}
 	}
-	if !strings.Contains(raw, "://") {
-		shown := raw[strings.LastIndex(raw, "@")+1:] // never a user or password
-		return &OptionError{Option: "URL", Value: shown,
-			Rule: "has no scheme: write ws://" + shown + " for a plain server or wss://" + shown + " for TLS"}
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return &OptionError{Option: "URL", Rule: "not a URL: check its syntax"}
-	}
-	shown := (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
-	switch u.Scheme {
-	case "ws", "wss", "http", "https":
-	default:
-		return &OptionError{Option: "URL", Value: shown, Rule: "scheme must be ws, wss, http or https"}
-	}
-	if u.Host == "" {
-		return &OptionError{Option: "URL", Value: shown, Rule: "has no host"}
-	}
-	if u.User != nil {
-		return &OptionError{Option: "URL", Value: shown,
-			Rule: "must not carry a user or password: the worker authenticates with APIKey and APISecret; remove the user@ part"}
-	}
-	if u.RawQuery != "" || u.Fragment != "" {
-		return &OptionError{Option: "URL", Value: shown, Rule: "must not have a query or fragment: give the server's base URL"}
+	if shown, problem := lkurl.Problem(raw); problem != "" {
+		return &OptionError{Option: "URL", Value: shown, Rule: problem}
 	}
 	return nil
 }
