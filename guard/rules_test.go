@@ -331,6 +331,7 @@ func TestOptions(t *testing.T) {
 	}{
 		{Options{URL: "ftp://h", APIKey: "k", APISecret: "s3cr3t-value"}, "scheme must be ws, wss, http or https"},
 		{Options{URL: "ws://", APIKey: "k", APISecret: "s3cr3t-value"}, "has no host"},
+		{Options{URL: "ws://u:s3cr3t-value@h", APIKey: "k", APISecret: "s3cr3t-value"}, "must not carry a user or password"},
 		{Options{URL: "ws://h", APISecret: "s3cr3t-value"}, "APIKey: required: set Options.APIKey or LIVEKIT_API_KEY"},
 		{Options{URL: "ws://h", APIKey: "k"}, "APISecret: required"},
 		{Options{URL: "ws://h", APIKey: "k", APISecret: "s3cr3t-value", MaxRestarts: -1}, "at least 1"},
