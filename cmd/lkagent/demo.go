@@ -71,8 +71,7 @@ type result struct {
 // demoWorker is one in-process worker of the demo.
 type demoWorker struct {
 	deployment string
-	stop       context.CancelFunc
-	done       chan error
+	w          *worker.Worker
 }
 
 type demo struct {
@@ -161,7 +160,6 @@ func (d *demo) run(ctx context.Context) (err error) {
 // until it registered.
 func (d *demo) startWorker(ctx context.Context, deployment string) error {
 	name := label(deployment)
-	registered := make(chan string, 1)
 	// Warnings and errors of the worker (a declined foreign offer, a lost
 	// connection) show in the live view.
 	log := slog.New(slog.NewTextHandler(&prefixWriter{w: d.out, prefix: fmt.Sprintf("          ! %s worker: ", name)},
@@ -174,14 +172,6 @@ func (d *demo) startWorker(ctx context.Context, deployment string) error {
 		DrainTimeout:    3 * time.Second,
 		ShutdownTimeout: 5 * time.Second,
 		Logger:          log,
-		OnStateChange: func(c worker.StateChange) {
-			if c.State == worker.StateRegistered {
-				select {
-				case registered <- c.WorkerID:
-				default:
-				}
-			}
-		},
 	}, func(ctx context.Context, j *job.Job) error {
 		d.record(jobRun{worker: deployment, deployment: j.Deployment(), room: j.RoomName(), jobID: j.ID(), identity: j.Identity()})
 		return echoagent.Handle(ctx, j)
@@ -189,22 +179,17 @@ func (d *demo) startWorker(ctx context.Context, deployment string) error {
 	if err != nil {
 		return fmt.Errorf("create the %s worker: %w", name, err)
 	}
-	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	dw := &demoWorker{deployment: deployment, stop: stop, done: make(chan error, 1)}
-	d.workers = append(d.workers, dw)
-	go func() { dw.done <- w.Run(wctx) }()
-	select {
-	case id := <-registered:
-		d.say("%s worker registered with the server as %s", name, id)
-		return nil
-	case err := <-dw.done:
-		dw.done <- err
-		return fmt.Errorf("the %s worker stopped before registering: %v", name, err)
-	case <-time.After(30 * time.Second):
-		return fmt.Errorf("the %s worker did not register within 30s", name)
-	case <-ctx.Done():
-		return interrupted(ctx)
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := w.Start(sctx); err != nil {
+		if ctx.Err() != nil {
+			return interrupted(ctx)
+		}
+		return fmt.Errorf("the %s worker did not register: %w", name, err)
 	}
+	d.workers = append(d.workers, &demoWorker{deployment: deployment, w: w})
+	d.say("%s worker registered with the server as %s", name, w.Snapshot().WorkerID)
+	return nil
 }
 
 func dropTime(_ []string, a slog.Attr) slog.Attr {
@@ -550,19 +535,21 @@ func (d *demo) shutdown() {
 		cancel()
 	}
 	var stuck []string
-	for _, w := range d.workers {
-		w.stop()
-	}
-	for _, w := range d.workers {
-		select {
-		case err := <-w.done:
-			if err != nil {
-				stuck = append(stuck, fmt.Sprintf("%s worker: %v", label(w.deployment), err))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, dw := range d.workers {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			_ = dw.w.Stop(ctx) // jobs still in their rooms after the drain are cancelled: that is the demo's end
+			if err := dw.w.Err(); err != nil {
+				mu.Lock()
+				stuck = append(stuck, fmt.Sprintf("%s worker: %v", label(dw.deployment), err))
+				mu.Unlock()
 			}
-		case <-time.After(20 * time.Second):
-			stuck = append(stuck, label(w.deployment)+" worker did not stop within 20s")
-		}
+		})
 	}
+	wg.Wait()
 	pid := d.srv.PID()
 	if err := d.srv.Stop(); err != nil {
 		stuck = append(stuck, "server: "+oneLine(err.Error()))
