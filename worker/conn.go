@@ -381,7 +381,6 @@ func waitOrAbort(wg *sync.WaitGroup, d time.Duration, conn *wire.Worker) {
 func (w *Worker) publish(s *session) {
 	s.lastPong.Store(time.Now().UnixNano())
 	w.mu.Lock()
-	w.sess, w.workerID, w.connected = s, s.workerID(), true
 	var outlived []string
 	for id, a := range w.jobs {
 		if a.line.sess != s {
@@ -455,6 +454,11 @@ func (w *Worker) dispatch(s *session, jobCtx context.Context, msg *livekit.Serve
 	case *livekit.ServerMessage_Register:
 		s.regOnce.Do(func() {
 			s.reg = m.Register
+			// The connection is current before the next message is
+			// read: a job assigned at once reports on it.
+			w.mu.Lock()
+			w.sess, w.workerID, w.connected = s, s.workerID(), true
+			w.mu.Unlock()
 			close(s.registered)
 		})
 	case *livekit.ServerMessage_Availability:

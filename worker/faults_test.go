@@ -472,7 +472,10 @@ func TestCloseAfterRegisterWarnsAndBacksOff(t *testing.T) {
 	const warning = `the server dropped the registration right after accepting it`
 	const twin = `agent "dropped-bot_staging" in production`
 	eventually(t, "dropped registrations explained", func() bool {
-		return len(srv.Workers()) >= 3 && r.logs.count(slog.LevelWarn, warning) >= 2 && r.logs.count(slog.LevelWarn, twin) >= 2
+		mu.Lock()
+		n := len(drops)
+		mu.Unlock()
+		return n >= 3 && r.logs.count(slog.LevelWarn, warning) >= 2 && r.logs.count(slog.LevelWarn, twin) >= 2
 	})
 	if n := r.logs.count(slog.LevelWarn, warning); n >= len(srv.Workers()) {
 		t.Errorf("warned %d times for %d registrations: the first drop alone means nothing", n, len(srv.Workers()))

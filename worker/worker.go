@@ -374,8 +374,8 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 			rs.stopErr = fmt.Errorf("worker: stop: jobs were still running: %w", rs.stopCtx.Err())
 		}
 		w.running.Store(false)
+		w.runMu.Unlock() // before done: a Start after Stop returned must not find the worker running
 		close(rs.done)
-		w.runMu.Unlock()
 	}()
 	return rs, nil
 }
