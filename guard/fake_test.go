@@ -30,6 +30,9 @@ type fakeAPI struct {
 	// beforeDelete, if set, runs before a delete (outside the lock); set
 	// it with setBeforeDelete once restarts may be running.
 	beforeDelete func()
+	// beforeList, if set, runs before listing dispatches (outside the
+	// lock), as beforeDelete.
+	beforeList func()
 }
 
 func newFake() *fakeAPI {
@@ -79,6 +82,12 @@ func (f *fakeAPI) participants(_ context.Context, room string) ([]*livekit.Parti
 }
 
 func (f *fakeAPI) dispatches(_ context.Context, room string) ([]*livekit.AgentDispatch, error) {
+	f.mu.Lock()
+	before := f.beforeList
+	f.mu.Unlock()
+	if before != nil {
+		before()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fail["dispatches"]; err != nil {

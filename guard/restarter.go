@@ -98,8 +98,8 @@ type Restarter struct {
 	pendingWait time.Duration
 
 	mu       sync.Mutex
-	inflight map[string]bool     // room + identity (or job id) being handled
-	recent   map[key][]time.Time // restarts this process made, per key, within the window, oldest first
+	inflight map[string]chan struct{} // room + identity (or job id) being decided; closed when decided
+	recent   map[key][]time.Time      // restarts this process made, per key, within the window, oldest first
 }
 
 // key is what the cap counts restarts of.
@@ -131,7 +131,7 @@ func newRestarter(o Options, api serverAPI) (*Restarter, error) {
 	}
 	return &Restarter{
 		o: o, api: api, log: o.Logger, m: m, gather: gather, now: time.Now, pendingWait: pendingWait,
-		inflight: map[string]bool{},
+		inflight: map[string]chan struct{}{},
 		recent:   map[key][]time.Time{},
 	}, nil
 }
@@ -212,23 +212,40 @@ func (r *Restarter) decide(ctx context.Context, f Failure) (Decision, error) {
 		return d.refuse(NotAFailure, "the agent left with %s, which is not a failure", f.Reason), nil
 	}
 
-	// One decision per failed agent at a time in this process; other
-	// processes are kept out by the claim.
+	// One decision per failed agent at a time in this process (other
+	// processes are kept out by the claim). A report of the same failure
+	// from another source (the worker, then the webhook) waits for the
+	// decision under way and then decides afresh: it finds the dispatch
+	// replaced (already handled), or refuses for the same reason, or,
+	// if the first could not decide (the server did not answer), tries
+	// again.
 	flight := f.Room + "\x00" + f.Identity
 	if f.Identity == "" {
 		flight = f.Room + "\x00job\x00" + f.JobID
 	}
-	r.mu.Lock()
-	busy := r.inflight[flight]
-	r.inflight[flight] = true
-	r.mu.Unlock()
-	if busy {
-		return d.refuse(AlreadyHandled, "this failure is being handled already"), nil
+	mine := make(chan struct{})
+	for {
+		r.mu.Lock()
+		other, busy := r.inflight[flight]
+		if !busy {
+			r.inflight[flight] = mine
+		}
+		r.mu.Unlock()
+		if !busy {
+			break
+		}
+		r.log.Debug("waiting for the decision under way about this agent", slog.String("room", f.Room), slog.String("identity", f.Identity))
+		select {
+		case <-other:
+		case <-ctx.Done():
+			return d, fmt.Errorf("guard: waiting for the decision under way about this agent: %w", context.Cause(ctx))
+		}
 	}
 	defer func() {
 		r.mu.Lock()
 		delete(r.inflight, flight)
 		r.mu.Unlock()
+		close(mine)
 	}()
 
 	exists, err := r.api.roomExists(ctx, f.Room)

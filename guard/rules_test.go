@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,6 +309,95 @@ func TestConcurrentRestartersRestartOnce(t *testing.T) {
 			t.Fatalf("round %d: %d restarted, %d created, want 1 (%v)", round, restarted, len(api.created), outcomes)
 		}
 	}
+}
+
+// One Restarter told of one failure twice (by its worker and by a
+// webhook) while the first decision is under way: the second waits for it
+// and decides afresh. It refuses for the same reason, and when the first
+// could not decide (the server failed it), it restarts.
+func TestSameFailureTwiceWaitsForTheFirstDecision(t *testing.T) {
+	t.Parallel()
+	asCall := Failure{Room: "r", AgentName: "bot", Identity: "a", JobID: "AJ_1", Reason: "AGENT_ERROR"}
+	asWebhook := Failure{Room: "r", AgentName: "bot", Identity: "a", Reason: "SIGNAL_CLOSE", JoinedAt: joined}
+	both := func(r *Restarter) (first, second Decision, firstErr, secondErr error) {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			first, firstErr = r.Restart(context.Background(), asCall)
+		}()
+		time.Sleep(100 * time.Millisecond) // the first is under way, held by the fake
+		second, secondErr = r.Restart(context.Background(), asWebhook)
+		<-done
+		return
+	}
+
+	t.Run("same refusal", func(t *testing.T) {
+		t.Parallel()
+		api := newFake()
+		api.room("r", "bot", "", "a", func(d *livekit.AgentDispatch) { d.RestartPolicy = livekit.JobRestartPolicy_JRP_NEVER })
+		var lists atomic.Int32
+		api.beforeList = func() {
+			if lists.Add(1) == 1 {
+				time.Sleep(300 * time.Millisecond)
+			}
+		}
+		r := testRestarter(t, api, Options{})
+		first, second, err1, err2 := both(r)
+		if err1 != nil || err2 != nil || first.Outcome != PolicyNever || second.Outcome != PolicyNever {
+			t.Fatalf("decisions %+v (%v) and %+v (%v), want policy_never twice", first, err1, second, err2)
+		}
+		if n := count(r.m.refusals, "bot", "", string(PolicyNever)); n != 2 {
+			t.Errorf("policy_never refusals %d, want 2", n)
+		}
+	})
+
+	t.Run("first failed", func(t *testing.T) {
+		t.Parallel()
+		api := newFake()
+		api.room("r", "bot", "", "a", nil)
+		var deletes atomic.Int32
+		api.beforeDelete = func() {
+			n := deletes.Add(1)
+			if n == 1 {
+				time.Sleep(300 * time.Millisecond)
+			}
+			api.mu.Lock()
+			defer api.mu.Unlock()
+			if n == 1 {
+				api.fail["deleteDispatch"] = errors.New("server unavailable")
+			} else {
+				delete(api.fail, "deleteDispatch")
+			}
+		}
+		r := testRestarter(t, api, Options{})
+		first, second, err1, err2 := both(r)
+		if err1 == nil || err2 != nil || second.Outcome != Restarted {
+			t.Fatalf("decisions %+v (%v) and %+v (%v), want an error, then restarted", first, err1, second, err2)
+		}
+		if len(api.created) != 1 {
+			t.Errorf("%d dispatches created, want 1", len(api.created))
+		}
+	})
+
+	t.Run("first restarted", func(t *testing.T) {
+		t.Parallel()
+		api := newFake()
+		api.room("r", "bot", "", "a", nil)
+		var deletes atomic.Int32
+		api.beforeDelete = func() {
+			if deletes.Add(1) == 1 {
+				time.Sleep(300 * time.Millisecond)
+			}
+		}
+		r := testRestarter(t, api, Options{})
+		first, second, err1, err2 := both(r)
+		if err1 != nil || err2 != nil || first.Outcome != Restarted || second.Outcome != AlreadyHandled {
+			t.Fatalf("decisions %+v (%v) and %+v (%v), want restarted, then already handled", first, err1, second, err2)
+		}
+		if len(api.created) != 1 {
+			t.Errorf("%d dispatches created, want 1", len(api.created))
+		}
+	})
 }
 
 func TestOptions(t *testing.T) {
