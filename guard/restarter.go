@@ -339,6 +339,10 @@ func (r *Restarter) decide(ctx context.Context, f Failure) (Decision, error) {
 		return d, fmt.Errorf("guard: claim dispatch %s: %w", failed.Id, err)
 	}
 	r.noteRestart(k, r.now())
+	// Claimed: finish even if the caller gives up now (a stopping worker
+	// cancels its restarts), or the room is left without its agent.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimedTimeout)
+	defer cancel()
 
 	identity := f.Identity
 	if identity == "" {
@@ -374,6 +378,10 @@ func (r *Restarter) decide(ctx context.Context, f Failure) (Decision, error) {
 	d.Detail = fmt.Sprintf("the agent failed with %s; dispatch %s replaces %s", f.Reason, nd.Id, failed.Id)
 	return d, nil
 }
+
+// claimedTimeout bounds what follows a claim: removing the dead agent and
+// creating the replacement dispatch.
+const claimedTimeout = 30 * time.Second
 
 // create creates the replacement dispatch, trying again a few times: the
 // claim is made, so giving up leaves the room without its agent.

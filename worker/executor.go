@@ -277,7 +277,14 @@ func (w *Worker) runInJobProcess(ctx context.Context, s jobproc.Spec, r *jobproc
 	defer cancel(errJobEnded)
 	stop := context.AfterFunc(ctx, func() {
 		var ce *jobproc.CauseError
-		if errors.As(context.Cause(ctx), &ce) {
+		if errors.As(context.Cause(ctx), &ce) && ce.Code == jobproc.CodeParentGone {
+			// The worker died. Leaving the room would look like a normal
+			// end, and nothing would restart the agent: go away as the
+			// worker did, so that the server sees the agent fail.
+			fmt.Fprintln(os.Stderr, "the worker process went away: ending this job process without leaving the room")
+			os.Exit(3)
+		}
+		if ce != nil {
 			cancel(causeFrom(ce.Cause))
 			return
 		}

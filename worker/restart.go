@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/livekit/protocol/livekit"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lkagent/lkagent/guard"
 )
@@ -22,11 +23,12 @@ type RestartOptions struct {
 	OnHandlerError bool
 	// MaxRestarts and Window cap the restarts of one room, agent and
 	// deployment (defaults 3 in 10 minutes); Backoff is the least time
-	// between two of them, doubling each time (default 1s). See package
-	// guard.
+	// between two of them, doubling each time up to MaxBackoff (defaults
+	// 1s and 1m). See package guard.
 	MaxRestarts int
 	Window      time.Duration
 	Backoff     time.Duration
+	MaxBackoff  time.Duration
 }
 
 // restartTimeout bounds one restart, its backoff included.
@@ -37,9 +39,40 @@ const restartTimeout = 2 * time.Minute
 func (w *Worker) newRestarter() (*guard.Restarter, error) {
 	return guard.New(guard.Options{
 		URL: w.o.URL, APIKey: w.o.APIKey, APISecret: w.o.APISecret,
-		MaxRestarts: w.o.Restart.MaxRestarts, Window: w.o.Restart.Window, Backoff: w.o.Restart.Backoff,
-		Logger: w.log, Registerer: w.registry,
+		MaxRestarts: w.o.Restart.MaxRestarts, Window: w.o.Restart.Window,
+		Backoff: w.o.Restart.Backoff, MaxBackoff: w.o.Restart.MaxBackoff,
+		Logger: w.log, Registerer: tee{w.registry, w.o.Registerer},
 	})
+}
+
+// tee registers collectors with the worker's own registry and, when set,
+// with Options.Registerer too.
+type tee struct{ own, user prometheus.Registerer }
+
+func (t tee) Register(c prometheus.Collector) error {
+	if err := t.own.Register(c); err != nil {
+		return err
+	}
+	if t.user != nil {
+		return t.user.Register(c)
+	}
+	return nil
+}
+
+func (t tee) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := t.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+func (t tee) Unregister(c prometheus.Collector) bool {
+	ok := t.own.Unregister(c)
+	if t.user != nil {
+		ok = t.user.Unregister(c) && ok
+	}
+	return ok
 }
 
 // restartable says whether a job that ended with status (a jobs_finished
@@ -74,15 +107,15 @@ func (w *Worker) restart(a *activeJob, status string, joinedAt time.Time) {
 		Reason:     livekit.DisconnectReason_AGENT_ERROR.String(),
 		JoinedAt:   joinedAt,
 	}
+	// A stopping worker cancels restarts still waiting (their backoff):
+	// nothing is claimed before that wait ends, and what is claimed is
+	// finished by the restarter whatever the context.
+	ctx := w.restartCtx()
 	w.later(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), restartTimeout)
+		ctx, cancel := context.WithTimeout(ctx, restartTimeout)
 		defer cancel()
-		d, err := w.restarter.Restart(ctx, f)
-		if err != nil {
+		if _, err := w.restarter.Restart(ctx, f); err != nil { // the restarter logs its decisions
 			w.log.Warn("restarting a failed job's agent failed", jobAttrs(a.info, a.line.sess.workerID(), slog.Any("error", err))...)
-			return
 		}
-		w.log.Info("failed job's agent: "+string(d.Outcome), jobAttrs(a.info, a.line.sess.workerID(),
-			slog.String("detail", d.Detail), slog.String("new_dispatch", d.NewDispatch))...)
 	})
 }

@@ -270,15 +270,17 @@ func (w *Worker) Err() error {
 
 // runState is one run of the worker, from Start to its end.
 type runState struct {
-	registered chan struct{} // closed on the first registration
-	regOnce    sync.Once
-	stopReq    chan struct{} // closed by the first stop request
-	stopOnce   sync.Once
-	stopCtx    context.Context // the stop request's deadline
-	stopNow    bool            // cancel jobs at once
-	done       chan struct{}   // closed once everything stopped
-	err        error           // why the worker stopped on its own; set before done closes
-	stopErr    error           // what Stop returns; set before done closes
+	registered   chan struct{} // closed on the first registration
+	regOnce      sync.Once
+	stopReq      chan struct{} // closed by the first stop request
+	stopOnce     sync.Once
+	stopCtx      context.Context // the stop request's deadline
+	stopNow      bool            // cancel jobs at once
+	done         chan struct{}   // closed once everything stopped
+	restarts     context.Context // restarts of failed jobs' agents; cancelled once the jobs ended
+	stopRestarts context.CancelFunc
+	err          error // why the worker stopped on its own; set before done closes
+	stopErr      error // what Stop returns; set before done closes
 }
 
 // begin starts a run: the HTTP endpoints, the load sampler, the
@@ -325,6 +327,7 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 		}
 	}
 	rs := &runState{registered: make(chan struct{}), stopReq: make(chan struct{}), done: make(chan struct{})}
+	rs.restarts, rs.stopRestarts = context.WithCancel(context.WithoutCancel(ctx))
 	w.mu.Lock()
 	w.run = rs
 	w.mu.Unlock()
@@ -363,6 +366,7 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 			<-connDone
 		}
 		cancelJobs(job.ErrWorkerStopped)
+		rs.stopRestarts() // those still waiting; a claimed one finishes
 		w.waitOnRequests()
 		w.bg.Wait()
 		closeWebhook()
@@ -578,3 +582,13 @@ func (w *Worker) flushOutbox(ctx context.Context) {
 func (w *Worker) Gatherer() prometheus.Gatherer { return w.registry }
 
 var errStopped = errors.New("worker stopped")
+
+// restartCtx is the context restarts of the current run are made with.
+func (w *Worker) restartCtx() context.Context {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.run == nil {
+		return context.Background()
+	}
+	return w.run.restarts
+}
