@@ -78,13 +78,17 @@ func misbehave(ctx context.Context, j *job.Job) error {
 			keep = append(keep, b)
 			time.Sleep(10 * time.Millisecond)
 		}
-	case "grow": // by 96 MiB, then hold
-		keep := make([]byte, 96<<20)
-		for i := range keep {
-			keep[i] = 1
+	case "grow": // until its resident set passes 112 MiB, then hold
+		var keep [][]byte
+		for rss() < 112<<20 {
+			b := make([]byte, 8<<20)
+			for i := range b {
+				b[i] = 1
+			}
+			keep = append(keep, b)
 		}
 		<-ctx.Done()
-		keep[0] = 2
+		keep[0][0] = 2
 		return nil
 	case "hold":
 		<-ctx.Done()
@@ -97,10 +101,26 @@ func misbehave(ctx context.Context, j *job.Job) error {
 	return nil
 }
 
+// rss is this process's resident set, in bytes (Linux).
+func rss() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 1 << 40 // unknown: stop growing
+	}
+	var size, resident int64
+	if _, err := fmt.Sscan(string(b), &size, &resident); err != nil {
+		return 1 << 40
+	}
+	return resident * int64(os.Getpagesize())
+}
+
 func processOptions(srv *workertest.Server, o worker.ProcessOptions) worker.Options {
 	opts := testOptions(srv, "proc-bot", "")
 	opts.Executor = worker.Processes(o)
 	opts.ShutdownTimeout = 2 * time.Second
+	// Job processes that eat memory slow a shared machine down: pongs may
+	// come late.
+	opts.PongTimeout = 15 * time.Second
 	return opts
 }
 
@@ -174,7 +194,7 @@ func TestProcessMemoryLimit(t *testing.T) {
 	srv := workertest.NewServer(t)
 	// Generous: a job process of a test binary built with -race idles at
 	// about 40 MiB, and its heap weighs about twice as much.
-	r := startWorker(t, processOptions(srv, worker.ProcessOptions{MemoryWarn: 96 << 20, MemoryLimit: 512 << 20}), misbehave)
+	r := startWorker(t, processOptions(srv, worker.ProcessOptions{MemoryWarn: 96 << 20, MemoryLimit: 320 << 20}), misbehave)
 	c := mustConn(t, srv)
 	grower := procJob("grow")
 	dispatch(t, c, grower)
