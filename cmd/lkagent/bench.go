@@ -27,6 +27,8 @@ type benchFlags struct {
 	jobs, conc, memJobs *int
 	jobType             *string
 	noJoin              *bool
+	processes           *bool
+	idle                *int
 
 	// The burst.
 	burst, maxJobs, maxQueued *int
@@ -36,7 +38,7 @@ type benchFlags struct {
 
 // Flags of one mode only, for the usage errors.
 var (
-	regularOnlyFlags = []string{"jobs", "concurrency", "memory-jobs", "job-type", "no-join"}
+	regularOnlyFlags = []string{"jobs", "concurrency", "memory-jobs", "job-type", "no-join", "processes", "idle"}
 	burstOnlyFlags   = []string{"max-jobs", "max-queued", "hold", "queue-timeout", "lost-after"}
 )
 
@@ -46,7 +48,8 @@ func newBenchFlags() *benchFlags {
 		"Measures workers against a LiveKit server: registration time, dispatch → handler start and\n"+
 			"dispatch → agent visible latencies (the server's part and the worker's part), jobs per second,\n"+
 			"memory per running job, and, in the same run, that every job ran on a worker of its own\n"+
-			"deployment. Without --url it starts a local server of its own.\n\n"+
+			"deployment. Without --url it starts a local server of its own. With --processes each job runs\n"+
+			"in a process of its own (lkagent started again), and the job processes' memory is measured too.\n\n"+
 			"With --burst N it measures capacity instead: N dispatches created at once, each to a room of\n"+
 			"its own, taken by workers with --max-jobs slots and a queue of --max-queued; each job holds\n"+
 			"for --hold. It reports the jobs that ran, were lost (not started within --lost-after of the\n"+
@@ -64,6 +67,8 @@ func newBenchFlags() *benchFlags {
 	b.memJobs = f.fs.Int("memory-jobs", 50, "jobs held running at once to measure memory per job")
 	b.jobType = f.fs.String("job-type", "room", "job type: room, publisher or participant")
 	b.noJoin = f.fs.Bool("no-join", false, "handlers do not join their room (and agent visibility is not measured)")
+	b.idle = f.fs.Int("idle", 0, "with --processes: warm job processes each worker keeps ready (0 = the worker's default, 1)")
+	b.processes = f.fs.Bool("processes", false, "run each job in a process of its own (the workers' Processes executor) and measure the job processes' memory too")
 	b.burst = f.fs.Int("burst", 0, "dispatches created at once: measure capacity and the admission queue (see above)")
 	b.maxJobs = f.fs.Int("max-jobs", 0, "with --burst: the workers' MaxJobs, jobs running at once (0 = no cap)")
 	b.maxQueued = f.fs.Int("max-queued", 0, "with --burst: the workers' MaxQueued, jobs waiting for a slot (0 = as many as --max-jobs, -1 = no queue)")
@@ -175,6 +180,9 @@ func (b *benchFlags) regularMode(e *env, deps []string) (func(context.Context, s
 	if *b.jobs < 1 || *b.conc < 1 || *b.memJobs < 1 {
 		return nil, usagef(name, "--workers, --jobs, --concurrency and --memory-jobs must be at least 1")
 	}
+	if b.f.isSet("idle") && (!*b.processes || *b.idle < 1) {
+		return nil, usagef(name, "--idle needs --processes and must be at least 1")
+	}
 	jt, ok := map[string]livekit.JobType{"room": livekit.JobType_JT_ROOM, "publisher": livekit.JobType_JT_PUBLISHER,
 		"participant": livekit.JobType_JT_PARTICIPANT}[*b.jobType]
 	if !ok {
@@ -184,7 +192,8 @@ func (b *benchFlags) regularMode(e *env, deps []string) (func(context.Context, s
 		return nil, usagef(name, "--job-type %s: the bench dispatches explicitly, which starts room jobs only", *b.jobType)
 	}
 	cfg := bench.Config{Deployments: deps, WorkersPerDeployment: *b.workers, Jobs: *b.jobs, Concurrency: *b.conc,
-		MemoryJobs: *b.memJobs, JobType: jt, SkipJoin: *b.noJoin, Progress: &prefixWriter{w: e.stderr, prefix: "bench: "}}
+		MemoryJobs: *b.memJobs, JobType: jt, SkipJoin: *b.noJoin, Processes: *b.processes, Idle: *b.idle,
+		Progress: &prefixWriter{w: e.stderr, prefix: "bench: "}}
 	return func(ctx context.Context, url, key, secret string) (benchReport, error) {
 		cfg.URL, cfg.APIKey, cfg.APISecret = url, key, secret
 		rep, err := bench.Run(ctx, cfg)

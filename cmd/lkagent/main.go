@@ -21,9 +21,16 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/lkagent/lkagent/internal/bench"
 )
 
 func main() {
+	if bench.IsJobProcess() {
+		// A job process of "lkagent bench --processes": it serves one job
+		// and exits.
+		bench.ServeJobProcess()
+	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)

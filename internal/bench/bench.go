@@ -52,6 +52,14 @@ type Config struct {
 	// MemoryJobs is how many jobs are held running at once to measure
 	// memory per job; default 50.
 	MemoryJobs int
+	// Processes runs the workers with the Processes executor: each job in
+	// a process of its own, the running program started again. Its main
+	// must then serve job processes: see IsJobProcess. Memory is then also
+	// measured per job process.
+	Processes bool
+	// Idle is the warm job processes each worker keeps with Processes
+	// (ProcessOptions.Idle); 0 = the worker's default.
+	Idle int
 	// Progress receives a line per phase; nil for none.
 	Progress io.Writer
 	// Logger for the workers; nil discards.
@@ -141,6 +149,17 @@ type Memory struct {
 	HeapIdleBytes       uint64 `json:"heap_idle_bytes"`
 	HeapAfterJobsBytes  uint64 `json:"heap_after_jobs_bytes"`
 	HeapPerRunningJobB  int64  `json:"heap_per_running_job_bytes"`
+	// With Processes, the figures above are the worker's process alone;
+	// these are the mean resident memory of a job process: warm (started,
+	// waiting for a job), running a job without a room, and with its job
+	// in a room. RSS counts the pages of the executable, which all job
+	// processes share; PSS counts each process's share of them.
+	JobProcessIdleRSSBytes   int64 `json:"job_process_idle_rss_bytes,omitempty"`
+	JobProcessIdlePSSBytes   int64 `json:"job_process_idle_pss_bytes,omitempty"`
+	JobProcessRSSBytes       int64 `json:"job_process_rss_bytes,omitempty"`
+	JobProcessPSSBytes       int64 `json:"job_process_pss_bytes,omitempty"`
+	JoinedJobProcessRSSBytes int64 `json:"joined_job_process_rss_bytes,omitempty"`
+	JoinedJobProcessPSSBytes int64 `json:"joined_job_process_pss_bytes,omitempty"`
 }
 
 // Report is everything one run measured.
@@ -150,6 +169,9 @@ type Report struct {
 	WorkersPerDeployment int      `json:"workers_per_deployment"`
 	JobType              string   `json:"job_type"`
 	JoinRooms            bool     `json:"join_rooms"`
+	// Processes: each job ran in a process of its own.
+	Processes bool `json:"processes,omitempty"`
+	Idle      int  `json:"idle,omitempty"`
 	// Registration is dial to registered, per worker.
 	Registration Latency `json:"registration"`
 	Sequential   Phase   `json:"sequential"`
@@ -233,6 +255,15 @@ type bench struct {
 	join    atomic.Bool          // handlers join their room
 	release chan struct{}
 	joined  sync.WaitGroup
+	workers []*worker.Worker // guarded by mu
+	joinedN atomic.Int64     // jobs in job processes that joined their room
+	// Jobs in job processes that could not join their room, and the
+	// last error; guarded by mu.
+	joinErrs    int
+	lastJoinErr string
+	// releaseDir, with Processes: a file created there releases the
+	// held jobs of the hold of its name.
+	releaseDir string
 }
 
 // Run measures and returns the report. The workers it starts are stopped
@@ -248,12 +279,20 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	b.join.Store(!cfg.SkipJoin)
 	began := time.Now()
 	rep := &Report{AgentName: cfg.AgentName, Deployments: cfg.Deployments, WorkersPerDeployment: cfg.WorkersPerDeployment,
-		JobType: cfg.JobType.String(), JoinRooms: !cfg.SkipJoin}
+		JobType: cfg.JobType.String(), JoinRooms: !cfg.SkipJoin, Processes: cfg.Processes, Idle: cfg.Idle}
 
 	runtime.GC()
 	rep.Memory.IdleRSSBytes = rss()
 	rep.Memory.GoroutinesIdle = runtime.NumGoroutine()
 
+	if cfg.Processes {
+		dir, err := os.MkdirTemp("", "lkagent-bench-")
+		if err != nil {
+			return nil, fmt.Errorf("bench: %w", err)
+		}
+		defer os.RemoveAll(dir) // after the workers stopped
+		b.releaseDir = dir
+	}
 	wctx, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	defer func() { stopWorkers(); wg.Wait() }()
@@ -279,9 +318,20 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 					}
 				},
 			}
-			if _, err := startWorker(ctx, wctx, &wg, o, b.handler(dep)); err != nil {
+			h := b.handler(dep)
+			if cfg.Processes {
+				o.Executor = worker.Processes(worker.ProcessOptions{Idle: cfg.Idle, Env: b.jobProcessEnv()})
+				o.ShutdownTimeout = processShutdownTimeout
+				o.Logger = slog.New(&startTap{b: b, worker: dep, next: cfg.Logger.Handler()})
+				h = processHandler
+			}
+			w, err := startWorker(ctx, wctx, &wg, o, h)
+			if err != nil {
 				return nil, err
 			}
+			b.mu.Lock()
+			b.workers = append(b.workers, w)
+			b.mu.Unlock()
 		}
 	}
 	rep.Registration = summarize(regs)
@@ -392,7 +442,8 @@ func (b *bench) phase(ctx context.Context, dc *lksdk.AgentDispatchClient, n, con
 			dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
 			s.sent = time.Now()
-			if _, err := dc.CreateDispatch(dctx, &livekit.CreateAgentDispatchRequest{AgentName: b.cfg.AgentName, Room: room, Deployment: dep}); err != nil {
+			if _, err := dc.CreateDispatch(dctx, &livekit.CreateAgentDispatchRequest{AgentName: b.cfg.AgentName, Room: room,
+				Deployment: dep, Metadata: b.dispatchMeta("")}); err != nil {
 				s.err = err
 				samples[i] = s
 				return nil
@@ -466,12 +517,20 @@ func (b *bench) phase(ctx context.Context, dc *lksdk.AgentDispatchClient, n, con
 	return p, ctx.Err()
 }
 
+// held is what memory measured with jobs held running.
+type held struct {
+	rss, heap     uint64
+	goroutines    int
+	running, warm procMem // job processes, with Processes
+}
+
 // memory holds MemoryJobs jobs running (no room joined) and measures RSS,
 // heap and goroutines, then repeats with rooms joined unless SkipJoin.
+// With Processes it also measures the job processes.
 func (b *bench) memory(ctx context.Context, dc *lksdk.AgentDispatchClient, rep *Report) error {
 	m := &rep.Memory
 	m.Jobs = b.cfg.MemoryJobs
-	hold := func(join bool, tag string) (uint64, uint64, int, error) {
+	hold := func(join bool, tag string) (held, error) {
 		b.join.Store(join)
 		defer b.join.Store(!b.cfg.SkipJoin)
 		b.mu.Lock()
@@ -482,6 +541,10 @@ func (b *bench) memory(ctx context.Context, dc *lksdk.AgentDispatchClient, rep *
 		for len(b.started) > 0 {
 			<-b.started
 		}
+		b.joinedN.Store(0)
+		b.mu.Lock()
+		b.joinErrs, b.lastJoinErr = 0, ""
+		b.mu.Unlock()
 		var g errgroup.Group
 		g.SetLimit(10)
 		for i := range m.Jobs {
@@ -490,53 +553,82 @@ func (b *bench) memory(ctx context.Context, dc *lksdk.AgentDispatchClient, rep *
 			g.Go(func() error {
 				dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 				defer cancel()
-				_, err := dc.CreateDispatch(dctx, &livekit.CreateAgentDispatchRequest{AgentName: b.cfg.AgentName, Room: room, Deployment: dep})
+				_, err := dc.CreateDispatch(dctx, &livekit.CreateAgentDispatchRequest{AgentName: b.cfg.AgentName, Room: room,
+					Deployment: dep, Metadata: b.dispatchMeta(tag)})
 				return err
 			})
 		}
 		if err := g.Wait(); err != nil {
-			return 0, 0, 0, err
+			return held{}, err
 		}
 		deadline := time.After(60 * time.Second)
 		for range m.Jobs {
 			select {
 			case <-b.started:
 			case <-deadline:
-				return 0, 0, 0, errors.New("bench: held jobs did not all start within 60s")
+				return held{}, errors.New("bench: held jobs did not all start within 60s")
+			}
+		}
+		if join && b.cfg.Processes {
+			// Jobs in job processes tell when they joined, or failed to.
+			joinDeadline := time.After(2 * time.Minute)
+			for b.joinedN.Load() < int64(m.Jobs) {
+				if n, err := b.joinFailures(); n > 0 {
+					return held{}, fmt.Errorf("bench: %d held jobs could not join their rooms; the last: %s", n, err)
+				}
+				select {
+				case <-joinDeadline:
+					return held{}, fmt.Errorf("bench: %d of %d held jobs joined their rooms within 2 minutes of their start", b.joinedN.Load(), m.Jobs)
+				case <-time.After(20 * time.Millisecond):
+				}
 			}
 		}
 		time.Sleep(500 * time.Millisecond) // let joins settle
 		runtime.GC()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		r, heap, gor := rss(), ms.HeapAlloc, runtime.NumGoroutine()
+		h := held{rss: rss(), heap: ms.HeapAlloc, goroutines: runtime.NumGoroutine()}
+		if b.cfg.Processes {
+			var err error
+			if h.running, h.warm, err = b.jobProcessMemory(); err != nil {
+				return held{}, err
+			}
+		}
 		b.hold.Store(false)
 		b.mu.Lock()
 		close(b.release)
 		b.mu.Unlock()
-		return r, heap, gor, nil
+		if b.cfg.Processes {
+			if err := b.endHeld(tag); err != nil {
+				return held{}, err
+			}
+		}
+		return h, nil
 	}
 	settle()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	m.HeapIdleBytes = ms.HeapAlloc
 	base := rss()
-	r, heap, gor, err := hold(false, "idle")
+	h, err := hold(false, "idle")
 	if err != nil {
 		return err
 	}
-	m.RSSWithJobsBytes, m.HeapAfterJobsBytes, m.GoroutinesAfterJobs = r, heap, gor
-	m.PerJobBytes = (int64(r) - int64(base)) / int64(m.Jobs)
-	m.HeapPerRunningJobB = (int64(heap) - int64(m.HeapIdleBytes)) / int64(m.Jobs)
+	m.RSSWithJobsBytes, m.HeapAfterJobsBytes, m.GoroutinesAfterJobs = h.rss, h.heap, h.goroutines
+	m.PerJobBytes = (int64(h.rss) - int64(base)) / int64(m.Jobs)
+	m.HeapPerRunningJobB = (int64(h.heap) - int64(m.HeapIdleBytes)) / int64(m.Jobs)
+	m.JobProcessRSSBytes, m.JobProcessPSSBytes = h.running.RSS, h.running.PSS
+	m.JobProcessIdleRSSBytes, m.JobProcessIdlePSSBytes = h.warm.RSS, h.warm.PSS
 	if !b.cfg.SkipJoin {
 		settle()
 		base := rss()
-		r, _, _, err := hold(true, "joined")
+		h, err := hold(true, "joined")
 		if err != nil {
 			return err
 		}
-		m.RSSWithJoinedBytes = r
-		m.PerJoinedJobBytes = (int64(r) - int64(base)) / int64(m.Jobs)
+		m.RSSWithJoinedBytes = h.rss
+		m.PerJoinedJobBytes = (int64(h.rss) - int64(base)) / int64(m.Jobs)
+		m.JoinedJobProcessRSSBytes, m.JoinedJobProcessPSSBytes = h.running.RSS, h.running.PSS
 	}
 	return nil
 }

@@ -18,8 +18,15 @@ func (r *Report) WriteTable(out io.Writer) error {
 		}
 		p("  %s\t%d\t%.2f\t%.2f\t%.2f\t%.2f\n", name, l.N, l.P50, l.P95, l.P99, l.Max)
 	}
-	p("agent %q, deployments %s, %d worker(s) each, %s, rooms joined: %v\n\n",
-		r.AgentName, quoteAll(r.Deployments), r.WorkersPerDeployment, r.JobType, r.JoinRooms)
+	executor := "in process"
+	if r.Processes {
+		executor = "each in a process of its own"
+		if r.Idle > 0 {
+			executor += fmt.Sprintf(" (%d warm per worker)", r.Idle)
+		}
+	}
+	p("agent %q, deployments %s, %d worker(s) each, %s, rooms joined: %v, jobs run %s\n\n",
+		r.AgentName, quoteAll(r.Deployments), r.WorkersPerDeployment, r.JobType, r.JoinRooms, executor)
 	p("latency (ms)\tn\tp50\tp95\tp99\tmax\n")
 	lat("registration (dial → registered)", r.Registration)
 	for _, ph := range []struct {
@@ -37,12 +44,24 @@ func (r *Report) WriteTable(out io.Writer) error {
 		}
 	}
 	m := r.Memory
-	p("\nmemory\t\t\t\t\t\n")
+	if r.Processes {
+		p("\nmemory of the worker's process\t\t\t\t\t\n")
+	} else {
+		p("\nmemory\t\t\t\t\t\n")
+	}
 	p("  RSS idle\t%s\t\t\t\t\n", mib(m.IdleRSSBytes))
 	p("  RSS with %d running jobs (no room)\t%s\t(%s per job)\t\t\t\n", m.Jobs, mib(m.RSSWithJobsBytes), kib(m.PerJobBytes))
 	p("  heap per running job\t%s\t\t\t\t\n", kib(m.HeapPerRunningJobB))
 	if m.RSSWithJoinedBytes > 0 {
 		p("  RSS with %d jobs in rooms\t%s\t(%s per job)\t\t\t\n", m.Jobs, mib(m.RSSWithJoinedBytes), kib(m.PerJoinedJobBytes))
+	}
+	if r.Processes {
+		p("\nmemory of a job process (mean)\tRSS\tPSS\t\t\t\n")
+		p("  warm, waiting for a job\t%s\t%s\t\t\t\n", mib(uint64(m.JobProcessIdleRSSBytes)), mib(uint64(m.JobProcessIdlePSSBytes)))
+		p("  running a job (no room)\t%s\t%s\t\t\t\n", mib(uint64(m.JobProcessRSSBytes)), mib(uint64(m.JobProcessPSSBytes)))
+		if m.JoinedJobProcessRSSBytes > 0 {
+			p("  its job in a room\t%s\t%s\t\t\t\n", mib(uint64(m.JoinedJobProcessRSSBytes)), mib(uint64(m.JoinedJobProcessPSSBytes)))
+		}
 	}
 	p("\nrouting\t%d jobs checked, %d violations, %d lost\t\t\t\t\n", r.RoutingChecked, r.RoutingViolations, r.Lost)
 	p("took\t%s\t\t\t\t\n", r.Duration.Round(time.Millisecond))
