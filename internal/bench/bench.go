@@ -121,6 +121,9 @@ type Phase struct {
 	Concurrency int `json:"concurrency"`
 	Jobs        int `json:"jobs"`
 	Errors      int `json:"errors"`
+	// ErrorTexts are the distinct errors of the phase, each with how often
+	// it happened, so that an error is never only a count.
+	ErrorTexts []string `json:"error_texts,omitempty"`
 	// DispatchToOffer is the server's part: CreateDispatch sent to the
 	// offer reaching the worker.
 	DispatchToOffer Latency `json:"dispatch_to_offer"`
@@ -186,53 +189,41 @@ type Report struct {
 	Duration time.Duration `json:"duration_ns"`
 }
 
-// startWorker runs a worker with o and h until runCtx ends (wg counts it)
-// and waits until it registered, or ctx ends. OnStateChange, if set in o,
-// is still called.
+// startWorker starts a worker with o and h and returns once it registered
+// (or ctx ended, or 30s passed). The worker runs until runCtx ends, then
+// drains for o.DrainTimeout (worker.DefaultDrainTimeout if unset); wg
+// counts it until it stopped.
 func startWorker(ctx, runCtx context.Context, wg *sync.WaitGroup, o worker.Options, h job.Handler) (*worker.Worker, error) {
-	registered := make(chan error, 1)
-	var once sync.Once
-	settle := func(err error) { once.Do(func() { registered <- err }) }
-	prev := o.OnStateChange
-	o.OnStateChange = func(c worker.StateChange) {
-		if prev != nil {
-			prev(c)
-		}
-		switch c.State {
-		case worker.StateRegistered:
-			settle(nil)
-		case worker.StateStopped:
-			err := c.Err
-			if err == nil {
-				err = errors.New("stopped before it registered")
-			}
-			settle(err)
-		}
-	}
 	w, err := worker.New(o, h)
 	if err != nil {
 		return nil, fmt.Errorf("bench: worker for deployment %q: %w", o.Deployment, err)
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := w.Run(runCtx); err != nil {
-			settle(err)
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := w.Start(sctx); err != nil {
+		switch {
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case sctx.Err() != nil:
+			return nil, fmt.Errorf("bench: a worker for deployment %q did not register within 30s", o.Deployment)
 		}
-	}()
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
-	select {
-	case err := <-registered:
-		if err != nil {
-			return nil, fmt.Errorf("bench: worker for deployment %q: %w", o.Deployment, err)
-		}
-		return w, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-timeout.C:
-		return nil, fmt.Errorf("bench: a worker for deployment %q did not register within 30s", o.Deployment)
+		return nil, fmt.Errorf("bench: worker for deployment %q: %w", o.Deployment, err)
 	}
+	drain := o.DrainTimeout
+	if drain <= 0 {
+		drain = worker.DefaultDrainTimeout
+	}
+	wg.Go(func() {
+		select {
+		case <-runCtx.Done():
+		case <-w.Done():
+			return
+		}
+		dctx, cancel := context.WithTimeout(context.Background(), drain)
+		defer cancel()
+		_ = w.Stop(dctx) // a drain that ran out of time cancelled the rest
+	})
+	return w, nil
 }
 
 // run is the state of one handler run.
@@ -482,9 +473,11 @@ func (b *bench) phase(ctx context.Context, dc *lksdk.AgentDispatchClient, n, con
 	_ = g.Wait()
 	elapsed := time.Since(start)
 	var d2o, o2h, d2h, d2v []time.Duration
+	var errTexts []string
 	for _, s := range samples {
 		if s.err != nil {
 			p.Errors++
+			errTexts = append(errTexts, s.err.Error())
 			if strings.Contains(s.err.Error(), "never started") {
 				rep.Lost++
 			}
@@ -507,6 +500,7 @@ func (b *bench) phase(ctx context.Context, dc *lksdk.AgentDispatchClient, n, con
 		}
 	}
 	p.DispatchToOffer, p.OfferToHandler, p.DispatchToHandler, p.DispatchToVisible = summarize(d2o), summarize(o2h), summarize(d2h), summarize(d2v)
+	p.ErrorTexts = countDistinct(errTexts)
 	ok := n - p.Errors
 	if last := time.Unix(0, lastStart.Load()); ok > 0 && last.After(start) {
 		p.AcceptedPerSecond = float64(ok) / last.Sub(start).Seconds()
@@ -515,6 +509,27 @@ func (b *bench) phase(ctx context.Context, dc *lksdk.AgentDispatchClient, n, con
 		p.CompletedPerSecond = float64(ok) / elapsed.Seconds()
 	}
 	return p, ctx.Err()
+}
+
+// countDistinct returns the distinct texts, in the order they first
+// appear, each followed by how often it appears when more than once.
+func countDistinct(texts []string) []string {
+	var order []string
+	n := map[string]int{}
+	for _, t := range texts {
+		if n[t] == 0 {
+			order = append(order, t)
+		}
+		n[t]++
+	}
+	out := make([]string, 0, len(order))
+	for _, t := range order {
+		if n[t] > 1 {
+			t = fmt.Sprintf("%s (×%d)", t, n[t])
+		}
+		out = append(out, t)
+	}
+	return out
 }
 
 // held is what memory measured with jobs held running.

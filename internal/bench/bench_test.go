@@ -44,3 +44,24 @@ func TestWriteTableShowsRouting(t *testing.T) {
 		}
 	}
 }
+
+func TestErrorsAreShownWithTheirText(t *testing.T) {
+	got := countDistinct([]string{"job never started", "dial: refused", "job never started"})
+	want := []string{"job never started (×2)", "dial: refused"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("countDistinct = %q, want %q", got, want)
+	}
+	if got := countDistinct(nil); len(got) != 0 {
+		t.Errorf("countDistinct(nil) = %q, want none", got)
+	}
+	rep := &Report{Concurrent: Phase{Concurrency: 50, Errors: 2, ErrorTexts: want}}
+	var b bytes.Buffer
+	if err := rep.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range append([]string{"errors"}, want...) {
+		if !strings.Contains(b.String(), w) {
+			t.Errorf("table lacks %q:\n%s", w, b.String())
+		}
+	}
+}

@@ -41,6 +41,9 @@ func (r *Report) WriteTable(out io.Writer) error {
 		p("  jobs/s accepted, completed\t%.1f, %.1f\t\t\t\t\n", ph.ph.AcceptedPerSecond, ph.ph.CompletedPerSecond)
 		if ph.ph.Errors > 0 {
 			p("  errors\t%d\t\t\t\t\n", ph.ph.Errors)
+			for _, e := range ph.ph.ErrorTexts {
+				p("    %s\t\t\t\t\t\n", e)
+			}
 		}
 	}
 	m := r.Memory
