@@ -190,3 +190,76 @@ func BenchmarkProcessAssignmentToHandlerStart(b *testing.B) {
 	b.ReportMetric(float64(cold), "cold-starts")
 	b.ReportMetric(0, "ns/op")
 }
+
+// Jobs per second in process mode: b.N jobs offered and assigned back to
+// back against the fake server, each in a new job process whose handler
+// returns at once, with Idle warm processes. The figure is bounded by how
+// fast the machine starts processes of this (test) binary: the parent
+// starts one per job, ahead of time as far as Idle allows.
+func BenchmarkProcessJobThroughput(b *testing.B) {
+	for _, idle := range []int{1, 8} {
+		b.Run(fmt.Sprintf("idle=%d", idle), func(b *testing.B) {
+			finals := make(chan *livekit.UpdateJobStatus, 1024)
+			srv := workertest.NewServerWithOptions(b, workertest.Options{NoRecord: true,
+				OnMessage: func(_ *workertest.Conn, m *livekit.WorkerMessage) {
+					if u := m.GetUpdateJob(); u != nil && (u.GetStatus() == livekit.JobStatus_JS_SUCCESS || u.GetStatus() == livekit.JobStatus_JS_FAILED) {
+						finals <- u
+					}
+				}})
+			o := procBenchOptions(srv.URL())
+			o.Executor = worker.Processes(worker.ProcessOptions{Idle: idle, Env: []string{envProcBench + "=1"}})
+			o.Logger = slog.New(slog.DiscardHandler)
+			w, err := worker.New(o, procBenchHandler)
+			if err != nil {
+				b.Fatal(err)
+			}
+			worker.SetStatusDelay(w, 0)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- w.Run(ctx) }()
+			b.Cleanup(func() {
+				cancel()
+				if err := <-done; err != nil {
+					b.Errorf("Run = %v", err)
+				}
+			})
+			conn, err := srv.WaitWorker(waitCtx(b))
+			if err != nil {
+				b.Fatalf("the worker did not register: %v", err)
+			}
+			time.Sleep(2 * time.Second) // the warm processes start
+			failed := 0
+			i := 0
+			start := time.Now()
+			for b.Loop() {
+				j := benchJob(i)
+				i++
+				octx, ocancel := context.WithTimeout(context.Background(), patience)
+				res, err := conn.Offer(octx, j)
+				if err == nil && res.GetAvailable() {
+					err = conn.Assign(octx, j, workertest.Token)
+				}
+				ocancel()
+				if err != nil || !res.GetAvailable() {
+					b.Fatalf("job %d: %v, %v", i, res, err)
+				}
+			}
+			for range i {
+				select {
+				case u := <-finals:
+					if u.GetStatus() != livekit.JobStatus_JS_SUCCESS {
+						failed++
+					}
+				case <-time.After(patience):
+					b.Fatalf("not every job ended within %s", patience)
+				}
+			}
+			took := time.Since(start)
+			if failed > 0 {
+				b.Fatalf("%d of %d jobs failed", failed, i)
+			}
+			b.ReportMetric(float64(i)/took.Seconds(), "jobs/s")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
