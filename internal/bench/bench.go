@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/procmem"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -536,7 +537,7 @@ func countDistinct(texts []string) []string {
 type held struct {
 	rss, heap     uint64
 	goroutines    int
-	running, warm procMem // job processes, with Processes
+	running, warm procmem.Mem // job processes, with Processes
 }
 
 // memory holds MemoryJobs jobs running (no room joined) and measures RSS,

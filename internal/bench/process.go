@@ -14,6 +14,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/internal/jobproc"
+	"github.com/lkagent/lkagent/internal/procmem"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -287,78 +288,36 @@ func (b *bench) runningJobs() []string {
 // jobProcessMemory is the mean memory of the processes of the jobs the
 // workers run, and of the warm processes (children of this process that
 // run its executable and have no job).
-func (b *bench) jobProcessMemory() (running, warm procMem, err error) {
+func (b *bench) jobProcessMemory() (running, warm procmem.Mem, err error) {
 	b.mu.Lock()
 	ws := b.workers
 	b.mu.Unlock()
 	busy := map[int]bool{}
-	var run []procMem
+	var run []procmem.Mem
 	for _, w := range ws {
 		for _, j := range w.Snapshot().Jobs {
 			if j.Pid == 0 {
 				continue
 			}
 			busy[j.Pid] = true
-			if m, ok := readProcMem(j.Pid); ok {
+			if m, err := procmem.Read(j.Pid); err == nil {
 				run = append(run, m)
 			}
 		}
 	}
-	var idle []procMem
+	var idle []procmem.Mem
 	for _, pid := range ownChildren() {
 		if busy[pid] {
 			continue
 		}
-		if m, ok := readProcMem(pid); ok {
+		if m, err := procmem.Read(pid); err == nil {
 			idle = append(idle, m)
 		}
 	}
 	if len(run) == 0 {
-		return procMem{}, procMem{}, errors.New("bench: no job process to measure")
+		return procmem.Mem{}, procmem.Mem{}, errors.New("bench: no job process to measure")
 	}
-	return meanMem(run), meanMem(idle), nil
-}
-
-// procMem is a process's resident memory, from /proc/<pid>/smaps_rollup:
-// RSS, and PSS, in which the pages the job processes share (those of the
-// executable) count a share each.
-type procMem struct{ RSS, PSS int64 }
-
-func readProcMem(pid int) (procMem, bool) {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "smaps_rollup"))
-	if err != nil {
-		return procMem{}, false
-	}
-	var m procMem
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 3 || f[2] != "kB" {
-			continue
-		}
-		kb, err := strconv.ParseInt(f[1], 10, 64)
-		if err != nil {
-			continue
-		}
-		switch f[0] {
-		case "Rss:":
-			m.RSS = kb << 10
-		case "Pss:":
-			m.PSS = kb << 10
-		}
-	}
-	return m, m.RSS > 0
-}
-
-func meanMem(ms []procMem) procMem {
-	if len(ms) == 0 {
-		return procMem{}
-	}
-	var sum procMem
-	for _, m := range ms {
-		sum.RSS += m.RSS
-		sum.PSS += m.PSS
-	}
-	return procMem{RSS: sum.RSS / int64(len(ms)), PSS: sum.PSS / int64(len(ms))}
+	return procmem.Mean(run), procmem.Mean(idle), nil
 }
 
 // ownChildren lists the live child processes of this process that run its

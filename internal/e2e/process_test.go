@@ -20,6 +20,7 @@ import (
 	"github.com/livekit/protocol/livekit"
 
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/procmem"
 	"github.com/lkagent/lkagent/internal/syncbuf"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -494,54 +495,19 @@ func TestUnstartableJobProcessesMakeWorkerFull(t *testing.T) {
 	}
 }
 
-// procMem is a process's memory, from /proc/<pid>/smaps_rollup.
-type procMem struct {
-	RSS  int64 // resident set
-	PSS  int64 // resident set, pages shared with n processes counted 1/n
-	Anon int64 // anonymous resident memory: the process's own (heap, stacks)
-}
-
-func readProcMem(pid int) (procMem, bool) {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "smaps_rollup"))
-	if err != nil {
-		return procMem{}, false
-	}
-	var m procMem
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 3 || f[2] != "kB" {
-			continue
-		}
-		kb, err := strconv.ParseInt(f[1], 10, 64)
-		if err != nil {
-			continue
-		}
-		switch f[0] {
-		case "Rss:":
-			m.RSS = kb << 10
-		case "Pss:":
-			m.PSS = kb << 10
-		case "Anonymous:":
-			m.Anon = kb << 10
-		}
-	}
-	return m, m.RSS > 0
-}
-
 // meanMem is the mean memory of pids, in MiB.
 func meanMem(tb testing.TB, pids []int) (rss, pss, anon float64) {
 	tb.Helper()
-	for _, pid := range pids {
-		m, ok := readProcMem(pid)
-		if !ok {
-			tb.Fatalf("cannot read the memory of process %d", pid)
+	ms := make([]procmem.Mem, len(pids))
+	for i, pid := range pids {
+		m, err := procmem.Read(pid)
+		if err != nil {
+			tb.Fatal(err)
 		}
-		rss += float64(m.RSS)
-		pss += float64(m.PSS)
-		anon += float64(m.Anon)
+		ms[i] = m
 	}
-	n := float64(len(pids)) * (1 << 20)
-	return rss / n, pss / n, anon / n
+	m := procmem.Mean(ms)
+	return float64(m.RSS) / (1 << 20), float64(m.PSS) / (1 << 20), float64(m.Anon) / (1 << 20)
 }
 
 // BenchmarkJobProcessMemory measures the resident memory of the test
@@ -589,7 +555,7 @@ func BenchmarkJobProcessMemory(b *testing.B) {
 		sums[3] += rss
 		sums[4] += pss
 		sums[5] += anon
-		pm, _ := readProcMem(parent)
+		pm, _ := procmem.Read(parent)
 		sums[6] += float64(pm.RSS) / (1 << 20)
 		var reported int64
 		for _, j := range a.procWorker(b).Jobs {

@@ -4,14 +4,13 @@ package jobproc
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/lkagent/lkagent/internal/procmem"
 )
 
 // BenchmarkWarmStart measures Start on a warm process until the child runs
@@ -102,15 +101,9 @@ func readyAnon(p *Pool) int64 {
 		pid = p.ready[0].pid
 	}
 	p.mu.Unlock()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
+	m, err := procmem.Read(pid)
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "Anonymous:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
+	return m.Anon
 }
