@@ -44,6 +44,41 @@ func procBenchOptions(url string) worker.Options {
 		ShutdownTimeout: 5 * time.Second, DrainTimeout: 5 * time.Second}
 }
 
+// runProcBenchWorker runs a worker with job processes (idle warm ones)
+// against a fake server until b ends, and returns its registered
+// connection and the final statuses of its jobs (buffered for n).
+func runProcBenchWorker(b *testing.B, idle int, log *slog.Logger, n int) (*workertest.Conn, <-chan *livekit.UpdateJobStatus) {
+	finals := make(chan *livekit.UpdateJobStatus, n)
+	srv := workertest.NewServerWithOptions(b, workertest.Options{NoRecord: true,
+		OnMessage: func(_ *workertest.Conn, m *livekit.WorkerMessage) {
+			if u := m.GetUpdateJob(); u != nil && (u.GetStatus() == livekit.JobStatus_JS_SUCCESS || u.GetStatus() == livekit.JobStatus_JS_FAILED) {
+				finals <- u
+			}
+		}})
+	o := procBenchOptions(srv.URL())
+	o.Executor = worker.Processes(worker.ProcessOptions{Idle: idle, Env: []string{envProcBench + "=1"}})
+	o.Logger = log
+	w, err := worker.New(o, procBenchHandler)
+	if err != nil {
+		b.Fatal(err)
+	}
+	worker.SetStatusDelay(w, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	b.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Errorf("Run = %v", err)
+		}
+	})
+	conn, err := srv.WaitWorker(waitCtx(b))
+	if err != nil {
+		b.Fatalf("the worker did not register: %v", err)
+	}
+	return conn, finals
+}
+
 // procBenchHandler logs the instant it starts, on the wall clock (which
 // the job process shares with the parent), and returns.
 func procBenchHandler(_ context.Context, j *job.Job) error {
@@ -97,33 +132,7 @@ func (h *startCapture) Handle(_ context.Context, r slog.Record) error {
 // of the percentiles.
 func BenchmarkProcessAssignmentToHandlerStart(b *testing.B) {
 	capture := &startCapture{starts: make(chan time.Time, 16), warm: make(chan bool, 16)}
-	finals := make(chan *livekit.UpdateJobStatus, 16)
-	srv := workertest.NewServerWithOptions(b, workertest.Options{NoRecord: true,
-		OnMessage: func(_ *workertest.Conn, m *livekit.WorkerMessage) {
-			if u := m.GetUpdateJob(); u != nil && (u.GetStatus() == livekit.JobStatus_JS_SUCCESS || u.GetStatus() == livekit.JobStatus_JS_FAILED) {
-				finals <- u
-			}
-		}})
-	o := procBenchOptions(srv.URL())
-	o.Logger = slog.New(capture)
-	w, err := worker.New(o, procBenchHandler)
-	if err != nil {
-		b.Fatal(err)
-	}
-	worker.SetStatusDelay(w, 0)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	b.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			b.Errorf("Run = %v", err)
-		}
-	})
-	conn, err := srv.WaitWorker(waitCtx(b))
-	if err != nil {
-		b.Fatalf("the worker did not register: %v", err)
-	}
+	conn, finals := runProcBenchWorker(b, 1, slog.New(capture), 16)
 	// step bounds one offer or assignment.
 	step := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.Background(), patience)
@@ -199,34 +208,7 @@ func BenchmarkProcessAssignmentToHandlerStart(b *testing.B) {
 func BenchmarkProcessJobThroughput(b *testing.B) {
 	for _, idle := range []int{1, 8} {
 		b.Run(fmt.Sprintf("idle=%d", idle), func(b *testing.B) {
-			finals := make(chan *livekit.UpdateJobStatus, 1024)
-			srv := workertest.NewServerWithOptions(b, workertest.Options{NoRecord: true,
-				OnMessage: func(_ *workertest.Conn, m *livekit.WorkerMessage) {
-					if u := m.GetUpdateJob(); u != nil && (u.GetStatus() == livekit.JobStatus_JS_SUCCESS || u.GetStatus() == livekit.JobStatus_JS_FAILED) {
-						finals <- u
-					}
-				}})
-			o := procBenchOptions(srv.URL())
-			o.Executor = worker.Processes(worker.ProcessOptions{Idle: idle, Env: []string{envProcBench + "=1"}})
-			o.Logger = slog.New(slog.DiscardHandler)
-			w, err := worker.New(o, procBenchHandler)
-			if err != nil {
-				b.Fatal(err)
-			}
-			worker.SetStatusDelay(w, 0)
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- w.Run(ctx) }()
-			b.Cleanup(func() {
-				cancel()
-				if err := <-done; err != nil {
-					b.Errorf("Run = %v", err)
-				}
-			})
-			conn, err := srv.WaitWorker(waitCtx(b))
-			if err != nil {
-				b.Fatalf("the worker did not register: %v", err)
-			}
+			conn, finals := runProcBenchWorker(b, idle, slog.New(slog.DiscardHandler), 1024)
 			time.Sleep(2 * time.Second) // the warm processes start
 			failed := 0
 			i := 0
