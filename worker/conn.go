@@ -389,10 +389,10 @@ func (w *Worker) publish(s *session) {
 	}
 	w.mu.Unlock()
 	w.obs.registered(true)
-	w.registeredOnce()
 	w.log.Info("registered", slog.String("worker_id", s.workerID()),
 		slog.String("server_version", s.reg.GetServerInfo().GetVersion()))
 	w.notify(StateChange{State: StateRegistered, WorkerID: s.workerID()})
+	w.registeredOnce() // after notify: Start returns once OnStateChange knows
 	if len(outlived) > 0 {
 		// LiveKit Cloud moves such jobs to the new connection; the
 		// open-source server (v1.13) ignores the request: there the jobs

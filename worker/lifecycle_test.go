@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -30,13 +31,27 @@ func newWorker(t *testing.T, o worker.Options, h job.Handler) *worker.Worker {
 func TestStartReturnsOnceRegistered(t *testing.T) {
 	t.Parallel()
 	srv := workertest.NewServerWithOptions(t, workertest.Options{RegisterDelay: 300 * time.Millisecond})
-	w := newWorker(t, testOptions(srv, "start-bot", "staging"), newGated().handle)
+	o := testOptions(srv, "start-bot", "staging")
+	// A slow OnStateChange: Start returns after it was told, not while it
+	// is being told (told is not guarded: the race detector checks the
+	// order too).
+	var told []worker.State
+	o.OnStateChange = func(c worker.StateChange) {
+		if c.State == worker.StateRegistered && len(told) < 2 {
+			time.Sleep(200 * time.Millisecond)
+		}
+		told = append(told, c.State)
+	}
+	w := newWorker(t, o, newGated().handle)
 	begin := time.Now()
 	if err := w.Start(waitCtx(t)); err != nil {
 		t.Fatalf("Start = %v", err)
 	}
 	if took := time.Since(begin); took < 300*time.Millisecond {
 		t.Errorf("Start returned after %s, before the registration was answered (300ms)", took)
+	}
+	if want := []worker.State{worker.StateConnecting, worker.StateRegistered}; !slices.Equal(told, want) {
+		t.Errorf("OnStateChange was told %v when Start returned, want %v", told, want)
 	}
 	if !w.Snapshot().Registered {
 		t.Fatalf("Start returned but the worker is not registered")

@@ -191,7 +191,7 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // Start starts the worker and returns once it is registered with the
-// server. It returns the error that stops the worker if that comes first
+// server (and Options.OnStateChange was told so). It returns the error that stops the worker if that comes first
 // (ErrUnauthorized, ErrMisconfigured, ErrGaveUp, or an HTTPAddr that
 // cannot be bound), or ctx's error if ctx ends first (the worker is then
 // stopped). ctx bounds the wait only; its values reach every job. The

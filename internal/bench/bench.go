@@ -326,7 +326,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			b.mu.Unlock()
 		}
 	}
+	regMu.Lock() // a worker that reconnects meanwhile appends again
 	rep.Registration = summarize(regs)
+	regMu.Unlock()
 	time.Sleep(lkserver.RegistrationSettle)
 
 	dc := lksdk.NewAgentDispatchServiceClient(httpURL(cfg.URL), cfg.APIKey, cfg.APISecret)
