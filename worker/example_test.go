@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/livekit/protocol/livekit"
@@ -145,4 +147,74 @@ func ExampleWorker_Drain() {
 	// new offer accepted: false
 	// Drain: <nil>
 	// registered: true
+}
+
+// Start returns once the worker is registered, so a program (or a test)
+// can dispatch right after it; Stop drains it.
+func ExampleWorker_Start() {
+	srv := workertest.NewServer(nil)
+	defer srv.Close()
+
+	w, err := worker.New(worker.Options{
+		URL: srv.URL(), APIKey: "key", APISecret: "secret", AgentName: "support-bot",
+		Logger: slog.New(slog.DiscardHandler),
+	}, func(ctx context.Context, j *job.Job) error { return nil })
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	wait, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	if err := w.Start(wait); err != nil {
+		fmt.Println("Start:", err)
+		return
+	}
+	fmt.Println("registered:", w.Snapshot().Registered)
+
+	conn, _ := srv.WaitWorker(wait)
+	j := workertest.NewJob("support-bot", "")
+	_, _ = conn.Dispatch(wait, j)
+	st, _ := conn.WaitJobStatus(wait, j.Id, livekit.JobStatus_JS_SUCCESS)
+	fmt.Println("job:", st.GetStatus())
+
+	fmt.Println("Stop:", w.Stop(wait))
+	<-w.Done()
+	fmt.Println("Err:", w.Err())
+	// Output:
+	// registered: true
+	// job: JS_SUCCESS
+	// Stop: <nil>
+	// Err: <nil>
+}
+
+// With job processes, the program is the same: main builds the worker
+// and runs it. Started as a job process, the same main builds the same
+// worker, and Run serves the one job it is handed, then exits the
+// process; so keep what comes before Run to building the worker. A job
+// that crashes its process (a fatal runtime error, os.Exit, a crash in C
+// code, MemoryLimit) fails alone. (Not run here: it starts processes.)
+func ExampleProcesses() {
+	w, err := worker.New(worker.Options{
+		AgentName: "support-bot", // URL, key and secret from LIVEKIT_URL, …
+		Executor: worker.Processes(worker.ProcessOptions{
+			Idle:        2,         // warm processes kept ready
+			MemoryWarn:  384 << 20, // bytes of RSS
+			MemoryLimit: 512 << 20,
+		}),
+	}, func(ctx context.Context, j *job.Job) error {
+		if _, err := j.Connect(ctx, nil); err != nil {
+			return err
+		}
+		<-ctx.Done() // the call; returning leaves the room
+		return nil
+	})
+	if err != nil {
+		fmt.Println(err) // says which option is wrong and how to fix it
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := w.Run(ctx); err != nil {
+		fmt.Println(err)
+	}
 }
