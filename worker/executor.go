@@ -36,7 +36,10 @@ func InProcess() Executor { return inProcess{} }
 // ProcessOptions configure [Processes].
 type ProcessOptions struct {
 	// Idle is how many job processes are kept started and ready, so that
-	// a job starts at once; default 1. Each is replaced after use.
+	// a job starts at once; default 1. Each is replaced after use. Jobs
+	// beyond Idle that arrive at once wait for processes to start (tens of
+	// milliseconds of CPU each): size Idle to the bursts you expect, at
+	// the memory of an idle process each (see the README's figures).
 	Idle int
 	// MemoryWarn: a job process whose resident set (RSS) passes it is
 	// logged at Warn, once; 0 = no warning.
