@@ -1,12 +1,13 @@
 package livekittest
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/lkagent/lkagent/internal/lines"
 )
 
 // serverLog receives the server's output. It forwards the lines at or
@@ -21,11 +22,9 @@ type serverLog struct {
 	minRank int       // lines ranked below are not forwarded nor kept
 	fwd     io.Writer // user's writer, or nil
 
-	mu      sync.Mutex
-	partial []byte
-	tail    []string // ring of the last tailLines forwarded lines
-	next    int
-	full    bool
+	mu    sync.Mutex
+	split *lines.Splitter
+	tail  *lines.Ring // the last tailLines forwarded lines
 
 	seq        uint64               // sequence number of the last event
 	events     []logEvent           // ring of the last maxEvents events
@@ -78,7 +77,8 @@ func newServerLog(level string, fwd io.Writer) *serverLog {
 	return &serverLog{
 		minRank:    rank,
 		fwd:        fwd,
-		tail:       make([]string, tailLines),
+		split:      lines.NewSplitter(maxLineLength),
+		tail:       lines.NewRing(tailLines),
 		events:     make([]logEvent, 0, 64),
 		registered: make(map[string]time.Time),
 		changed:    make(chan struct{}),
@@ -90,22 +90,7 @@ func newServerLog(level string, fwd io.Writer) *serverLog {
 func (l *serverLog) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	rest := b
-	for len(rest) > 0 {
-		i := bytes.IndexByte(rest, '\n')
-		if i < 0 {
-			if room := maxLineLength - len(l.partial); room > 0 {
-				l.partial = append(l.partial, rest[:min(room, len(rest))]...)
-			}
-			break
-		}
-		if room := maxLineLength - len(l.partial); room > 0 {
-			l.partial = append(l.partial, rest[:min(room, i)]...)
-		}
-		l.line(string(l.partial))
-		l.partial = l.partial[:0]
-		rest = rest[i+1:]
-	}
+	l.split.Split(b, l.line)
 	return len(b), nil
 }
 
@@ -125,11 +110,7 @@ func (l *serverLog) line(s string) {
 	if l.fwd != nil {
 		_, _ = io.WriteString(l.fwd, s+"\n")
 	}
-	l.tail[l.next] = s
-	l.next = (l.next + 1) % len(l.tail)
-	if l.next == 0 {
-		l.full = true
-	}
+	l.tail.Add(s)
 }
 
 // event records the line parts as an event if it is one; l.mu is held.
@@ -207,24 +188,10 @@ func (l *serverLog) registeredAt(agent string) (time.Time, bool, <-chan struct{}
 	return at, ok, l.changed
 }
 
-// String returns the last lines forwarded, oldest first.
+// String returns the last lines forwarded, oldest first, and the
+// incomplete last line written.
 func (l *serverLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var sb strings.Builder
-	if l.full {
-		for _, s := range l.tail[l.next:] {
-			sb.WriteString(s)
-			sb.WriteByte('\n')
-		}
-	}
-	for _, s := range l.tail[:l.next] {
-		sb.WriteString(s)
-		sb.WriteByte('\n')
-	}
-	if len(l.partial) > 0 {
-		sb.Write(l.partial)
-		sb.WriteByte('\n')
-	}
-	return sb.String()
+	return l.tail.String(l.split.Partial())
 }

@@ -1,7 +1,6 @@
 package lkserver
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -12,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/lkagent/lkagent/internal/lines"
 )
 
 // process is one run of a child process.
@@ -141,12 +142,10 @@ func (p *process) unexpectedExit() error {
 // last lines written in memory, for error messages. It is safe for
 // concurrent use.
 type logTail struct {
-	mu      sync.Mutex
-	fwd     io.Writer
-	lines   []string // ring buffer of complete lines
-	next    int      // index in lines of the next line to write
-	full    bool     // whether lines has wrapped
-	partial []byte   // incomplete last line
+	mu    sync.Mutex
+	fwd   io.Writer
+	split *lines.Splitter
+	ring  *lines.Ring
 }
 
 const (
@@ -156,7 +155,7 @@ const (
 
 // newLogTail returns a logTail forwarding to fwd, which may be nil.
 func newLogTail(fwd io.Writer) *logTail {
-	return &logTail{fwd: fwd, lines: make([]string, tailLines)}
+	return &logTail{fwd: fwd, split: lines.NewSplitter(maxLineSize), ring: lines.NewRing(tailLines)}
 }
 
 // Write implements io.Writer. Errors from the forward writer are ignored so
@@ -167,31 +166,8 @@ func (l *logTail) Write(b []byte) (int, error) {
 	if l.fwd != nil {
 		_, _ = l.fwd.Write(b)
 	}
-	rest := b
-	for len(rest) > 0 {
-		i := bytes.IndexByte(rest, '\n')
-		if i < 0 {
-			if room := maxLineSize - len(l.partial); room > 0 {
-				l.partial = append(l.partial, rest[:min(room, len(rest))]...)
-			}
-			break
-		}
-		if room := maxLineSize - len(l.partial); room > 0 {
-			l.partial = append(l.partial, rest[:min(room, i)]...)
-		}
-		l.push(string(l.partial))
-		l.partial = l.partial[:0]
-		rest = rest[i+1:]
-	}
+	l.split.Split(b, l.ring.Add)
 	return len(b), nil
-}
-
-func (l *logTail) push(line string) {
-	l.lines[l.next] = line
-	l.next = (l.next + 1) % len(l.lines)
-	if l.next == 0 {
-		l.full = true
-	}
 }
 
 // String returns the retained lines, oldest first, including an incomplete
@@ -199,22 +175,7 @@ func (l *logTail) push(line string) {
 func (l *logTail) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var sb strings.Builder
-	if l.full {
-		for _, s := range l.lines[l.next:] {
-			sb.WriteString(s)
-			sb.WriteByte('\n')
-		}
-	}
-	for _, s := range l.lines[:l.next] {
-		sb.WriteString(s)
-		sb.WriteByte('\n')
-	}
-	if len(l.partial) > 0 {
-		sb.Write(l.partial)
-		sb.WriteByte('\n')
-	}
-	return sb.String()
+	return l.ring.String(l.split.Partial())
 }
 
 // withLog appends the log tail to err, if there is one.
