@@ -177,7 +177,8 @@ type Options struct {
 	// default) at this logger, unless KeepSDKLogger is set.
 	Logger *slog.Logger
 	// KeepSDKLogger leaves the SDK's process-wide logger (lksdk.SetLogger)
-	// as the program set it.
+	// as the program set it. With several workers in one process, pion's
+	// lines otherwise go to the logger of the worker created last.
 	KeepSDKLogger bool
 	// OnStateChange, if set, is called (from the worker's own goroutine,
 	// keep it quick) on every connection state change.

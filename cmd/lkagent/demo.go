@@ -18,6 +18,7 @@ import (
 
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/sdklog"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -123,6 +124,9 @@ func (d *demo) run(ctx context.Context) (err error) {
 	d.rooms = lksdk.NewRoomServiceClient(srv.HTTPURL(), srv.APIKey(), srv.APISecret())
 	d.say("server ready at %s (pid %d)", srv.URL(), srv.PID())
 
+	// The SDK's process-wide logger (pion's lines) belongs to neither
+	// worker: both run in this process.
+	lksdk.SetLogger(sdklog.New(d.warnLogger("          ! webrtc: ")))
 	d.say("starting two workers of agent %q: one registered as production (deployment \"\"), one as staging", demoAgent)
 	for _, dep := range []string{"", "staging"} {
 		if err := d.startWorker(ctx, dep); err != nil {
@@ -162,8 +166,7 @@ func (d *demo) startWorker(ctx context.Context, deployment string) error {
 	name := label(deployment)
 	// Warnings and errors of the worker (a declined foreign offer, a lost
 	// connection) show in the live view.
-	log := slog.New(slog.NewTextHandler(&prefixWriter{w: d.out, prefix: fmt.Sprintf("          ! %s worker: ", name)},
-		&slog.HandlerOptions{Level: slog.LevelWarn, ReplaceAttr: dropTime}))
+	log := d.warnLogger(fmt.Sprintf("          ! %s worker: ", name))
 	w, err := worker.New(worker.Options{
 		URL: d.srv.URL(), APIKey: d.srv.APIKey(), APISecret: d.srv.APISecret(),
 		AgentName:       demoAgent,
@@ -172,6 +175,7 @@ func (d *demo) startWorker(ctx context.Context, deployment string) error {
 		DrainTimeout:    3 * time.Second,
 		ShutdownTimeout: 5 * time.Second,
 		Logger:          log,
+		KeepSDKLogger:   true, // see run
 	}, func(ctx context.Context, j *job.Job) error {
 		d.record(jobRun{worker: deployment, deployment: j.Deployment(), room: j.RoomName(), jobID: j.ID(), identity: j.Identity()})
 		return echoagent.Handle(ctx, j)
@@ -190,6 +194,13 @@ func (d *demo) startWorker(ctx context.Context, deployment string) error {
 	d.workers = append(d.workers, &demoWorker{deployment: deployment, w: w})
 	d.say("%s worker registered with the server as %s", name, w.Snapshot().WorkerID)
 	return nil
+}
+
+// warnLogger is a logger of warnings and errors for the live view, each
+// line after prefix.
+func (d *demo) warnLogger(prefix string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(&prefixWriter{w: d.out, prefix: prefix},
+		&slog.HandlerOptions{Level: slog.LevelWarn, ReplaceAttr: dropTime}))
 }
 
 func dropTime(_ []string, a slog.Attr) slog.Attr {

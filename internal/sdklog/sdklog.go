@@ -1,8 +1,9 @@
 // Package sdklog gives LiveKit's Go SDK (server-sdk-go, and pion beneath it
 // for a room's peer connection) a logger that writes to a *slog.Logger, at
 // levels that suit an agent worker: the SDK's and pion's Info lines, which
-// narrate every connection, become Debug; warnings and errors stay what
-// they are. Without it the SDK writes to stderr whatever the worker's
+// narrate every connection, become Debug, and so do the warnings pion logs
+// on healthy connections (see routine); other warnings and
+// errors stay what they are. Without it the SDK writes to stderr whatever the worker's
 // logger is.
 package sdklog
 
@@ -47,7 +48,35 @@ func (g *logger) log(level slog.Level, msg string, err error, kv []any) {
 func (g *logger) Debugw(msg string, kv ...any) { g.log(LevelTrace, msg, nil, kv) }
 func (g *logger) Infow(msg string, kv ...any)  { g.log(slog.LevelDebug, msg, nil, kv) }
 func (g *logger) Warnw(msg string, err error, kv ...any) {
-	g.log(slog.LevelWarn, msg, err, kv)
+	level := slog.LevelWarn
+	if routine(g.name, msg) {
+		level = slog.LevelDebug
+	}
+	g.log(level, msg, err, kv)
+}
+
+// routine says whether a warning of the SDK's logger name is one pion logs
+// on healthy connections, so that a warning means something:
+//   - pion.ice "Failed to ping without candidate pairs": the ICE checks
+//     start before the remote candidates arrive (the SDK trickles them);
+//   - pion.sctp "… dtls fatal: conn is closed": a data channel write races
+//     the close when the agent leaves its room;
+//   - pion.mux "Warning: mux: no endpoint for packet …, adding to queue":
+//     a DTLS packet arrives while its endpoint is being set up or closed,
+//     and is queued.
+//
+// A connection that does fail is reported by the SDK as an error of its
+// own (Connect fails, or the room disconnects).
+func routine(name, msg string) bool {
+	switch name {
+	case "pion.ice":
+		return strings.HasPrefix(msg, "Failed to ping without candidate pairs")
+	case "pion.sctp":
+		return strings.HasSuffix(msg, "dtls fatal: conn is closed")
+	case "pion.mux":
+		return strings.HasPrefix(msg, "Warning: mux: no endpoint for packet")
+	}
+	return false
 }
 func (g *logger) Errorw(msg string, err error, kv ...any) {
 	g.log(slog.LevelError, msg, err, kv)

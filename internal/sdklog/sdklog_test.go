@@ -55,3 +55,31 @@ func TestInstallForwardsToTheLastLogger(t *testing.T) {
 		t.Fatalf("a:\n%s\nb:\n%s", a.String(), b.String())
 	}
 }
+
+// The warnings pion logs on healthy connections are Debug; the
+// same words from another logger, and pion's other warnings, stay Warn.
+func TestRoutinePionWarningsAreDebug(t *testing.T) {
+	for _, tc := range []struct {
+		name, msg string
+		want      slog.Level
+	}{
+		{"pion.ice", "Failed to ping without candidate pairs. Connection is not possible yet.", slog.LevelDebug},
+		{"pion.sctp", "[0x3f1c14dff188] failed to write packets on netConn: dtls fatal: conn is closed", slog.LevelDebug},
+		{"pion.mux", "Warning: mux: no endpoint for packet starting with 21, adding to queue size(0)", slog.LevelDebug},
+		{"pion.ice", "Failed to discover mDNS candidate", slog.LevelWarn},
+		{"pion.mux", "Warning: mux: queue full, dropping packet", slog.LevelWarn},
+		{"pion.sctp", "[0x3f1c14dff188] failed to write packets on netConn: i/o timeout", slog.LevelWarn},
+		{"room", "Failed to ping without candidate pairs. Connection is not possible yet.", slog.LevelWarn},
+		{"pion.dtls", "dtls fatal: conn is closed", slog.LevelWarn},
+	} {
+		var buf bytes.Buffer
+		l := New(slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: LevelTrace})))
+		for _, part := range strings.Split(tc.name, ".") {
+			l = l.WithName(part)
+		}
+		l.Warnw(tc.msg, nil)
+		if want := `"level":"` + tc.want.String() + `"`; !strings.Contains(buf.String(), want) {
+			t.Errorf("%s %q: logged %s, want level %s", tc.name, tc.msg, strings.TrimSpace(buf.String()), tc.want)
+		}
+	}
+}
