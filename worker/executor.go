@@ -13,6 +13,7 @@ import (
 
 	"github.com/lkagent/lkagent/internal/jobproc"
 	"github.com/lkagent/lkagent/internal/jobrt"
+	"github.com/lkagent/lkagent/internal/sdklog"
 	"github.com/lkagent/lkagent/job"
 )
 
@@ -295,6 +296,11 @@ func (w *Worker) runInJobProcess(ctx context.Context, s jobproc.Spec, r *jobproc
 	})
 	defer stop()
 	log := slog.New(r.Handler())
+	if !w.o.KeepSDKLogger {
+		// pion logs through the SDK's process-wide logger: in a job
+		// process that is this job's, whose records reach the worker.
+		sdklog.Install(log.With(slog.String("component", "livekit-sdk")))
+	}
 	_, ctl := jobrt.New(jobCtx, jobrt.Params{
 		Info: s.Job, Identity: s.Identity, URL: s.URL, Token: s.Token, Logger: log,
 		Timing: timingFrom(s.Base, s.Timing), APIURL: w.o.URL, APIKey: w.o.APIKey, APISecret: w.o.APISecret,

@@ -334,6 +334,23 @@ func TestJobProcessesContainFailures(t *testing.T) {
 	}
 }
 
+// The SDK's process-wide lines (pion's, beneath a job's peer connection)
+// of a job process reach the worker's logger as records of that job, not
+// as raw lines on the process's stderr, where they would fill the tail
+// that a crash report carries.
+func TestJobProcessSDKLinesAreTheJobs(t *testing.T) {
+	t.Parallel()
+	bin := buildProcAgent(t)
+	agent := uniq("procsdk")
+	a := runProcAgent(t, bin, "--agent-name", agent, "--processes", "--debug")
+	j := a.run(t, agent, "hold")
+	line := a.waitLine(t, 30*time.Second, a.stderr, "sdk=pion.", "job_id="+j.id)
+	t.Logf("a pion line of job %s: %s", j.id, line)
+	if stray, ok := a.stderr.Line("job process stderr", "sdk=pion"); ok {
+		t.Errorf("pion's lines reach the worker as the job process's stderr: %s", stray)
+	}
+}
+
 // Proof 2: SIGTERM with 3 jobs running, each in its process: the worker
 // drains, letting the jobs run until their calls end (their rooms are
 // deleted), then exits 0, and none of its processes is left.
