@@ -3,14 +3,13 @@ package guard
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"maps"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/livekit/protocol/livekit"
+	"github.com/lkagent/lkagent/livekittest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
@@ -156,7 +155,7 @@ func testRestarter(t *testing.T, api serverAPI, o Options) *Restarter {
 	t.Helper()
 	o.URL, o.APIKey, o.APISecret = "ws://127.0.0.1:1", "key", "secret"
 	if o.Logger == nil {
-		o.Logger = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+		o.Logger = livekittest.Logger(t)
 	}
 	o, err := o.withDefaults(func(string) string { return "" })
 	if err != nil {
@@ -168,17 +167,6 @@ func testRestarter(t *testing.T, api serverAPI, o Options) *Restarter {
 	}
 	return r
 }
-
-// testWriter writes to the test log.
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(b[:len(b)-1]))
-	return len(b), nil
-}
-
-var _ io.Writer = testWriter{}
 
 // count returns the value of one counter of c.
 func count(c *prometheus.CounterVec, labels ...string) int {

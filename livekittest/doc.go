@@ -50,14 +50,10 @@
 // # Logging
 //
 // The participants the kit joins log through a discarded logger of their
-// own, not through server-sdk-go's global one. The WebRTC library under
-// them, the worker under test and the rooms its jobs join still log through
-// the global logger, which the kit leaves alone; a test package can
-// silence it in TestMain:
-//
-//	func TestMain(m *testing.M) {
-//		lksdk.SetLogger(logger.GetDiscardLogger()) // github.com/livekit/protocol/logger
-//		os.Exit(m.Run())
-//	}
+// own. The worker under test logs through its Options.Logger, and points
+// server-sdk-go's process-wide logger (which the WebRTC library beneath
+// its rooms uses) at it unless KeepSDKLogger is set. [Logger] gives it the
+// test's log: what is logged after the test ended, which the SDK's
+// goroutines do, is dropped instead of failing the test under -race.
 
 package livekittest

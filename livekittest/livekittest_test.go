@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -464,4 +465,45 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// Logger writes to the test's log while the test runs, and drops what
+// comes after its end, from any goroutine, without a race.
+func TestLoggerEndsWithItsTest(t *testing.T) {
+	var rec *recordingTB
+	var log *slog.Logger
+	t.Run("sub", func(t *testing.T) {
+		rec = &recordingTB{TB: t}
+		log = livekittest.Logger(rec)
+		log.Info("during the test")
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		log.Info("after the test, from another goroutine")
+	}()
+	<-done
+	log.Debug("after the test")
+	if got := rec.lines(); len(got) != 1 || !strings.Contains(got[0], `msg="during the test"`) {
+		t.Errorf("the test's log got %q, want only the line logged during the test", got)
+	}
+}
+
+// recordingTB records what is logged to it, and is otherwise its TB.
+type recordingTB struct {
+	testing.TB
+	mu  sync.Mutex
+	got []string
+}
+
+func (r *recordingTB) Log(args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, fmt.Sprint(args...))
+}
+
+func (r *recordingTB) lines() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/lkagent/lkagent/internal/sdklog"
 	"github.com/lkagent/lkagent/internal/syncbuf"
 	"github.com/lkagent/lkagent/job"
+	"github.com/lkagent/lkagent/livekittest"
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -53,18 +53,8 @@ func uniq(prefix string) string {
 	return prefix + "-" + hex.EncodeToString(b)
 }
 
-// testLogger writes the worker's logs to the test log.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
+// testLogger writes the worker's logs to the test log until the test ends.
+func testLogger(t testing.TB) *slog.Logger { return livekittest.Logger(t) }
 
 // ran records one handler run.
 type ran struct {
