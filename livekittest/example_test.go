@@ -15,6 +15,7 @@ func TestExampleStagingAgent(t *testing.T) {
 	w, err := worker.New(worker.Options{
 		URL: srv.URL, APIKey: srv.APIKey, APISecret: srv.APISecret,
 		AgentName: "support-bot", Deployment: "staging",
+		Logger: livekittest.Logger(t), // the worker's lines in the test's log
 	}, echoagent.Handle)
 	if err != nil {
 		t.Fatal(err)
