@@ -2,8 +2,8 @@
 // for a room's peer connection) a logger that writes to a *slog.Logger, at
 // levels that suit an agent worker: the SDK's and pion's Info lines, which
 // narrate every connection, become Debug, and so do the warnings pion logs
-// on healthy connections (see routine); other warnings and
-// errors stay what they are. Without it the SDK writes to stderr whatever the worker's
+// on healthy connections (see routine); other warnings and errors stay
+// what they are. Without it the SDK writes to stderr whatever the worker's
 // logger is.
 package sdklog
 
