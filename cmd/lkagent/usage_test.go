@@ -26,6 +26,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"token", "--identity", "i", "--room", "r", "--deployment", "staging"}, []string{"--deployment needs --agent-name"}},
 		{[]string{"worker"}, []string{"missing --agent-name"}},
 		{[]string{"worker", "--agent-name", "a", "--max-jobs", "-1"}, []string{"must not be negative"}},
+		{[]string{"worker", "--agent-name", "a", "--idle", "2"}, []string{"--idle and --memory-limit-mib need --processes"}},
+		{[]string{"worker", "--agent-name", "a", "--processes", "--memory-limit-mib", "-5"}, []string{"--memory-limit-mib must not be negative"}},
 		{[]string{"dispatch", "list", "--room", "r", "--url", "ftp://x"}, []string{"scheme must be ws, wss, http or https"}},
 		{[]string{"dispatch", "list", "--room", "r", "--timeout", "soon"}, []string{"invalid value"}},
 		{[]string{"server", "--port", "70000"}, []string{"not a port"}},

@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/json"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -122,6 +124,64 @@ func TestWorkerIdleStop(t *testing.T) {
 	time.Sleep(lkserver.RegistrationSettle)
 	w.signal(syscall.SIGTERM)
 	if code := w.wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
+	}
+}
+
+// 'lkagent worker --processes' runs each job in a process of its own: a
+// second lkagent, which the worker lists in /worker, and which is gone once
+// the job ended.
+func TestWorkerRunsJobsInProcesses(t *testing.T) {
+	t.Parallel()
+	agent, room := uniq("agent"), uniq("room")
+	w := start(t, srvEnv(), "worker", "--agent-name", agent, "--processes", "--memory-limit-mib", "256")
+	w.waitFor(w.stdout, 30*time.Second, "msg=registered")
+	line := w.waitFor(w.stdout, 5*time.Second, "serving HTTP endpoints")
+	addr := strings.TrimPrefix(strings.Fields(line[strings.Index(line, "addr="):])[0], "addr=")
+	time.Sleep(lkserver.RegistrationSettle)
+
+	var d dispatchJSON
+	out := cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent, "--json").mustOK(t).stdout
+	if err := json.Unmarshal([]byte(out), &d); err != nil {
+		t.Fatal(err)
+	}
+	w.waitFor(w.stdout, 30*time.Second, `msg="job started"`, "room="+room)
+	resp, err := http.Get("http://" + addr + "/worker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var view struct {
+		Jobs []struct {
+			Room string `json:"room"`
+			Pid  int    `json:"pid"`
+			RSS  int64  `json:"rss_bytes"`
+		} `json:"jobs"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&view)
+	resp.Body.Close()
+	if err != nil || len(view.Jobs) != 1 {
+		t.Fatalf("/worker: %+v, %v; want one job", view, err)
+	}
+	pid := view.Jobs[0].Pid
+	if pid <= 0 || pid == w.cmd.Process.Pid || view.Jobs[0].RSS <= 0 {
+		t.Fatalf("/worker lists the job with pid %d and RSS %d, want a process of its own (the worker is %d)", pid, view.Jobs[0].RSS, w.cmd.Process.Pid)
+	}
+	if exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe"); err == nil && exe != lkagentBin {
+		t.Fatalf("the job's process runs %s, want %s", exe, lkagentBin)
+	}
+
+	// The job ends with its dispatch; its process with it.
+	cli(t, srvEnv(), "dispatch", "delete", "--room", room, "--id", d.ID).mustOK(t)
+	w.waitFor(w.stdout, 30*time.Second, `msg="job ended"`, "room="+room)
+	deadline := time.Now().Add(30 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the job's process %d is still there after its job ended", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	w.signal(syscall.SIGTERM)
+	if code := w.wait(30 * time.Second); code != 0 {
 		t.Fatalf("exit %d, want 0", code)
 	}
 }

@@ -15,11 +15,12 @@ import (
 
 func runWorker(ctx context.Context, e *env, args []string) error {
 	const name = "worker"
-	f := newFlags(name, "--agent-name NAME [--deployment D] [--max-jobs N] [--http-addr ADDR] [flags]",
+	f := newFlags(name, "--agent-name NAME [--deployment D] [--max-jobs N] [--processes] [--http-addr ADDR] [flags]",
 		"Runs the example echo agent as a worker registered with agent NAME and deployment D (empty is\n"+
 			"production): it takes only jobs dispatched to that name and deployment, joins their room and\n"+
 			"answers every chat or data message with \"echo[D]: <text>\". Its log goes to stdout; an error\n"+
-			"that stops it, as one line, to stderr.\n"+
+			"that stops it, as one line, to stderr. With --processes each job runs in a process of its own\n"+
+			"(lkagent started again with the same arguments), which a crash or --memory-limit-mib ends alone.\n"+
 			"SIGINT or SIGTERM drains it (no new jobs; running ones may finish within --drain-timeout);\n"+
 			"a second signal exits at once.")
 	c := addConn(f)
@@ -32,6 +33,9 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	drain := f.fs.Duration("drain-timeout", worker.DefaultDrainTimeout, "how long a stopping worker lets running jobs finish")
 	shutdown := f.fs.Duration("shutdown-timeout", worker.DefaultShutdownTimeout, "how long cancelled jobs get to return after the drain timeout")
 	maxRetry := f.fs.Int("max-retry", 0, "give up after this many failed connection attempts in a row; 0 = keep trying")
+	procs := f.fs.Bool("processes", false, "run each job in a process of its own")
+	idle := f.fs.Int("idle", 0, "with --processes: job processes kept started and ready; 0 = the worker's default, 1")
+	memLimit := f.fs.Int64("memory-limit-mib", 0, "with --processes: kill a job process whose resident memory passes this many MiB, and fail its job; 0 = no limit")
 	debug := f.fs.Bool("debug", false, "log at debug level")
 	f.env("agent-name", "LKAGENT_AGENT_NAME")
 	f.env("deployment", worker.EnvDeployment)
@@ -50,6 +54,16 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	}
 	if *maxJobs < 0 || *maxRetry < 0 || *maxQueued < -1 || *drain <= 0 || *shutdown <= 0 || *queueTimeout <= 0 {
 		return usagef(name, "--max-jobs and --max-retry must not be negative, --max-queued not below -1, and the timeouts must be positive")
+	}
+	if *idle < 0 || *memLimit < 0 || *memLimit > 1<<20 {
+		return usagef(name, "--idle and --memory-limit-mib must not be negative, and --memory-limit-mib is in MiB (at most 1048576)")
+	}
+	if !*procs && (*idle != 0 || *memLimit != 0) {
+		return usagef(name, "--idle and --memory-limit-mib need --processes")
+	}
+	executor := worker.InProcess()
+	if *procs {
+		executor = worker.Processes(worker.ProcessOptions{Idle: *idle, MemoryLimit: *memLimit << 20})
 	}
 
 	level := slog.LevelInfo
@@ -72,6 +86,7 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 		MaxRetry:        *maxRetry,
 		RegisterTimeout: c.timeout,
 		OnRequest:       echoagent.OnRequest,
+		Executor:        executor,
 		Logger:          log,
 	}, func(ctx context.Context, j *job.Job) error {
 		err := echoagent.Handle(ctx, j)
