@@ -12,6 +12,7 @@ import (
 	"github.com/livekit/protocol/agent"
 	"github.com/twitchtv/twirp"
 
+	"github.com/lkagent/lkagent/internal/lkurl"
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -65,15 +66,7 @@ func (c *conn) check(name string) error {
 }
 
 // httpURL is the server's HTTP base URL (ws becomes http, wss https).
-func (c *conn) httpURL() string {
-	switch {
-	case strings.HasPrefix(c.url, "ws://"):
-		return "http://" + strings.TrimPrefix(c.url, "ws://")
-	case strings.HasPrefix(c.url, "wss://"):
-		return "https://" + strings.TrimPrefix(c.url, "wss://")
-	}
-	return c.url
-}
+func (c *conn) httpURL() string { return lkurl.HTTP(c.url) }
 
 // apiError explains an error of a server API call in one line: what went
 // wrong and what to do.

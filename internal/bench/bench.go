@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/lkurl"
 	"github.com/lkagent/lkagent/internal/procmem"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
@@ -331,7 +332,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	regMu.Unlock()
 	time.Sleep(lkserver.RegistrationSettle)
 
-	dc := lksdk.NewAgentDispatchServiceClient(httpURL(cfg.URL), cfg.APIKey, cfg.APISecret)
+	dc := lksdk.NewAgentDispatchServiceClient(lkurl.HTTP(cfg.URL), cfg.APIKey, cfg.APISecret)
 	fmt.Fprintf(cfg.Progress, "sequential: %d dispatches…\n", cfg.Jobs)
 	var err error
 	if rep.Sequential, err = b.phase(ctx, dc, cfg.Jobs, 1, rep); err != nil {
@@ -661,28 +662,9 @@ func settle() {
 
 // rss is this process's resident set size in bytes (Linux), or 0.
 func rss() uint64 {
-	b, err := os.ReadFile("/proc/self/status")
+	m, err := procmem.Read(os.Getpid())
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			f := strings.Fields(v)
-			if len(f) >= 1 {
-				kb, _ := strconv.ParseUint(f[0], 10, 64)
-				return kb * 1024
-			}
-		}
-	}
-	return 0
-}
-
-func httpURL(u string) string {
-	switch {
-	case strings.HasPrefix(u, "ws://"):
-		return "http://" + strings.TrimPrefix(u, "ws://")
-	case strings.HasPrefix(u, "wss://"):
-		return "https://" + strings.TrimPrefix(u, "wss://")
-	}
-	return u
+	return uint64(m.RSS)
 }

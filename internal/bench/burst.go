@@ -16,6 +16,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/lkurl"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/metrics"
 	"github.com/lkagent/lkagent/worker"
@@ -384,7 +385,7 @@ func (b *burst) ended(i int) {
 // for a room of its own, and waits for the server's answers.
 func (b *burst) dispatch(ctx context.Context) dispatched {
 	c := &b.cfg
-	dc := lksdk.NewAgentDispatchServiceClient(httpURL(c.URL), c.APIKey, c.APISecret)
+	dc := lksdk.NewAgentDispatchServiceClient(lkurl.HTTP(c.URL), c.APIKey, c.APISecret)
 	type result struct {
 		room, dep string
 		err       error
