@@ -176,3 +176,55 @@ func TestStopDrainsInTime(t *testing.T) {
 	}
 	waitStatus(t, c, j.GetId(), livekit.JobStatus_JS_SUCCESS)
 }
+
+// Run's context ending after the server took the registration, but before
+// Start returned, drains: a job the server already assigned keeps running
+// until it ends, as after any other SIGTERM. (OnStateChange blocks here to
+// hold that moment open; on a loaded machine it is the scheduler.)
+func TestRunDrainsWhenStoppedWhileRegistering(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServer(t)
+	o := testOptions(srv, "reg-bot", "staging")
+	release := make(chan struct{})
+	o.OnStateChange = func(c worker.StateChange) {
+		if c.State == worker.StateRegistered {
+			<-release
+		}
+	}
+	g := newGated()
+	w := newWorker(t, o, g.handle)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	c := mustConn(t, srv)
+	j := workertest.NewJob("reg-bot", "staging")
+	dispatch(t, c, j)
+	g.waitStarted(t, j.GetId())
+
+	cancel() // SIGTERM while Start still waits
+	select {
+	case <-g.ctx(j.GetId()).Done():
+		t.Fatalf("stopping Run during its registration cancelled the running job: %v", context.Cause(g.ctx(j.GetId())))
+	case <-time.After(500 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case <-g.ctx(j.GetId()).Done():
+		t.Fatalf("the drain cancelled the running job: %v", context.Cause(g.ctx(j.GetId())))
+	case <-time.After(300 * time.Millisecond):
+	}
+	if res, err := c.Offer(waitCtx(t), workertest.NewJob("reg-bot", "staging")); err != nil || res.GetAvailable() {
+		t.Fatalf("offer while draining: %v %v, want declined", res, err)
+	}
+	g.open(j.GetId())
+	waitStatus(t, c, j.GetId(), livekit.JobStatus_JS_SUCCESS)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v, want nil after a drain", err)
+		}
+	case <-time.After(patience):
+		t.Fatal("Run did not return after the drain")
+	}
+}

@@ -161,7 +161,8 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 // offers, waits up to DrainTimeout for running and queued jobs, cancels
 // the rest (waiting up to ShutdownTimeout), reports their final status and
 // closes the connection. Run is [Worker.Start], then [Worker.Stop] with
-// DrainTimeout once ctx ends.
+// DrainTimeout once ctx ends, even if it ends while the worker registers
+// (the server may assign jobs before Start would have returned).
 //
 // Run returns nil after a drain. It returns an error only when the
 // connection cannot be restored, after letting running jobs end (up to
@@ -173,17 +174,22 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 // Run returned. Bad options are reported by [New], never by Run, except
 // an HTTPAddr that cannot be bound.
 func (w *Worker) Run(ctx context.Context) error {
-	if err := w.Start(ctx); err != nil {
+	// The server may assign jobs as soon as it answered the registration,
+	// before Start sees it: ctx ending even then drains.
+	drain := func() {
+		dctx, cancel := context.WithTimeout(context.Background(), w.o.DrainTimeout)
+		defer cancel()
+		_ = w.Stop(dctx) // a drain that ran out of time is logged, not an error of Run
+	}
+	if err := w.startRun(ctx, drain); err != nil {
 		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-			return nil // stopped before it registered: nothing to drain
+			return nil // stopped before or while it registered, and drained
 		}
 		return err
 	}
 	select {
 	case <-ctx.Done():
-		dctx, cancel := context.WithTimeout(context.Background(), w.o.DrainTimeout)
-		defer cancel()
-		_ = w.Stop(dctx) // a drain that ran out of time is logged, not an error of Run
+		drain()
 		return w.Err()
 	case <-w.Done():
 		return w.Err()
@@ -199,6 +205,12 @@ func (w *Worker) Run(ctx context.Context) error {
 // connection cannot be restored ([Worker.Done] and [Worker.Err] tell).
 // Start while the worker runs returns ErrAlreadyRunning.
 func (w *Worker) Start(ctx context.Context) error {
+	return w.startRun(ctx, func() { _ = w.StopAndCancel(context.Background()) })
+}
+
+// startRun starts the worker and waits until it is registered; if ctx ends
+// first, it stops the worker with stop.
+func (w *Worker) startRun(ctx context.Context, stop func()) error {
 	if w.useProcs && jobproc.IsChild() {
 		w.serveJobProcess(ctx) // exits the process
 	}
@@ -216,7 +228,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	case <-rs.done:
 		return rs.err
 	case <-ctx.Done():
-		_ = w.StopAndCancel(context.Background())
+		stop()
 		return fmt.Errorf("worker: start: not registered yet: %w", ctx.Err())
 	}
 }
