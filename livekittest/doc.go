@@ -52,7 +52,8 @@
 // The participants the kit joins log through a discarded logger of their
 // own. The worker under test logs through its Options.Logger, and points
 // server-sdk-go's process-wide logger (which the WebRTC library beneath
-// its rooms uses) at it unless KeepSDKLogger is set. [Logger] gives it the
+// its rooms uses) at it unless KeepSDKLogger is set or the test binary
+// called lksdk.SetLogger itself (in TestMain). [Logger] gives it the
 // test's log: what is logged after the test ended, which the SDK's
 // goroutines do, is dropped instead of failing the test under -race.
 

@@ -174,11 +174,15 @@ type Options struct {
 	// gets the LiveKit SDK's lines and pion's (their Info as Debug): a
 	// job's room logs through its job's logger, and New points the SDK's
 	// process-wide logger (which pion uses, and which writes to stderr by
-	// default) at this logger, unless KeepSDKLogger is set.
+	// default) at this logger, unless KeepSDKLogger is set or the program
+	// called lksdk.SetLogger itself (then the program's logger stays).
 	Logger *slog.Logger
-	// KeepSDKLogger leaves the SDK's process-wide logger (lksdk.SetLogger)
-	// as the program set it. With several workers in one process, pion's
-	// lines otherwise go to the logger of the worker created last.
+	// KeepSDKLogger leaves the SDK's process-wide logger writing where it
+	// did. With several workers in one process, pion's lines otherwise go
+	// to the logger of the worker created last. A program that wants a
+	// logger of its own for them calls lksdk.SetLogger at the start of
+	// main: the SDK's setting is not safe to change while anything uses
+	// the SDK, so the worker never writes it after the program started.
 	KeepSDKLogger bool
 	// OnStateChange, if set, is called (from the worker's own goroutine,
 	// keep it quick) on every connection state change.

@@ -28,6 +28,9 @@ func TestMain(m *testing.M) {
 	if jobproc.IsChild() {
 		serveTestJobProcess()
 	}
+	if os.Getenv(envNewWhileSDKInUse) != "" {
+		newWhileSDKInUse()
+	}
 	os.Exit(m.Run())
 }
 

@@ -126,7 +126,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 
 	// The SDK's process-wide logger (pion's lines) belongs to neither
 	// worker: both run in this process.
-	lksdk.SetLogger(sdklog.New(d.warnLogger("          ! webrtc: ")))
+	sdklog.Install(d.warnLogger("          ! webrtc: "))
 	d.say("starting two workers of agent %q: one registered as production (deployment \"\"), one as staging", demoAgent)
 	for _, dep := range []string{"", "staging"} {
 		if err := d.startWorker(ctx, dep); err != nil {

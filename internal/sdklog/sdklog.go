@@ -9,11 +9,12 @@ package sdklog
 
 import (
 	"context"
+	"log"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 
+	"github.com/go-logr/stdr"
 	protologger "github.com/livekit/protocol/logger"
 	"github.com/livekit/protocol/logger/zaputil"
 	lksdk "github.com/livekit/server-sdk-go/v2"
@@ -110,13 +111,19 @@ func (g *logger) WithDeferredValues() (protologger.Logger, protologger.DeferredF
 // The SDK's process-wide logger. server-sdk-go logs a room's own lines
 // through the room's logger (see New), but pion, beneath it, logs through
 // the SDK's process-wide logger only (lksdk.SetLogger), which writes to
-// stderr by default. That setting is the process's, not a worker's: it is
-// installed once, as a forwarder to the logger of the worker that
-// installed it last.
-var (
-	installOnce sync.Once
-	forward     forwarder
-)
+// stderr by default. That setting is the process's, not a worker's, and
+// lksdk.SetLogger is not safe while anything uses the SDK: so it is
+// written once, when the program starts (init, before any goroutine of
+// the program runs), with a forwarder to the logger installed last, or to
+// where the SDK logged by default while none is. A program that calls
+// lksdk.SetLogger itself replaces the forwarder, and keeps its logger.
+var forward forwarder
+
+func init() { lksdk.SetLogger(&forward) }
+
+// sdkDefault is where the SDK logs by default: the standard library's
+// default logger, through logr.
+var sdkDefault = protologger.LogRLogger(stdr.New(log.Default()))
 
 // forwarder is a process-wide logger that writes to whatever logger was
 // installed last.
@@ -125,7 +132,7 @@ type forwarder struct{ to atomic.Pointer[slog.Logger] }
 func (f *forwarder) current() protologger.Logger {
 	l := f.to.Load()
 	if l == nil {
-		l = slog.New(slog.DiscardHandler)
+		return sdkDefault
 	}
 	return New(l)
 }
@@ -152,10 +159,6 @@ func (f *forwarder) WithDeferredValues() (protologger.Logger, protologger.Deferr
 }
 
 // Install makes the SDK's process-wide logger write to l (pion's lines,
-// at the levels New maps). The SDK's setting is written once, the first
-// time; later calls only change where it forwards to, which is safe at
-// any time.
-func Install(l *slog.Logger) {
-	forward.to.Store(l)
-	installOnce.Do(func() { lksdk.SetLogger(&forward) })
-}
+// at the levels New maps), unless the program replaced it with
+// lksdk.SetLogger. It is safe at any time.
+func Install(l *slog.Logger) { forward.to.Store(l) }
