@@ -6,13 +6,13 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
 
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
+	"github.com/lkagent/lkagent/internal/racebuild"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -60,7 +60,7 @@ func newWhileSDKInUse() {
 // would be a data race. The proof runs under the race detector only.
 func TestNewWhileSDKInUse(t *testing.T) {
 	t.Parallel()
-	if !raceBuilt() {
+	if !racebuild.Enabled {
 		t.Skip("needs the race detector: go test -race")
 	}
 	exe, err := os.Executable()
@@ -73,18 +73,4 @@ func TestNewWhileSDKInUse(t *testing.T) {
 	if err != nil || strings.Contains(string(out), "DATA RACE") {
 		t.Fatalf("building workers while the SDK is in use: %v\n%s", err, out)
 	}
-}
-
-// raceBuilt says whether this test binary was built with -race.
-func raceBuilt() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
 }

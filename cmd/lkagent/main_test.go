@@ -22,6 +22,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/racebuild"
 	"github.com/lkagent/lkagent/internal/syncbuf"
 )
 
@@ -42,7 +43,7 @@ func TestMain(m *testing.M) {
 	}
 	lkagentBin = filepath.Join(dir, "lkagent")
 	args := []string{"build", "-o", lkagentBin}
-	if raceBuild {
+	if racebuild.Enabled {
 		args = append(args, "-race")
 	}
 	if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {

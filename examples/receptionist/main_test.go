@@ -18,6 +18,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/examples/internal/extest"
+	"github.com/lkagent/lkagent/internal/racebuild"
 	"github.com/lkagent/lkagent/internal/syncbuf"
 	"github.com/lkagent/lkagent/livekittest"
 	"github.com/lkagent/lkagent/worker"
@@ -199,7 +200,7 @@ func build(t *testing.T) string {
 	buildOnce.Do(func() {
 		binary = filepath.Join(binDir, "receptionist")
 		args := []string{"build", "-o", binary}
-		if raceBuild {
+		if racebuild.Enabled {
 			args = append(args, "-race")
 		}
 		if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {

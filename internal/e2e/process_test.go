@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/internal/procmem"
+	"github.com/lkagent/lkagent/internal/racebuild"
 	"github.com/lkagent/lkagent/internal/syncbuf"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -31,26 +31,10 @@ import (
 
 const procAgentPkg = "github.com/lkagent/lkagent/internal/e2e/procagent"
 
-// procRaceBuilt says whether this test binary was built with -race: the agent
-// is then built with it too, and its job processes use about twice the
-// memory.
-func procRaceBuilt() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
-}
-
 // procMemoryLimit is the --memory-limit of the agents: 256 MiB, twice that
-// under the race detector.
+// under the race detector, where a job process uses about twice the memory.
 func procMemoryLimit() string {
-	if procRaceBuilt() {
+	if racebuild.Enabled {
 		return "512MiB"
 	}
 	return "256MiB"
@@ -62,7 +46,7 @@ func buildProcAgent(tb testing.TB) string {
 	tb.Helper()
 	bin := filepath.Join(tb.TempDir(), "procagent")
 	args := []string{"build"}
-	if procRaceBuilt() {
+	if racebuild.Enabled {
 		args = append(args, "-race")
 	}
 	out, err := exec.Command("go", append(args, "-o", bin, procAgentPkg)...).CombinedOutput()

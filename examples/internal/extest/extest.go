@@ -23,6 +23,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/racebuild"
 	"github.com/lkagent/lkagent/internal/syncbuf"
 )
 
@@ -39,7 +40,7 @@ func Main(m *testing.M, bin *string, srv **lkserver.Server) int {
 	defer os.RemoveAll(dir)
 	*bin = filepath.Join(dir, "example")
 	args := []string{"build", "-o", *bin}
-	if raceBuild {
+	if racebuild.Enabled {
 		args = append(args, "-race")
 	}
 	build := exec.Command("go", append(args, ".")...)

@@ -1,5 +1,0 @@
-//go:build !race
-
-package extest
-
-const raceBuild = false
