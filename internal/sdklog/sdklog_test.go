@@ -3,6 +3,7 @@ package sdklog
 import (
 	"bytes"
 	"errors"
+	"log"
 	"log/slog"
 	"strings"
 	"testing"
@@ -53,6 +54,20 @@ func TestInstallForwardsToTheLastLogger(t *testing.T) {
 	forward.WithName("pion").Warnw("to b", nil)
 	if !strings.Contains(a.String(), "to a") || strings.Contains(a.String(), "to b") || !strings.Contains(b.String(), "msg=\"to b\" sdk=pion") {
 		t.Fatalf("a:\n%s\nb:\n%s", a.String(), b.String())
+	}
+}
+
+// Until a logger is installed, the SDK's lines go where the SDK writes
+// them by default: the standard library's logger.
+func TestForwarderWritesWhereTheSDKDidUntilInstalled(t *testing.T) {
+	var buf bytes.Buffer
+	out := log.Writer()
+	log.SetOutput(&buf)
+	defer log.SetOutput(out)
+	var f forwarder
+	f.WithName("pion").Warnw("before any worker", nil)
+	if !strings.Contains(buf.String(), "before any worker") {
+		t.Fatalf("the standard logger got %q", buf.String())
 	}
 }
 
