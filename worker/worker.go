@@ -284,15 +284,14 @@ func (w *Worker) Err() error {
 type runState struct {
 	registered   chan struct{} // closed on the first registration
 	regOnce      sync.Once
-	stopReq      chan struct{} // closed by the first stop request
-	stopOnce     sync.Once
-	stopCtx      context.Context // the stop request's deadline
-	stopNow      bool            // cancel jobs at once
+	stops        *stopRequests
 	done         chan struct{}   // closed once everything stopped
 	restarts     context.Context // restarts of failed jobs' agents; cancelled once the jobs ended
 	stopRestarts context.CancelFunc
 	err          error // why the worker stopped on its own; set before done closes
-	stopErr      error // what Stop returns; set before done closes
+	// cancelled: jobs were cancelled rather than ending on their own, in
+	// a shutdown a stop request took part in; set before done closes.
+	cancelled bool
 }
 
 // begin starts a run: the HTTP endpoints, the load sampler, the
@@ -338,7 +337,7 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 			_ = wh.Close(ctx) // restarts under way finish, or are cancelled
 		}
 	}
-	rs := &runState{registered: make(chan struct{}), stopReq: make(chan struct{}), done: make(chan struct{})}
+	rs := &runState{registered: make(chan struct{}), stops: newStopRequests(), done: make(chan struct{})}
 	rs.restarts, rs.stopRestarts = context.WithCancel(context.WithoutCancel(ctx))
 	w.mu.Lock()
 	w.run = rs
@@ -368,11 +367,16 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 	go func() {
 		var connErr error
 		select {
-		case <-rs.stopReq:
+		case <-rs.stops.requested:
 		case connErr = <-connDone:
 			connDone = nil
 		}
 		drained := w.shutdown(rs, connErr)
+		select {
+		case <-rs.stops.requested:
+			rs.cancelled = !drained
+		default: // stopped on its own, and nobody asked
+		}
 		stopConn()
 		if connDone != nil {
 			<-connDone
@@ -386,18 +390,17 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 		stopLoads()
 		stopHTTP()
 		rs.err = connErr
-		if !drained && rs.stopCtx != nil {
-			rs.stopErr = fmt.Errorf("worker: stop: jobs were still running: %w", rs.stopCtx.Err())
-		}
 		w.running.Store(false)
 		w.runMu.Unlock() // before done: a Start after Stop returned must not find the worker running
 		close(rs.done)
+		rs.stops.release()
 	}()
 	return rs, nil
 }
 
 // stop asks the current run to stop (draining until ctx ends, or at once)
-// and waits for it.
+// and waits for it. A request made while the run already stops makes that
+// stop harder and sooner, never softer or later: see stopRequests.
 func (w *Worker) stop(ctx context.Context, now bool) error {
 	w.mu.Lock()
 	rs := w.run
@@ -405,12 +408,22 @@ func (w *Worker) stop(ctx context.Context, now bool) error {
 	if rs == nil {
 		return nil
 	}
-	rs.stopOnce.Do(func() {
-		rs.stopCtx, rs.stopNow = ctx, now
-		close(rs.stopReq)
-	})
+	select {
+	case <-rs.done:
+		return nil // stopped already
+	default:
+	}
+	release := rs.stops.add(ctx, now)
 	<-rs.done
-	return rs.stopErr
+	release()
+	if now || !rs.cancelled {
+		return nil
+	}
+	why := ctx.Err()
+	if why == nil { // another request ended the drain
+		why = context.Cause(rs.stops.drain)
+	}
+	return fmt.Errorf("worker: stop: jobs were still running: %w", why)
 }
 
 // registeredOnce marks the current run registered.
@@ -454,16 +467,13 @@ func (w *Worker) waitUser(done <-chan struct{}, what string) {
 // to go on, and end with their rooms.
 func (w *Worker) shutdown(rs *runState, connErr error) bool {
 	w.setDraining(true)
-	dctx := rs.stopCtx
-	if dctx == nil {
+	dctx := rs.stops.drain
+	if connErr != nil {
 		var cancel context.CancelFunc
-		dctx, cancel = context.WithTimeout(context.Background(), w.o.DrainTimeout)
+		dctx, cancel = context.WithTimeout(dctx, w.o.DrainTimeout)
 		defer cancel()
 	}
-	cause := job.ErrDrainTimeout
-	if rs.stopNow {
-		cause = job.ErrWorkerStopped
-	} else if n := w.runningJobs(); n > 0 {
+	if n := w.runningJobs(); n > 0 && !rs.stops.cancelNow() {
 		if connErr != nil {
 			w.log.Error("the connection to the server cannot be restored; letting running jobs end before the worker stops",
 				slog.Int("running_jobs", n), slog.Duration("drain_timeout", w.o.DrainTimeout), slog.Any("error", connErr))
@@ -472,13 +482,17 @@ func (w *Worker) shutdown(rs *runState, connErr error) bool {
 		}
 		w.waitJobs(dctx)
 	}
+	// Read after the drain: a StopAndCancel that ended it is why.
+	now := rs.stops.cancelNow()
+	cause := job.ErrDrainTimeout
+	if now {
+		cause = job.ErrWorkerStopped
+	}
 	n := w.cancelAllJobs(cause)
 	if n > 0 {
 		w.log.Warn("cancelling running jobs", slog.Int("jobs", n), slog.Any("cause", cause))
-		sctx, cancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
-		if rs.stopNow {
-			sctx, cancel = context.WithTimeout(dctx, w.o.ShutdownTimeout)
-		}
+		// A StopAndCancel's context ending ends this wait too.
+		sctx, cancel := context.WithTimeout(rs.stops.handlers, w.o.ShutdownTimeout)
 		if !w.waitJobs(sctx) {
 			w.log.Error("job handlers did not return within the shutdown timeout; leaving them behind",
 				slog.Int("jobs", w.runningJobs()), slog.Duration("shutdown_timeout", w.o.ShutdownTimeout))
@@ -489,7 +503,7 @@ func (w *Worker) shutdown(rs *runState, connErr error) bool {
 	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	w.flushOutbox(fctx)
 	cancel()
-	return n == 0 || rs.stopNow
+	return n == 0
 }
 
 // Drain makes the worker stop taking jobs (it reports itself full and
