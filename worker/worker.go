@@ -238,14 +238,21 @@ func (w *Worker) startRun(ctx context.Context, stop func()) error {
 // left with job.ErrDrainTimeout (waiting up to ShutdownTimeout for the
 // handlers), reports the final statuses and closes the connection. It
 // returns once the worker stopped: nil if every job ended on its own,
-// else an error wrapping ctx's error. Stopping a worker that is not
+// else an error wrapping ctx's error (or job.ErrWorkerStopped when a
+// StopAndCancel cut the drain short). Stopping a worker that is not
 // running returns nil.
+//
+// Stop requests add up: while a worker stops (after a Stop, or on its own
+// once the connection could not be restored), a later Stop with an
+// earlier deadline ends the drain at that deadline, and a StopAndCancel
+// cancels at once. A later request never makes a stop softer or later.
 func (w *Worker) Stop(ctx context.Context) error { return w.stop(ctx, false) }
 
 // StopAndCancel stops the worker at once: it cancels running jobs with
 // job.ErrWorkerStopped and fails queued ones, waits for the handlers until
 // ctx is done (and no longer than ShutdownTimeout), reports the final
-// statuses and closes the connection.
+// statuses and closes the connection. Called while a [Worker.Stop] drains,
+// it ends that drain now: a program's second SIGTERM.
 func (w *Worker) StopAndCancel(ctx context.Context) error { return w.stop(ctx, true) }
 
 // Done is closed when the worker stopped: after Stop or StopAndCancel, or
