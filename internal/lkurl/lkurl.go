@@ -34,25 +34,41 @@ func Problem(raw string) (shown, problem string) {
 	return shown, ""
 }
 
-// WS converts an http(s) URL to ws(s); ws(s) URLs are returned as they are.
+// WS converts an http(s) URL to ws(s); a ws(s) URL keeps its scheme.
+// Schemes are case-insensitive (HTTP:// is http://) and come back in
+// lower case; anything else is returned as it is.
 func WS(base string) string {
+	scheme, rest, ok := splitScheme(base)
 	switch {
-	case strings.HasPrefix(base, "http://"):
-		return "ws://" + strings.TrimPrefix(base, "http://")
-	case strings.HasPrefix(base, "https://"):
-		return "wss://" + strings.TrimPrefix(base, "https://")
+	case !ok:
+		return base
+	case scheme == "http" || scheme == "ws":
+		return "ws://" + rest
+	case scheme == "https" || scheme == "wss":
+		return "wss://" + rest
 	}
 	return base
 }
 
-// HTTP converts a ws(s) URL to http(s); http(s) URLs are returned as they
-// are.
+// HTTP converts a ws(s) URL to http(s); an http(s) URL keeps its scheme.
+// Schemes are case-insensitive (WSS:// is wss://) and come back in lower
+// case; anything else is returned as it is.
 func HTTP(base string) string {
+	scheme, rest, ok := splitScheme(base)
 	switch {
-	case strings.HasPrefix(base, "ws://"):
-		return "http://" + strings.TrimPrefix(base, "ws://")
-	case strings.HasPrefix(base, "wss://"):
-		return "https://" + strings.TrimPrefix(base, "wss://")
+	case !ok:
+		return base
+	case scheme == "ws" || scheme == "http":
+		return "http://" + rest
+	case scheme == "wss" || scheme == "https":
+		return "https://" + rest
 	}
 	return base
+}
+
+// splitScheme splits base at its "://" and returns its scheme in lower
+// case, as URL schemes are case-insensitive (RFC 3986, section 3.1).
+func splitScheme(base string) (scheme, rest string, ok bool) {
+	scheme, rest, ok = strings.Cut(base, "://")
+	return strings.ToLower(scheme), rest, ok
 }

@@ -19,6 +19,10 @@ func TestProblem(t *testing.T) {
 		{"ws://user:" + secret + "@lk.example.com", "ws://lk.example.com", "user or password"},
 		{"wss://lk.example.com/?token=" + secret, "wss://lk.example.com/", "query"},
 		{"ws://[::1", "", "not a URL"},
+		{"HTTP://lk.example.com", "http://lk.example.com", ""},
+		{"WSS://lk.example.com:443", "wss://lk.example.com:443", ""},
+		{"Ws://127.0.0.1:7880", "ws://127.0.0.1:7880", ""},
+		{"FTP://lk.example.com", "ftp://lk.example.com", "scheme must be"},
 	} {
 		shown, problem := Problem(tc.raw)
 		if shown != tc.shown || !strings.Contains(problem, tc.problem) || (tc.problem == "") != (problem == "") {
@@ -36,6 +40,12 @@ func TestConversions(t *testing.T) {
 		{"wss://h", "wss://h", "https://h"},
 		{"http://h", "ws://h", "http://h"},
 		{"https://h/p", "wss://h/p", "https://h/p"},
+		{"HTTP://h:1", "ws://h:1", "http://h:1"},
+		{"HTTPS://h/P", "wss://h/P", "https://h/P"},
+		{"WS://H:1", "ws://H:1", "http://H:1"},
+		{"WsS://h", "wss://h", "https://h"},
+		{"ftp://h", "ftp://h", "ftp://h"},
+		{"h:7880", "h:7880", "h:7880"},
 	} {
 		if got := WS(tc.in); got != tc.ws {
 			t.Errorf("WS(%q) = %q, want %q", tc.in, got, tc.ws)

@@ -22,6 +22,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"syscall"
@@ -274,10 +275,20 @@ func dialError(ctx context.Context, resp *http.Response, err error) *Error {
 		e.Kind, e.Hint = Misconfigured, "the server does not speak TLS at this address: use ws:// instead of wss://"
 	case errors.As(err, &cert), errors.As(err, &ua), errors.As(err, &host), errors.As(err, &inv):
 		e.Kind, e.Hint = Misconfigured, "the server's TLS certificate does not verify for this host"
+	case isMalformedURL(err):
+		e.Kind, e.Hint = Misconfigured, "the URL must be ws://, wss://, http:// or https:// with a host"
 	case errors.Is(err, websocket.ErrBadHandshake), isMalformedHTTP(err):
 		e.Kind, e.Hint = Misconfigured, "the address does not answer like a LiveKit server; check the URL and whether it is ws:// or wss://"
 	}
 	return e
+}
+
+// isMalformedURL reports a URL the dialer cannot use at all (a scheme it
+// does not speak, no host): no retry can fix it. The dialer's error for it
+// is unexported, hence its text.
+func isMalformedURL(err error) bool {
+	var ue *url.Error
+	return strings.Contains(err.Error(), "malformed ws or wss URL") || (errors.As(err, &ue) && ue.Op == "parse")
 }
 
 // isMalformedHTTP reports an answer that was not HTTP at all (a plain

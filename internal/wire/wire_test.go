@@ -281,3 +281,14 @@ func TestKindOf(t *testing.T) {
 		}
 	}
 }
+
+// A URL the dialer cannot use is misconfigured, never retried.
+func TestDialMalformedURLIsMisconfigured(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"http://127.0.0.1:1/agent", "HTTPS://127.0.0.1:1/agent", "ftp://127.0.0.1:1/agent", "ws://[::1/agent"} {
+		_, err := Dial(dialCtx(t), DialConfig{URL: u})
+		if k := KindOf(err); k != Misconfigured || !k.Permanent() {
+			t.Errorf("dial %q: kind %s (%v), want misconfigured", u, k, err)
+		}
+	}
+}
