@@ -65,18 +65,19 @@ func (w *Worker) Handler() http.Handler {
 		s := w.Snapshot()
 		rw.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(rw).Encode(workerInfo{
-			AgentName:       s.AgentName,
-			WorkerType:      w.o.JobType.String(),
-			ActiveJobs:      len(s.Jobs) - s.Queued,
-			QueuedJobs:      s.Queued,
-			SDKVersion:      Version,
-			WorkerLoad:      s.Load,
-			ProtocolVersion: ProtocolVersion,
-			Deployment:      s.Deployment,
-			WorkerID:        s.WorkerID,
-			Registered:      s.Registered,
-			Draining:        s.Draining,
-			Jobs:            s.Jobs,
+			AgentName:           s.AgentName,
+			WorkerType:          w.o.JobType.String(),
+			ActiveJobs:          len(s.Jobs) - s.Queued,
+			QueuedJobs:          s.Queued,
+			SDKVersion:          Version,
+			WorkerLoad:          s.Load,
+			ProtocolVersion:     ProtocolVersion,
+			Deployment:          s.Deployment,
+			WorkerID:            s.WorkerID,
+			Registered:          s.Registered,
+			Draining:            s.Draining,
+			Jobs:                s.Jobs,
+			DispatchesRecovered: w.HeldRecovered(),
 		})
 	})
 	return mux
@@ -95,6 +96,8 @@ type workerInfo struct {
 	Registered      bool          `json:"registered"`
 	Draining        bool          `json:"draining"`
 	Jobs            []JobSnapshot `json:"jobs"`
+	// DispatchesRecovered: held dispatches this worker served (held.go).
+	DispatchesRecovered int64 `json:"dispatches_recovered"`
 }
 
 // unhealthy says why the worker is not live, or "".

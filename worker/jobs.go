@@ -544,6 +544,7 @@ func (w *Worker) jobEnded(a *activeJob, status string, took time.Duration) {
 	w.startQueued(next)
 	w.kickStatus()
 	w.kickLoad()
+	w.kickHeld(false) // held dispatches (held.go): a slot freed
 }
 
 func (w *Worker) handleTermination(id string) {

@@ -195,6 +195,12 @@ type Options struct {
 	// HTTPAddr, if set, serves /metrics, /healthz, /readyz, / and /worker
 	// there (for example ":8081"). Expose it only inside the cluster.
 	HTTPAddr string
+
+	// Held: dispatches of this agent name and deployment that the server
+	// dropped (no worker took their job: none was registered, or all were
+	// full) are served once this worker can take them, exactly once
+	// across all workers. On by default; see HeldOptions.
+	Held HeldOptions
 }
 
 // OptionError reports an invalid option: which one, the rule, and the value
@@ -258,6 +264,7 @@ func (o Options) withDefaults(getenv func(string) string) (Options, error) {
 	if o.MaxJobs > 0 && o.MaxQueued == 0 {
 		o.MaxQueued = o.MaxJobs
 	}
+	o.Held = o.Held.withDefaults()
 	return o, o.validate()
 }
 
@@ -286,6 +293,9 @@ func (o *Options) validate() error {
 	}
 	if !livekit.IsJobType(o.JobType) {
 		return &OptionError{Option: "JobType", Value: o.JobType.String(), Rule: "must be JT_ROOM, JT_PUBLISHER or JT_PARTICIPANT"}
+	}
+	if err := o.Held.validate(); err != nil {
+		return err
 	}
 	if o.MaxJobs < 0 {
 		return &OptionError{Option: "MaxJobs", Value: fmt.Sprint(o.MaxJobs), Rule: "must be >= 0 (0 = no cap)"}

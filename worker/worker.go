@@ -51,6 +51,7 @@ type Worker struct {
 	restarter *guard.Restarter              // nil with Restart.Disabled
 	hookRest  *guard.Restarter              // the webhook's, with Options.Webhook
 	webhook   atomic.Pointer[guard.Webhook] // the current run's webhook receiver
+	heldSweep *heldState                    // nil with Held.Disabled (held.go)
 	procOpts  ProcessOptions                // with the Processes executor
 	useProcs  bool                          // jobs run in job processes
 	pool      atomic.Pointer[jobproc.Pool]  // the current run's job processes
@@ -151,6 +152,9 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 		if o.Webhook {
 			w.hookRest = r
 		}
+	}
+	if w.heldSweep, err = w.newHeld(); err != nil { // held dispatches (held.go)
+		return nil, err
 	}
 	return w, nil
 }
@@ -370,6 +374,8 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 	}
 	connDone := make(chan error, 1)
 	go func() { connDone <- w.connectLoop(connCtx, jobCtx) }()
+	heldDone := make(chan struct{}) // held dispatches (held.go): sweeps until the connection stops
+	go func() { defer close(heldDone); w.runHeld(connCtx) }()
 
 	go func() {
 		var connErr error
@@ -385,6 +391,7 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 		default: // stopped on its own, and nobody asked
 		}
 		stopConn()
+		<-heldDone
 		if connDone != nil {
 			<-connDone
 		}
@@ -435,6 +442,7 @@ func (w *Worker) stop(ctx context.Context, now bool) error {
 
 // registeredOnce marks the current run registered.
 func (w *Worker) registeredOnce() {
+	w.kickHeld(true) // held dispatches (held.go): look for them on every registration
 	w.mu.Lock()
 	rs := w.run
 	w.mu.Unlock()

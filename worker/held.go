@@ -1,0 +1,251 @@
+package worker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/livekit/protocol/livekit"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lkagent/lkagent/internal/held"
+)
+
+// Defaults of [HeldOptions].
+const (
+	// DefaultHeldAfter: a dispatch of the worker's agent name and
+	// deployment with no job this long after its creation is held.
+	DefaultHeldAfter = held.DefaultHeldAfter
+	// DefaultHeldInterval is about how often a fleet of workers of one
+	// agent name and deployment looks for held dispatches, between them.
+	DefaultHeldInterval = 30 * time.Second
+)
+
+// heldMinGap is the least time between two sweeps of a fleet (of one
+// worker, for the sweeps it asks for on registering or when a slot frees).
+const heldMinGap = 5 * time.Second
+
+// heldSettle is how long after a registration the first sweep waits: the
+// server's cache of agent names learns of the worker a moment after it
+// answered the registration, and a dispatch re-created before that is
+// dropped again.
+const heldSettle = time.Second
+
+// heldAPITimeout bounds each call a sweep makes to the server.
+const heldAPITimeout = 10 * time.Second
+
+// HeldOptions configure how the worker serves held dispatches: dispatches
+// of its agent name and deployment that the server dropped because no
+// worker took their job (none was registered, or all were full). The
+// server never offers such a job again; the worker finds them, claims each
+// by deleting it (exactly one claimant wins, across any number of workers
+// and nodes) and re-creates it with the same room, metadata, attributes
+// and restart policy, so that it is offered to the workers registered now.
+// It looks when it registers, when a slot frees, when a dispatch it saw
+// becomes old enough, and every Interval; a fleet shares its sweeps through
+// a lease (see docs/dispatch.md), so the cost on the server does not grow
+// with the number of workers. Only room jobs (JobType JT_ROOM) are served.
+type HeldOptions struct {
+	// Disabled turns held dispatches off.
+	Disabled bool
+	// After is how long after its creation a dispatch with no job is
+	// taken as dropped. Default 10s. The server lists a job once a worker
+	// took it, usually within a second; in bursts its own queue can delay
+	// that: raise After if dispatches wait longer than that for a worker.
+	After time.Duration
+	// Interval is about how often a fleet of workers of this agent name
+	// and deployment looks, between them. Default 30s.
+	Interval time.Duration
+}
+
+func (o HeldOptions) withDefaults() HeldOptions {
+	if o.After == 0 {
+		o.After = DefaultHeldAfter
+	}
+	if o.Interval == 0 {
+		o.Interval = DefaultHeldInterval
+	}
+	return o
+}
+
+func (o HeldOptions) validate() error {
+	if o.After < 0 {
+		return &OptionError{Option: "Held.After", Value: o.After.String(), Rule: "must not be negative (0 = the default, 10s)"}
+	}
+	if o.Interval < 0 {
+		return &OptionError{Option: "Held.Interval", Value: o.Interval.String(), Rule: "must not be negative (0 = the default, 30s)"}
+	}
+	return nil
+}
+
+// heldState is the worker's sweeper of held dispatches.
+type heldState struct {
+	sweeper   *held.Sweeper
+	lease     *held.Lease
+	recovered *prometheus.CounterVec
+	total     atomic.Int64
+	// kick asks the loop for a sweep: true after a registration.
+	kick chan bool
+}
+
+// newHeld returns the worker's sweeper, or nil when held dispatches are
+// off for it.
+func (w *Worker) newHeld() (*heldState, error) {
+	if w.o.Held.Disabled || w.o.JobType != livekit.JobType_JT_ROOM {
+		return nil, nil
+	}
+	api := held.NewServer(w.o.URL, w.o.APIKey, w.o.APISecret, heldAPITimeout)
+	key := held.Key{AgentName: w.o.AgentName, Deployment: w.o.Deployment}
+	recovered := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "lkagent", Name: "dispatches_recovered_total",
+		Help: "Held dispatches (dropped by the server: no worker took their job) served by re-creating them."},
+		[]string{"agent_name", "deployment"})
+	if err := (tee{w.registry, w.o.Registerer}).Register(recovered); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, fmt.Errorf("worker: register metrics: %w", err)
+		}
+		c, ok := are.ExistingCollector.(*prometheus.CounterVec)
+		if !ok {
+			return nil, fmt.Errorf("worker: register metrics: %w", err)
+		}
+		recovered = c // another worker's, in the same Registerer
+	}
+	return &heldState{
+		sweeper: held.New(held.Config{
+			API: api, HeldAfter: w.o.Held.After, Log: w.o.Logger, // it names the agent and deployment itself
+			Mine: func(k held.Key) bool { return k == key },
+		}),
+		lease:     held.NewLease(api, key, holderID(), nil),
+		recovered: recovered,
+		kick:      make(chan bool, 1),
+	}, nil
+}
+
+// holderID names this process in sweep leases.
+func holderID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// kickHeld asks for a sweep: after a registration (registered) or when a
+// slot freed. It never blocks.
+func (w *Worker) kickHeld(registered bool) {
+	if w.heldSweep == nil {
+		return
+	}
+	if registered {
+		// A registration replaces a pending slot kick: it matters more.
+		select {
+		case <-w.heldSweep.kick:
+		default:
+		}
+	}
+	select {
+	case w.heldSweep.kick <- registered:
+	default:
+	}
+}
+
+// HeldRecovered is how many held dispatches this worker served.
+func (w *Worker) HeldRecovered() int64 {
+	if w.heldSweep == nil {
+		return 0
+	}
+	return w.heldSweep.total.Load()
+}
+
+// runHeld sweeps until ctx ends: on kicks, when a dispatch it saw becomes
+// old enough to be held, and every Interval (jittered). It is owned by a
+// run of the worker and returns when ctx ends.
+func (w *Worker) runHeld(ctx context.Context) {
+	h := w.heldSweep
+	if h == nil {
+		return
+	}
+	jitter := func(d time.Duration) time.Duration {
+		return d/2 + time.Duration(mrand.Int64N(int64(d)+1)) // [d/2, 3d/2]
+	}
+	periodic := time.NewTimer(jitter(w.o.Held.Interval))
+	defer periodic.Stop()
+	follow := time.NewTimer(time.Hour)
+	follow.Stop()
+	defer follow.Stop()
+	var last time.Time // this worker's last sweep
+	for {
+		gap := heldMinGap
+		select {
+		case <-ctx.Done():
+			return
+		case registered := <-h.kick:
+			if registered {
+				t := time.NewTimer(heldSettle)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return
+				}
+			} else if time.Since(last) < heldMinGap {
+				// A slot freed just after a sweep: the follow-up or the
+				// periodic sweep comes soon enough.
+				follow.Reset(heldMinGap - time.Since(last))
+				continue
+			}
+		case <-follow.C:
+		case <-periodic.C:
+			periodic.Reset(jitter(w.o.Held.Interval))
+			gap = w.o.Held.Interval
+		}
+		limit, ok := w.heldCapacity()
+		if !ok {
+			continue
+		}
+		acquired, _, err := h.lease.Acquire(ctx, gap)
+		if err != nil {
+			w.log.Debug("held dispatches: could not read the sweep lease; sweeping anyway", slog.Any("error", err))
+		} else if !acquired {
+			continue // another worker of the fleet swept recently
+		}
+		last = time.Now()
+		res, err := h.sweeper.Sweep(ctx, limit)
+		if err != nil && ctx.Err() == nil {
+			w.log.Warn("held dispatches: sweep failed", slog.Any("error", err))
+		}
+		for _, r := range res.Recovered {
+			h.recovered.WithLabelValues(r.AgentName, r.Deployment).Inc()
+			h.total.Add(1)
+		}
+		if !res.NextHeld.IsZero() {
+			// Look again when the oldest dispatch still pending could be
+			// held, if that is before the periodic sweep.
+			d := max(time.Until(res.NextHeld)+250*time.Millisecond, heldMinGap)
+			follow.Reset(d)
+		}
+	}
+}
+
+// heldCapacity says how many held dispatches the worker could take now
+// (-1: no cap), and false if none (full, draining, or not registered).
+func (w *Worker) heldCapacity() (int, bool) {
+	userLoad, hasUserLoad := w.userLoad()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.connected || w.draining {
+		return 0, false
+	}
+	if _, full := w.loadLocked(userLoad, hasUserLoad); full {
+		return 0, false
+	}
+	if w.o.MaxJobs == 0 {
+		return -1, true
+	}
+	free := w.o.MaxJobs + w.o.queueCap() - len(w.jobs) - len(w.reserved)
+	return free, free > 0
+}
