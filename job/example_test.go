@@ -156,3 +156,28 @@ func ExampleJob_DeleteRoom() {
 	}
 	_ = endCall
 }
+
+// A handler that answers chat: text streams on lk.chat and legacy chat
+// packets arrive in the job's chat inbox, and each is answered to its
+// sender in the form it came. (Needs a server: not run here.)
+func ExampleJob_Chat() {
+	handler := func(ctx context.Context, j *job.Job) error {
+		chat := j.Chat() // before Connect, so that no message is missed
+		if _, err := j.Connect(ctx, nil); err != nil {
+			return err
+		}
+		if err := j.SendChat(ctx, "Hello! Ask me anything."); err != nil { // to everyone
+			return err
+		}
+		for m := range chat.Messages(ctx) { // until the job ends
+			if m.FromAgent {
+				continue
+			}
+			if err := j.ReplyChat(ctx, m, "you said: "+m.Text); err != nil {
+				j.Logger().Warn("reply failed", "error", err)
+			}
+		}
+		return ctx.Err()
+	}
+	_ = handler
+}

@@ -183,20 +183,40 @@ func (c *Caller) WaitForAgentContext(ctx context.Context, agentName string) (*lk
 	}
 }
 
-// SendChat sends text as a chat message (a reliable livekit.ChatMessage
-// packet) to everyone in the room. It fails the test on error. LiveKit's
-// agent frameworks read chat from text streams instead: see
-// [Caller.SendText] and [ChatTopic].
+// SendChat sends text as a chat message to everyone in the room: a text
+// stream on [ChatTopic], as LiveKit's clients and agent frameworks chat.
+// It fails the test if the caller is no longer connected.
+// [Caller.SendChatPacket] sends the legacy chat packet instead.
 func (c *Caller) SendChat(t testing.TB, text string) {
 	t.Helper()
-	if err := c.sendChat(text); err != nil {
+	if err := c.sendChat(text, false); err != nil {
 		t.Fatalf("livekittest: %v", err)
 	}
 }
 
-func (c *Caller) sendChat(text string) error {
+// SendChatPacket sends text as a legacy chat message: a reliable
+// livekit.ChatMessage data packet, to everyone in the room. It fails the
+// test on error.
+func (c *Caller) SendChatPacket(t testing.TB, text string) {
+	t.Helper()
+	if err := c.sendChat(text, true); err != nil {
+		t.Fatalf("livekittest: %v", err)
+	}
+}
+
+func (c *Caller) sendChat(text string, legacy bool) error {
+	if !legacy {
+		c.mu.Lock()
+		gone := c.gone
+		c.mu.Unlock()
+		if gone != nil {
+			return fmt.Errorf("caller %q: send chat: %w", c.Identity, gone)
+		}
+		c.Room.LocalParticipant.SendText(text, lksdk.StreamTextOptions{Topic: ChatTopic})
+		return nil
+	}
 	if err := c.Room.LocalParticipant.PublishDataPacket(lksdk.ChatMessage(time.Now(), text), lksdk.WithDataPublishReliable(true)); err != nil {
-		return fmt.Errorf("caller %q: send chat message: %w", c.Identity, err)
+		return fmt.Errorf("caller %q: send chat packet: %w", c.Identity, err)
 	}
 	return nil
 }
@@ -225,10 +245,12 @@ func (c *Caller) SendData(t testing.TB, topic string, payload []byte) {
 	}
 }
 
-// Chat sends text as a chat message and returns the first chat message
-// received after it that match accepts (nil accepts any). Wait for the
-// agent first ([Caller.WaitForAgent]): a message sent before the agent is
-// in the room never reaches it. It fails the test after [Timeout].
+// Chat sends text as a chat message (a text stream on [ChatTopic]) and
+// returns the first chat message received after it that match accepts
+// (nil accepts any), whether the reply came as a text stream or a legacy
+// packet. Wait for the agent first ([Caller.WaitForAgent]): a message sent
+// before the agent is in the room never reaches it. It fails the test
+// after [Timeout]. [Caller.ChatPacket] sends the legacy chat packet.
 func (c *Caller) Chat(t testing.TB, text string, match func(string) bool) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), Timeout)
@@ -242,10 +264,32 @@ func (c *Caller) Chat(t testing.TB, text string, match func(string) bool) string
 
 // ChatContext is [Caller.Chat] bounded by ctx.
 func (c *Caller) ChatContext(ctx context.Context, text string, match func(string) bool) (string, error) {
+	return c.chat(ctx, text, match, false)
+}
+
+// ChatPacket is [Caller.Chat] with the legacy chat message: a
+// livekit.ChatMessage data packet, which older clients send.
+func (c *Caller) ChatPacket(t testing.TB, text string, match func(string) bool) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), Timeout)
+	defer cancel()
+	reply, err := c.ChatPacketContext(ctx, text, match)
+	if err != nil {
+		t.Fatalf("livekittest: %v", err)
+	}
+	return reply
+}
+
+// ChatPacketContext is [Caller.ChatPacket] bounded by ctx.
+func (c *Caller) ChatPacketContext(ctx context.Context, text string, match func(string) bool) (string, error) {
+	return c.chat(ctx, text, match, true)
+}
+
+func (c *Caller) chat(ctx context.Context, text string, match func(string) bool, legacy bool) (string, error) {
 	c.mu.Lock()
 	after := c.seq
 	c.mu.Unlock()
-	if err := c.sendChat(text); err != nil {
+	if err := c.sendChat(text, legacy); err != nil {
 		return "", err
 	}
 	m, err := c.take(ctx, after, chatMatch(match))

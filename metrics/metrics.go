@@ -1,7 +1,9 @@
 // Package metrics defines the Prometheus collectors of an lkagent worker.
 // Every series carries the worker's agent_name and deployment as constant
-// labels, so staging and production workers can be compared side by side;
-// no series carries a job id or room name (those go to the logs).
+// labels, so staging and production workers can be compared side by side
+// (production, the empty deployment, is labelled "_production", a value the
+// LiveKit server refuses as a deployment name, so it never collides with
+// one); no series carries a job id or room name (those go to the logs).
 //
 // The worker package creates and feeds these collectors; most programs only
 // scrape them (Options.HTTPAddr) or pass their own registry
@@ -11,6 +13,8 @@ package metrics
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lkagent/lkagent/internal/deploy"
 )
 
 // Namespace prefixes every metric name.
@@ -45,10 +49,11 @@ type Worker struct {
 	IgnoredTerminations prometheus.Counter
 }
 
-// New creates a worker's collectors labelled with agentName and deployment.
-// Register them with [Worker.Register].
+// New creates a worker's collectors labelled with agentName and deployment
+// ("" is production, labelled "_production"). Register them with
+// [Worker.Register].
 func New(agentName, deployment string) *Worker {
-	labels := prometheus.Labels{"agent_name": agentName, "deployment": deployment}
+	labels := prometheus.Labels{"agent_name": agentName, "deployment": deploy.Label(deployment)}
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help, ConstLabels: labels})
 	}

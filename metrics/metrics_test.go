@@ -29,7 +29,7 @@ func TestDeploymentsShareARegistry(t *testing.T) {
 	want := `
 # HELP lkagent_jobs_finished_total Jobs ended, by status: success, failed, terminated, panicked; in job processes also crashed, memory_limit, killed, start_failed; queued jobs that never started: queue_timeout, drain_timeout.
 # TYPE lkagent_jobs_finished_total counter
-lkagent_jobs_finished_total{agent_name="support-bot",deployment="",status="failed"} 2
+lkagent_jobs_finished_total{agent_name="support-bot",deployment="_production",status="failed"} 2
 # HELP lkagent_offers_declined_total Job offers declined, by reason.
 # TYPE lkagent_offers_declined_total counter
 lkagent_offers_declined_total{agent_name="support-bot",deployment="staging",reason="foreign_deployment"} 1

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lkagent/lkagent/guard"
+	"github.com/lkagent/lkagent/internal/deploy"
 )
 
 // ProtocolVersion is the agent protocol version reported by /worker.
@@ -73,6 +74,7 @@ func (w *Worker) Handler() http.Handler {
 			WorkerLoad:          s.Load,
 			ProtocolVersion:     ProtocolVersion,
 			Deployment:          s.Deployment,
+			DeploymentLabel:     deploy.Label(s.Deployment),
 			WorkerID:            s.WorkerID,
 			Registered:          s.Registered,
 			Draining:            s.Draining,
@@ -84,14 +86,17 @@ func (w *Worker) Handler() http.Handler {
 }
 
 type workerInfo struct {
-	AgentName       string        `json:"agent_name"`
-	WorkerType      string        `json:"worker_type"`
-	ActiveJobs      int           `json:"active_jobs"`
-	QueuedJobs      int           `json:"queued_jobs"`
-	SDKVersion      string        `json:"sdk_version"`
-	WorkerLoad      float64       `json:"worker_load"`
-	ProtocolVersion int           `json:"protocol_version"`
-	Deployment      string        `json:"deployment"`
+	AgentName       string  `json:"agent_name"`
+	WorkerType      string  `json:"worker_type"`
+	ActiveJobs      int     `json:"active_jobs"`
+	QueuedJobs      int     `json:"queued_jobs"`
+	SDKVersion      string  `json:"sdk_version"`
+	WorkerLoad      float64 `json:"worker_load"`
+	ProtocolVersion int     `json:"protocol_version"`
+	Deployment      string  `json:"deployment"`
+	// DeploymentLabel is Deployment as the metrics label it: "_production"
+	// for production.
+	DeploymentLabel string        `json:"deployment_label"`
 	WorkerID        string        `json:"worker_id"`
 	Registered      bool          `json:"registered"`
 	Draining        bool          `json:"draining"`

@@ -9,14 +9,12 @@ import (
 	"os"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
-	"github.com/livekit/protocol/agent"
 	"github.com/livekit/protocol/livekit"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lkagent/lkagent/internal/cpuload"
+	"github.com/lkagent/lkagent/internal/deploy"
 	"github.com/lkagent/lkagent/internal/lkurl"
 	"github.com/lkagent/lkagent/job"
 )
@@ -28,6 +26,16 @@ const (
 	EnvAPISecret  = "LIVEKIT_API_SECRET"
 	EnvDeployment = "LIVEKIT_AGENT_DEPLOYMENT"
 )
+
+// ErrDeploymentNamedLikeProduction is what an [OptionError] for a
+// Deployment named like production ("production", "prod", "default", …)
+// wraps: production is the empty deployment.
+var ErrDeploymentNamedLikeProduction = deploy.ErrNamedLikeProduction
+
+// ProductionLabel names production (the empty deployment) in metric labels
+// and on the /worker page. The LiveKit server refuses '_' in deployments,
+// so no real deployment is named so.
+const ProductionLabel = deploy.ProductionLabel
 
 // Defaults of [Options]. Every zero field takes the default named here.
 const (
@@ -71,7 +79,12 @@ type Options struct {
 	AutomaticDispatch bool
 	// Deployment is the label this worker registers with ("staging",
 	// "canary", …; "" is production). Default $LIVEKIT_AGENT_DEPLOYMENT.
-	// At most 64 bytes, no '_', no whitespace or control bytes.
+	// At most 64 bytes, no '_', no whitespace, control or invisible
+	// characters. A name meaning production ("production", "prod",
+	// "default", …) is refused: production is "", and a worker registered
+	// under such a name would never get production's jobs. Letters
+	// outside ASCII (a Cyrillic 'а' that looks Latin) are logged as a
+	// warning.
 	Deployment string
 	// JobType is the kind of job served: JT_ROOM (default), JT_PUBLISHER or
 	// JT_PARTICIPANT.
@@ -209,13 +222,25 @@ type OptionError struct {
 	Option string
 	Value  string
 	Rule   string
+	// Env is the environment variable the value was read from, when the
+	// option was left empty ("" when the option was set).
+	Env string
+	// Err is the broken rule as an error, when there is one to test for
+	// (errors.Is(err, deploy.ErrNamedLikeProduction)); Unwrap returns it.
+	Err error
 }
 
+// Unwrap returns e.Err.
+func (e *OptionError) Unwrap() error { return e.Err }
+
 func (e *OptionError) Error() string {
-	if e.Value == "" {
+	switch {
+	case e.Env != "":
+		return fmt.Sprintf("worker: %s=%s (for option %s): %s", e.Env, deploy.Quote(e.Value), e.Option, e.Rule)
+	case e.Value == "":
 		return fmt.Sprintf("worker: option %s: %s", e.Option, e.Rule)
 	}
-	return fmt.Sprintf("worker: option %s = %q: %s", e.Option, e.Value, e.Rule)
+	return fmt.Sprintf("worker: option %s = %s: %s", e.Option, deploy.Quote(e.Value), e.Rule)
 }
 
 // withDefaults fills zero fields from getenv and the defaults, and validates
@@ -230,8 +255,12 @@ func (o Options) withDefaults(getenv func(string) string) (Options, error) {
 	if o.APISecret == "" {
 		o.APISecret = getenv(EnvAPISecret)
 	}
+	deploymentEnv := ""
 	if o.Deployment == "" {
 		o.Deployment = getenv(EnvDeployment)
+		if o.Deployment != "" {
+			deploymentEnv = EnvDeployment
+		}
 	}
 	if o.Version == "" {
 		o.Version = "lkagent/" + Version
@@ -265,7 +294,28 @@ func (o Options) withDefaults(getenv func(string) string) (Options, error) {
 		o.MaxQueued = o.MaxJobs
 	}
 	o.Held = o.Held.withDefaults()
-	return o, o.validate()
+	if err := o.validate(); err != nil {
+		var oe *OptionError
+		if errors.As(err, &oe) && oe.Option == "Deployment" {
+			oe.Env = deploymentEnv
+		}
+		return o, err
+	}
+	if warning := deploymentWarning(o.Deployment); warning != "" {
+		source := "option Deployment"
+		if deploymentEnv != "" {
+			source = deploymentEnv
+		}
+		o.Logger.Warn("deployment "+warning, slog.String("source", source), slog.String("deployment", deploy.Quote(o.Deployment)))
+	}
+	return o, nil
+}
+
+// deploymentWarning is what is worth a warning about a valid deployment
+// label, or "".
+func deploymentWarning(d string) string {
+	w, _ := deploy.CheckDeployment(d)
+	return w
 }
 
 func (o *Options) validate() error {
@@ -279,8 +329,7 @@ func (o *Options) validate() error {
 		return &OptionError{Option: "APISecret", Rule: "required: set Options.APISecret or " + EnvAPISecret}
 	}
 	if err := validDeployment(o.Deployment); err != nil {
-		return &OptionError{Option: "Deployment", Value: o.Deployment,
-			Rule: err.Error() + " (a deployment is at most 64 bytes of UTF-8 without '_', spaces, control or invisible characters; \"\" is production)"}
+		return &OptionError{Option: "Deployment", Value: o.Deployment, Rule: err.Error(), Err: err}
 	}
 	switch {
 	case o.AgentName == "" && !o.AutomaticDispatch:
@@ -370,49 +419,17 @@ func validateURL(raw string) error {
 	return nil
 }
 
-// validDeployment checks a deployment label: the server's rules
-// (agent.ValidateDeployment: at most 64 bytes, no '_', no ASCII whitespace
-// or control bytes), and stricter ones of our own, because a label that
-// looks like another in a log is a trap: valid UTF-8, and no Unicode space,
-// control, format (zero-width) or unassigned character.
+// validDeployment checks a deployment label by the rules the worker and the
+// CLI share (package internal/deploy): the server's, no invisible
+// characters, no name meaning production.
 func validDeployment(d string) error {
-	if err := agent.ValidateDeployment(d); err != nil {
-		return err
-	}
-	return visibleText(d)
+	_, err := deploy.CheckDeployment(d)
+	return err
 }
 
-// validAgentName checks an agent name: visible text, as a deployment, and
-// no spaces at either end. ("" is the automatic agent.)
-func validAgentName(n string) error {
-	if err := visibleText(n); err != nil {
-		return fmt.Errorf("%w (an agent name is the name dispatches address: visible characters only)", err)
-	}
-	if strings.TrimSpace(n) != n {
-		return errors.New("has spaces at its start or end")
-	}
-	return nil
-}
-
-// visibleText rejects invalid UTF-8 and characters that are invisible or
-// look like a space.
-func visibleText(s string) error {
-	if !utf8.ValidString(s) {
-		return errors.New("is not valid UTF-8")
-	}
-	for i, r := range s {
-		switch {
-		case r == ' ' || r == '-' || r == '.':
-			// ASCII space is the server's business for deployments
-			// (it refuses it) and allowed inside agent names.
-		case unicode.Is(unicode.Zs, r) || unicode.Is(unicode.Zl, r) || unicode.Is(unicode.Zp, r):
-			return fmt.Errorf("contains the space character U+%04X at byte %d", r, i)
-		case unicode.Is(unicode.Cc, r) || unicode.Is(unicode.Cf, r) || unicode.Is(unicode.Co, r) || !unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S):
-			return fmt.Errorf("contains the invisible or control character U+%04X at byte %d", r, i)
-		}
-	}
-	return nil
-}
+// validAgentName checks an agent name: visible text, no spaces at either
+// end. ("" is the automatic agent.)
+func validAgentName(n string) error { return deploy.CheckAgentName(n) }
 
 // queueCap is how many jobs may wait for a slot.
 func (o *Options) queueCap() int {

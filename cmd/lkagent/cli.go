@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
+
+	"github.com/lkagent/lkagent/internal/deploy"
 )
 
 // Exit codes.
@@ -215,6 +217,7 @@ type flags struct {
 	usage string // synopsis after the command name
 	fs    *flag.FlagSet
 	envOf map[string]string // flag name → environment variable
+	byEnv map[string]bool   // flags whose value came from their variable
 	req   map[string]bool   // required flags
 	conn  map[string]bool   // connection flags, listed apart in the help
 }
@@ -222,7 +225,7 @@ type flags struct {
 func newFlags(name, usage, short string) *flags {
 	fs := flag.NewFlagSet("lkagent "+name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	return &flags{name: name, usage: usage, short: short, fs: fs, envOf: map[string]string{}, req: map[string]bool{}, conn: map[string]bool{}}
+	return &flags{name: name, usage: usage, short: short, fs: fs, envOf: map[string]string{}, byEnv: map[string]bool{}, req: map[string]bool{}, conn: map[string]bool{}}
 }
 
 // env ties flag name to the environment variable envVar.
@@ -268,6 +271,7 @@ func (f *flags) parse(e *env, args []string) error {
 				return usagef(f.name, "$%s: invalid value for --%s: %v", f.envOf[n], n, err)
 			}
 			set[n] = true
+			f.byEnv[n] = true
 		}
 	}
 	for n := range f.req {
@@ -293,6 +297,41 @@ func (f *flags) isSet(name string) bool {
 		}
 	})
 	return found
+}
+
+// source names where the flag's value came from, for messages: its
+// environment variable ("LIVEKIT_AGENT_DEPLOYMENT") when it was read from
+// there, else the flag ("--deployment"); valid after parse.
+func (f *flags) source(name string) string {
+	if f.byEnv[name] {
+		return f.envOf[name]
+	}
+	return "--" + name
+}
+
+// envNotes says which values came from the environment, one line each
+// ("deployment: staging (from LIVEKIT_AGENT_DEPLOYMENT)"), so that a value
+// exported for something else never goes unnoticed. The LiveKit connection
+// settings (url, api-key, api-secret) are left out: every LiveKit tool
+// reads them so, and the secret is never shown.
+func (f *flags) envNotes() []string {
+	var notes []string
+	f.fs.VisitAll(func(fl *flag.Flag) {
+		switch {
+		case !f.byEnv[fl.Name], fl.Name == "url", fl.Name == "api-key", fl.Name == "api-secret":
+			return
+		}
+		notes = append(notes, fmt.Sprintf("%s: %s (from %s)", fl.Name, deploy.Escape(fl.Value.String()), f.envOf[fl.Name]))
+	})
+	return notes
+}
+
+// printEnvNotes writes f's envNotes to e's stderr, each line prefixed with
+// the command's name, leaving stdout to the command's output.
+func (f *flags) printEnvNotes(e *env) {
+	for _, n := range f.envNotes() {
+		fmt.Fprintf(e.stderr, "lkagent %s: %s\n", f.name, n)
+	}
 }
 
 func (f *flags) printHelp(w io.Writer) {

@@ -9,9 +9,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/livekit/protocol/agent"
 	"github.com/twitchtv/twirp"
 
+	"github.com/lkagent/lkagent/internal/deploy"
 	"github.com/lkagent/lkagent/internal/lkurl"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -109,12 +109,32 @@ func (c *conn) apiError(ctx context.Context, what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// checkDeployment validates a deployment label the way the server does,
-// before anything is sent.
-func checkDeployment(name, flagName, deployment string) error {
-	if err := agent.ValidateDeployment(deployment); err != nil {
-		return usagef(name, "--%s %q is not a valid deployment: %v (at most %d bytes, no '_', whitespace or control bytes; empty is production)",
-			flagName, deployment, err, agent.MaxDeploymentLength)
+// checkDeployment validates a deployment label by the rules the worker
+// applies (package internal/deploy), before anything is sent. source names
+// where the value came from: the flag ("--deployment") or its variable
+// ("LIVEKIT_AGENT_DEPLOYMENT"); see flags.source.
+func checkDeployment(name, source, deployment string) error {
+	if !strings.HasPrefix(source, "-") && !strings.Contains(source, "_") {
+		source = "--" + source // a bare flag name
+	}
+	if _, err := deploy.CheckDeployment(deployment); err != nil {
+		return usagef(name, "%s=%s is not a valid deployment: %v", source, deploy.Quote(deployment), err)
+	}
+	return nil
+}
+
+// checkTarget validates the agent name and the deployment a command
+// dispatches to, as the worker would, and prints a warning about a
+// deployment with look-alike letters to e's stderr.
+func checkTarget(e *env, f *flags, agentName, deployment string) error {
+	if err := deploy.CheckAgentName(agentName); err != nil {
+		return usagef(f.name, "%s=%s is not a valid agent name: %v", f.source("agent-name"), deploy.Quote(agentName), err)
+	}
+	if err := checkDeployment(f.name, f.source("deployment"), deployment); err != nil {
+		return err
+	}
+	if warning, _ := deploy.CheckDeployment(deployment); warning != "" {
+		fmt.Fprintf(e.stderr, "lkagent %s: warning: %s=%s %s\n", f.name, f.source("deployment"), deploy.Quote(deployment), warning)
 	}
 	return nil
 }
@@ -125,7 +145,7 @@ func deploymentLabel(d string) string {
 	if d == "" {
 		return "(production)"
 	}
-	return d
+	return deploy.Escape(d)
 }
 
 // twirpMessage is the server's message without the nested "twirp error

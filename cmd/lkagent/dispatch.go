@@ -16,6 +16,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 	"github.com/twitchtv/twirp"
 
+	"github.com/lkagent/lkagent/internal/deploy"
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -113,8 +114,10 @@ func printDispatches(w io.Writer, asJSON, single bool, ds ...*livekit.AgentDispa
 			recordedRunning = recordedRunning || jb.Status == "RUNNING"
 			jobs = append(jobs, s)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", j.ID, j.Room, agentLabel(j.AgentName), deploymentLabel(j.Deployment),
-			orDash(j.Metadata), orDash(strings.Join(jobs, ", ")))
+		// Every cell is escaped: a name with a newline or a tab would
+		// otherwise break the table (or drive the terminal).
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", deploy.Escape(j.ID), deploy.Escape(j.Room), agentLabel(j.AgentName),
+			deploymentLabel(j.Deployment), orDash(deploy.Escape(j.Metadata)), orDash(deploy.Escape(strings.Join(jobs, ", "))))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -132,7 +135,7 @@ func agentLabel(name string) string {
 	if name == "" {
 		return "(automatic)"
 	}
-	return name
+	return deploy.Escape(name)
 }
 
 func orDash(s string) string {
@@ -164,12 +167,13 @@ func runDispatchCreate(ctx context.Context, e *env, args []string) error {
 	if err := f.parse(e, args); err != nil {
 		return err
 	}
-	if err := checkDeployment(name, "deployment", *deployment); err != nil {
+	if err := checkTarget(e, f, *agentName, *deployment); err != nil {
 		return err
 	}
 	if err := c.check(name); err != nil {
 		return err
 	}
+	f.printEnvNotes(e)
 	rctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	d, err := dispatchClient(c).CreateDispatch(rctx, &livekit.CreateAgentDispatchRequest{
@@ -196,6 +200,7 @@ func runDispatchList(ctx context.Context, e *env, args []string) error {
 	if err := c.check(name); err != nil {
 		return err
 	}
+	f.printEnvNotes(e)
 	rctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	res, err := dispatchClient(c).ListDispatch(rctx, &livekit.ListAgentDispatchRequest{Room: *room})
@@ -225,6 +230,7 @@ func runDispatchDelete(ctx context.Context, e *env, args []string) error {
 	if err := c.check(name); err != nil {
 		return err
 	}
+	f.printEnvNotes(e)
 	rctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	d, err := dispatchClient(c).DeleteDispatch(rctx, &livekit.DeleteAgentDispatchRequest{Room: *room, DispatchId: *id})

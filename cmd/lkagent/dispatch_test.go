@@ -26,7 +26,8 @@ func TestDispatchCreateListDelete(t *testing.T) {
 	}
 
 	// Production, in a table; the room and the agent name from the environment.
-	out = cli(t, srvEnv("LKAGENT_ROOM="+room, "LKAGENT_AGENT_NAME="+agent), "dispatch", "create").mustOK(t).stdout
+	out = cli(t, srvEnv("LKAGENT_ROOM="+room, "LKAGENT_AGENT_NAME="+agent), "dispatch", "create").
+		mustOKNoting(t, "dispatch create", "agent-name: "+agent+" (from LKAGENT_AGENT_NAME)", "room: "+room+" (from LKAGENT_ROOM)").stdout
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 2 || !strings.Contains(lines[0], "DEPLOYMENT") {
 		t.Fatalf("table = %q", out)
@@ -162,7 +163,7 @@ func TestDeploymentFromTheWorkersVariable(t *testing.T) {
 	room, agent := uniq("room"), uniq("agent")
 	var d dispatchJSON
 	out := cli(t, srvEnv("LIVEKIT_AGENT_DEPLOYMENT=staging"), "dispatch", "create", "--room", room, "--agent-name", agent, "--json").
-		mustOK(t).stdout
+		mustOKNoting(t, "dispatch create", "deployment: staging (from LIVEKIT_AGENT_DEPLOYMENT)").stdout
 	if err := json.Unmarshal([]byte(out), &d); err != nil {
 		t.Fatalf("--json output does not parse: %v\n%s", err, out)
 	}
@@ -170,7 +171,7 @@ func TestDeploymentFromTheWorkersVariable(t *testing.T) {
 		t.Fatalf("dispatch went to deployment %q with LIVEKIT_AGENT_DEPLOYMENT=staging", d.Deployment)
 	}
 	tok := strings.TrimSpace(cli(t, srvEnv("LIVEKIT_AGENT_DEPLOYMENT=canary"), "token", "--identity", "i", "--room", room,
-		"--agent-name", agent).mustOK(t).stdout)
+		"--agent-name", agent).mustOKNoting(t, "token", "deployment: canary (from LIVEKIT_AGENT_DEPLOYMENT)").stdout)
 	if out := cli(t, srvEnv(), "token", "--decode", tok).mustOK(t).stdout; !strings.Contains(out, "deployment canary") {
 		t.Fatalf("token with LIVEKIT_AGENT_DEPLOYMENT=canary decodes as:\n%s", out)
 	}

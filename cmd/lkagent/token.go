@@ -58,12 +58,13 @@ func runToken(ctx context.Context, e *env, args []string) error {
 	case *ttl <= 0:
 		return usagef(name, "--ttl must be positive")
 	}
-	if err := checkDeployment(name, "deployment", *deployment); err != nil {
+	if err := checkTarget(e, f, *agentName, *deployment); err != nil {
 		return err
 	}
 	if *apiKey == "" || *apiSecret == "" {
 		return usagef(name, "missing --api-key/--api-secret or $LIVEKIT_API_KEY/$LIVEKIT_API_SECRET: they sign the token")
 	}
+	f.printEnvNotes(e)
 	token, err := joinToken(*apiKey, *apiSecret, *identity, *pname, *room, *agentName, *deployment, *agentMeta, *ttl)
 	if err != nil {
 		return err

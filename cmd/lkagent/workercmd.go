@@ -46,7 +46,7 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	if err := f.parse(e, args); err != nil {
 		return err
 	}
-	if err := checkDeployment(name, "deployment", *deployment); err != nil {
+	if err := checkDeployment(name, f.source("deployment"), *deployment); err != nil {
 		return err
 	}
 	if err := c.check(name); err != nil {
@@ -73,6 +73,9 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	// The log is what this command produces: stdout. stderr keeps the one
 	// line of an error that stops it.
 	log := slog.New(slog.NewTextHandler(&syncWriter{w: e.stdout}, &slog.HandlerOptions{Level: level}))
+	for _, n := range f.envNotes() {
+		log.Info("from the environment: " + n)
+	}
 	w, err := worker.New(worker.Options{
 		URL: c.url, APIKey: c.apiKey, APISecret: c.apiSecret,
 		AgentName:       *agentName,

@@ -753,7 +753,12 @@ func TestKEDAAlternative(t *testing.T) {
 				t.Errorf("%s: query does not read %s}", where, g)
 			}
 		}
-		for _, sel := range []string{fmt.Sprintf("agent_name=%q", w.flags.agentName), fmt.Sprintf("deployment=%q", w.deployment)} {
+		// The worker labels production (deployment "") "_production".
+		label := w.deployment
+		if label == "" {
+			label = "_production"
+		}
+		for _, sel := range []string{fmt.Sprintf("agent_name=%q", w.flags.agentName), fmt.Sprintf("deployment=%q", label)} {
 			if n, want := strings.Count(q, sel), strings.Count(q, "lkagent_"); n != want {
 				t.Errorf("%s: query selects %s in %d of its %d series: it must count the calls of %s only", where, sel, n, want, w.d.Name)
 			}

@@ -147,7 +147,7 @@ func TestMetricsAndEndpointsPerDeployment(t *testing.T) {
 	_, sm := get(t, stagingURL+"/metrics")
 	_, pm := get(t, prodURL+"/metrics")
 	st := map[string]string{"agent_name": agent, "deployment": "staging"}
-	pr := map[string]string{"agent_name": agent, "deployment": ""}
+	pr := map[string]string{"agent_name": agent, "deployment": worker.ProductionLabel}
 	check := func(body, name string, labels map[string]string, want float64) {
 		t.Helper()
 		if got, _ := metricValue(t, body, name, labels); got != want {
@@ -159,8 +159,12 @@ func TestMetricsAndEndpointsPerDeployment(t *testing.T) {
 	check(sm, "lkagent_connected", st, 1)
 	check(sm, "lkagent_registrations_total", st, 1)
 	check(pm, "lkagent_offers_accepted_total", pr, 1)
-	check(pm, "lkagent_jobs_finished_total", map[string]string{"agent_name": agent, "deployment": "", "status": "failed"}, 1)
-	check(pm, "lkagent_jobs_finished_total", map[string]string{"agent_name": agent, "deployment": "", "status": "success"}, 0)
+	check(pm, "lkagent_jobs_finished_total", map[string]string{"agent_name": agent, "deployment": worker.ProductionLabel, "status": "failed"}, 1)
+	check(pm, "lkagent_jobs_finished_total", map[string]string{"agent_name": agent, "deployment": worker.ProductionLabel, "status": "success"}, 0)
+	// /worker names production readably too, next to its empty deployment.
+	if _, body := get(t, prodURL+"/worker"); !strings.Contains(body, `"deployment":""`) || !strings.Contains(body, `"deployment_label":"_production"`) {
+		t.Errorf("production /worker = %s", body)
+	}
 	for _, h := range []string{"lkagent_job_duration_seconds", "lkagent_job_launch_latency_seconds", "lkagent_offer_decision_latency_seconds"} {
 		if _, n := metricValue(t, sm, h, st); n != 1 {
 			t.Errorf("%s observed %d samples on staging, want 1", h, n)

@@ -39,6 +39,13 @@ func (j *Job) wrapCallback(cb *lksdk.RoomCallback) *lksdk.RoomCallback {
 			userReconnected()
 		}
 	}
+	userData := c.OnDataPacket
+	c.OnDataPacket = func(p lksdk.DataPacket, params lksdk.DataReceiveParams) {
+		j.chatPacket(p, params) // never blocks
+		if userData != nil {
+			userData(p, params)
+		}
+	}
 	userDisconnected := c.OnDisconnectedWithReason
 	c.OnDisconnectedWithReason = func(reason lksdk.DisconnectionReason) {
 		if userDisconnected != nil {

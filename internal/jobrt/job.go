@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/livekit/protocol/livekit"
@@ -172,6 +173,10 @@ type Job struct {
 
 	watchers watchers // wakes the participant helpers on room events
 
+	chat    *Chat                      // guarded by mu; see Job.Chat
+	chatOn  atomic.Pointer[Chat]       // chat, for the SDK's callbacks
+	joining atomic.Pointer[lksdk.Room] // the room Connect created; set under mu
+
 	apiOnce sync.Once
 	api     *API
 	apiErr  error
@@ -279,6 +284,12 @@ func (j *Job) Connect(ctx context.Context, cb *lksdk.RoomCallback, opts ...lksdk
 	j.mu.Unlock()
 
 	room := lksdk.NewRoom(j.wrapCallback(cb))
+	j.mu.Lock()
+	j.joining.Store(room)
+	if j.chat != nil {
+		j.registerChat(room) // before joining: no message is missed
+	}
+	j.mu.Unlock()
 	// The SDK (and pion, for the room's peer connection) logs through the
 	// job's logger, at levels that suit a worker, unless opts say otherwise.
 	opts = append([]lksdk.ConnectOption{lksdk.WithLogger(sdklog.New(j.log))}, opts...)

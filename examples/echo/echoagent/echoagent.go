@@ -1,6 +1,7 @@
 // Package echoagent is the echo agent of the examples and of the lkagent
-// CLI: it joins the job's room and answers every chat message and data
-// packet it receives with the same text, prefixed with the deployment that
+// CLI: it joins the job's room and answers every chat message (a text
+// stream on "lk.chat", or a legacy chat packet) and data packet it receives,
+// in the form it came, with the same text, prefixed with the deployment that
 // answered ("echo[staging]: hello"), so whoever talks to it sees which
 // deployment took the job.
 //
@@ -11,9 +12,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"time"
 
-	"github.com/livekit/protocol/livekit"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/job"
@@ -57,21 +56,23 @@ func OnRequest(_ context.Context, r *job.Request) error {
 	})
 }
 
-// message is one text received in the room.
-type message struct {
+// packet is one data packet received in the room.
+type packet struct {
 	from  string
 	text  string
 	topic string
-	chat  bool // a chat message, answered with a chat message
 }
 
-// Handle joins the job's room and echoes messages until the job ends: the
-// server terminates it, the worker drains, or the agent is disconnected from
-// the room (the room was deleted or closed, or the agent was removed), which
-// ends the job successfully.
+// Handle joins the job's room and echoes chat messages (text streams on
+// job.ChatTopic, answered the same way, and legacy chat packets, answered
+// with one) and data packets until the job ends: the server terminates it,
+// the worker drains, or the agent is disconnected from the room (the room
+// was deleted or closed, or the agent was removed), which ends the job
+// successfully.
 func Handle(ctx context.Context, j *job.Job) error {
 	log := j.Logger()
-	in := make(chan message, 64)
+	chat := j.Chat() // before Connect: no message is missed
+	in := make(chan packet, 64)
 	gone := make(chan lksdk.DisconnectionReason, 1)
 	cb := lksdk.NewRoomCallback()
 	cb.OnDisconnectedWithReason = func(reason lksdk.DisconnectionReason) {
@@ -85,19 +86,14 @@ func Handle(ctx context.Context, j *job.Job) error {
 		if params.Sender != nil && params.Sender.Kind() == lksdk.ParticipantAgent {
 			return
 		}
-		m := message{from: params.SenderIdentity}
-		switch p := p.(type) {
-		case *lksdk.UserDataPacket:
-			m.text, m.topic = string(p.Payload), p.Topic
-		case *livekit.ChatMessage:
-			m.text, m.chat = p.GetMessage(), true
-		default:
+		u, ok := p.(*lksdk.UserDataPacket) // chat packets go to the chat inbox
+		if !ok {
 			return
 		}
 		select {
-		case in <- m:
+		case in <- packet{from: params.SenderIdentity, text: string(u.Payload), topic: u.Topic}:
 		default:
-			log.Warn("too many messages waiting; dropped one", slog.String("from", m.from))
+			log.Warn("too many messages waiting; dropped one", slog.String("from", params.SenderIdentity))
 		}
 	}
 	room, err := j.Connect(ctx, cb)
@@ -114,27 +110,32 @@ func Handle(ctx context.Context, j *job.Job) error {
 		case reason := <-gone:
 			log.Info("disconnected from the room; job done", slog.String("reason", string(reason)))
 			return nil
-		case m := <-in:
-			if err := answer(room, j.Deployment(), m); err != nil {
-				log.Warn("reply failed", slog.String("to", m.from), slog.Any("error", err))
+		case m := <-chat.C():
+			if m.FromAgent {
 				continue
 			}
-			log.Debug("echoed", slog.String("to", m.from), slog.Int("bytes", len(m.text)))
+			if err := j.ReplyChat(ctx, m, Reply(j.Deployment(), m.Text)); err != nil {
+				log.Warn("reply failed", slog.String("to", m.From), slog.Any("error", err))
+				continue
+			}
+			log.Debug("echoed chat", slog.String("to", m.From), slog.Bool("legacy", m.Legacy), slog.Int("bytes", len(m.Text)))
+		case p := <-in:
+			if err := answer(room, j.Deployment(), p); err != nil {
+				log.Warn("reply failed", slog.String("to", p.from), slog.Any("error", err))
+				continue
+			}
+			log.Debug("echoed", slog.String("to", p.from), slog.Int("bytes", len(p.text)))
 		}
 	}
 }
 
-// answer sends the reply to m, to its sender only.
-func answer(room *lksdk.Room, deployment string, m message) error {
-	reply := Reply(deployment, m.text)
+// answer sends the reply to p, to its sender only, on p's topic.
+func answer(room *lksdk.Room, deployment string, p packet) error {
 	opts := []lksdk.DataPublishOption{lksdk.WithDataPublishReliable(true)}
-	if m.from != "" {
-		opts = append(opts, lksdk.WithDataPublishDestination([]string{m.from}))
+	if p.from != "" {
+		opts = append(opts, lksdk.WithDataPublishDestination([]string{p.from}))
 	}
-	if m.chat {
-		return room.LocalParticipant.PublishDataPacket(lksdk.ChatMessage(time.Now(), reply), opts...)
-	}
-	pkt := lksdk.UserData([]byte(reply))
-	pkt.Topic = m.topic
+	pkt := lksdk.UserData([]byte(Reply(deployment, p.text)))
+	pkt.Topic = p.topic
 	return room.LocalParticipant.PublishDataPacket(pkt, opts...)
 }
