@@ -195,19 +195,19 @@ func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) 
 	cause := context.Cause(a.ctx)
 	terminated := errors.Is(cause, job.ErrTerminated)
 	upd := &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_SUCCESS, JoinTiming: end.Timing}
-	status := "success"
+	status := StatusSuccess
 	switch end.Kind {
 	case jobproc.EndSucceeded:
 		if terminated {
-			status = "terminated"
+			status = StatusTerminated
 			log.Info("job terminated by server", slog.Duration("took", took))
 		} else {
 			log.Info("job finished", slog.Duration("took", took))
 		}
 	case jobproc.EndFailed, jobproc.EndPanicked:
-		status = "failed"
+		status = StatusFailed
 		if end.Kind == jobproc.EndPanicked {
-			status = "panicked"
+			status = StatusPanicked
 			log.Error("job handler panicked", slog.String("panic", end.Error), slog.String("stack", string(end.Stack)))
 		}
 		upd.Status, upd.Error = livekit.JobStatus_JS_FAILED, end.String()
@@ -224,7 +224,11 @@ func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) 
 	if !terminated {
 		w.report(&a.line, upd)
 	}
-	w.jobEnded(a, status, took)
+	var failure error
+	if upd.Status == livekit.JobStatus_JS_FAILED {
+		failure = errors.New(upd.Error)
+	}
+	w.jobEnded(a, jobEnd{status: status, took: took, err: failure, cause: cause})
 	var joined time.Time
 	if us := end.Timing.GetConnectedUs(); us > 0 {
 		joined = w.base.Add(time.Duration(us) * time.Microsecond)
@@ -233,16 +237,16 @@ func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) 
 }
 
 // processEndStatus is the jobs_finished status of a job whose process died.
-func processEndStatus(k jobproc.EndKind) string {
+func processEndStatus(k jobproc.EndKind) EndStatus {
 	switch k {
 	case jobproc.EndMemoryLimit:
-		return "memory_limit"
+		return StatusMemoryLimit
 	case jobproc.EndKilled, jobproc.EndUnresponsive:
-		return "killed"
+		return StatusKilled
 	case jobproc.EndStartFailed:
-		return "start_failed"
+		return StatusStartFailed
 	}
-	return "crashed"
+	return StatusCrashed
 }
 
 // maxErrorText bounds the error a failed job reports to the server.
