@@ -41,7 +41,9 @@ func (w *Worker) newRestarter() (*guard.Restarter, error) {
 		URL: w.o.URL, APIKey: w.o.APIKey, APISecret: w.o.APISecret,
 		MaxRestarts: w.o.Restart.MaxRestarts, Window: w.o.Restart.Window,
 		Backoff: w.o.Restart.Backoff, MaxBackoff: w.o.Restart.MaxBackoff,
-		Logger: w.log, Registerer: tee{w.registry, w.o.Registerer},
+		// The restarter names the agent and deployment of each failure
+		// itself: the worker's logger would add them twice.
+		Logger: w.o.Logger, Registerer: tee{w.registry, w.o.Registerer},
 	})
 }
 

@@ -439,7 +439,8 @@ func (o Outcome) frame() []byte {
 		b = appendVarintField(b, 1, kind)
 		b = appendStringField(b, 2, truncate(o.Error, maxText))
 		b = appendBytesField(b, 3, o.Stack[:min(len(o.Stack), maxText)])
-		return appendProtoField(b, 4, o.Timing)
+		b = appendProtoField(b, 4, o.Timing)
+		return appendStringField(b, 5, truncate(o.Cause, maxText))
 	})
 }
 
@@ -467,6 +468,9 @@ func decodeEnd(p []byte) (o Outcome, err error) {
 			if err := proto.Unmarshal(f.v, o.Timing); err != nil {
 				return malformed("end timing: %v", err)
 			}
+		case 5:
+			o.Cause = string(f.v)
+			return f.want(protowire.BytesType)
 		}
 		return nil
 	})
