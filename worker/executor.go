@@ -80,12 +80,29 @@ func (processes) isExecutor() {}
 // processes dying with the worker, need it).
 func Processes(o ProcessOptions) Executor { return processes{o: o} }
 
-// Cause codes between the worker and its job processes.
+// Cause codes between the worker and its job processes: the causes the
+// worker cancels a job process's job with, and those a job process reports
+// its job ended with (jobproc.Outcome.Cause).
 var causeCodes = map[error]string{
 	job.ErrTerminated:       "terminated",
 	job.ErrDrainTimeout:     "drain_timeout",
 	job.ErrWorkerStopped:    "worker_stopped",
 	job.ErrRoomDisconnected: "room_disconnected",
+	job.ErrShutdown:         "shutdown",
+}
+
+// causeCode is the code of a job's cancel cause, "" for none or one
+// without a code.
+func causeCode(cause error) string {
+	if cause == nil {
+		return ""
+	}
+	for e, code := range causeCodes {
+		if errors.Is(cause, e) {
+			return code
+		}
+	}
+	return ""
 }
 
 func causeFor(err error) jobproc.Cause {
@@ -146,9 +163,12 @@ func (w *Worker) poolUnhealthy() string {
 func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
 	defer w.jobWG.Done()
 	w.report(&a.line, &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_RUNNING})
-	log := w.o.Logger.With(slog.String("worker_id", a.line.sess.workerID()), slog.String("job_id", a.info.GetId()),
-		slog.String("room", a.info.GetRoom().GetName()), slog.String("agent_name", a.info.GetAgentName()),
-		slog.String("deployment", a.info.GetDeployment()))
+	base := w.o.Logger.With(slog.String("worker_id", a.line.sess.workerID()))
+	log := slog.New(&jobLogHandler{
+		job: base.With(slog.String("job_id", a.info.GetId()), slog.String("room", a.info.GetRoom().GetName()),
+			slog.String("agent_name", a.info.GetAgentName()), slog.String("deployment", a.info.GetDeployment())).Handler(),
+		base: base.Handler(),
+	})
 	p := a.params
 	spec := jobproc.Spec{Job: p.Info, Identity: p.Identity, URL: p.URL, Token: p.Token, Base: w.base, Timing: p.Timing.Proto(w.base)}
 	pr, err := pool.Start(a.ctx, spec, log)
@@ -193,21 +213,31 @@ func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
 func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) {
 	took := time.Since(a.started)
 	cause := context.Cause(a.ctx)
+	if end.Reported() {
+		// The job process knows what cancelled its job first, if anything:
+		// a termination that reached the worker after the job ended on
+		// its own (it left its room, and the server ended the job for
+		// that) is not why the job ended, as in process.
+		cause = nil
+		if end.Cause != "" {
+			cause = causeFrom(jobproc.Cause{Code: end.Cause})
+		}
+	}
 	terminated := errors.Is(cause, job.ErrTerminated)
 	upd := &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_SUCCESS, JoinTiming: end.Timing}
-	status := "success"
+	status := StatusSuccess
 	switch end.Kind {
 	case jobproc.EndSucceeded:
 		if terminated {
-			status = "terminated"
+			status = StatusTerminated
 			log.Info("job terminated by server", slog.Duration("took", took))
 		} else {
 			log.Info("job finished", slog.Duration("took", took))
 		}
 	case jobproc.EndFailed, jobproc.EndPanicked:
-		status = "failed"
+		status = StatusFailed
 		if end.Kind == jobproc.EndPanicked {
-			status = "panicked"
+			status = StatusPanicked
 			log.Error("job handler panicked", slog.String("panic", end.Error), slog.String("stack", string(end.Stack)))
 		}
 		upd.Status, upd.Error = livekit.JobStatus_JS_FAILED, end.String()
@@ -224,7 +254,11 @@ func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) 
 	if !terminated {
 		w.report(&a.line, upd)
 	}
-	w.jobEnded(a, status, took)
+	var failure error
+	if upd.Status == livekit.JobStatus_JS_FAILED {
+		failure = errors.New(upd.Error)
+	}
+	w.jobEnded(a, jobEnd{status: status, took: took, err: failure, cause: cause})
 	var joined time.Time
 	if us := end.Timing.GetConnectedUs(); us > 0 {
 		joined = w.base.Add(time.Duration(us) * time.Microsecond)
@@ -232,17 +266,46 @@ func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) 
 	w.restart(a, status, joined)
 }
 
+// jobLogHandler is the log handler of a job in a job process. The worker's
+// own lines about the job get the job's attributes (job); the records the
+// job process relays were made by the job's j.Logger(), which named the job
+// already, and go out as they came, with the worker's attributes only
+// (base): as in process, each attribute once.
+type jobLogHandler struct{ job, base slog.Handler }
+
+func (h *jobLogHandler) Enabled(ctx context.Context, l slog.Level) bool { return h.job.Enabled(ctx, l) }
+
+func (h *jobLogHandler) Handle(ctx context.Context, r slog.Record) error {
+	named := false
+	r.Attrs(func(a slog.Attr) bool {
+		named = a.Key == "job_id"
+		return !named
+	})
+	if named {
+		return h.base.Handle(ctx, r)
+	}
+	return h.job.Handle(ctx, r)
+}
+
+func (h *jobLogHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &jobLogHandler{job: h.job.WithAttrs(as), base: h.base.WithAttrs(as)}
+}
+
+func (h *jobLogHandler) WithGroup(name string) slog.Handler {
+	return &jobLogHandler{job: h.job.WithGroup(name), base: h.base.WithGroup(name)}
+}
+
 // processEndStatus is the jobs_finished status of a job whose process died.
-func processEndStatus(k jobproc.EndKind) string {
+func processEndStatus(k jobproc.EndKind) EndStatus {
 	switch k {
 	case jobproc.EndMemoryLimit:
-		return "memory_limit"
+		return StatusMemoryLimit
 	case jobproc.EndKilled, jobproc.EndUnresponsive:
-		return "killed"
+		return StatusKilled
 	case jobproc.EndStartFailed:
-		return "start_failed"
+		return StatusStartFailed
 	}
-	return "crashed"
+	return StatusCrashed
 }
 
 // maxErrorText bounds the error a failed job reports to the server.
@@ -321,6 +384,9 @@ func (w *Worker) runInJobProcess(ctx context.Context, s jobproc.Spec, r *jobproc
 		out = jobproc.Failure(outcome)
 	}
 	out.Timing = ctl.Timing().Proto(s.Base)
+	// What cancelled the job first, as endJob reads it in process: after
+	// Finish, whose own cancellation is no cause.
+	out.Cause = causeCode(context.Cause(ctl.Context()))
 	return out
 }
 

@@ -86,8 +86,10 @@ func (w *Worker) handleOffer(s *session, req *livekit.AvailabilityRequest, recei
 		}
 	}
 	w.obs.offer()
+	w.events.emit(Event{Kind: EventOffered, Time: received, JobID: j.GetId(), Room: j.GetRoom().GetName()})
 	decline := func(reason string, attrs ...any) {
 		w.obs.declined(reason, time.Since(received))
+		w.events.emit(Event{Kind: EventDeclined, JobID: j.GetId(), Room: j.GetRoom().GetName(), Reason: reason})
 		level := slog.LevelInfo
 		if reason == DeclineForeignAgent || reason == DeclineForeignDeployment || reason == DeclineForeignJobType {
 			level = slog.LevelWarn
@@ -308,6 +310,7 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 	if start {
 		w.start(aj)
 	} else {
+		w.events.emit(Event{Kind: EventQueued, JobID: id, Room: info.GetRoom().GetName()})
 		// The server shows the job pending until it starts.
 		w.report(&aj.line, &livekit.UpdateJobStatus{JobId: id, Status: livekit.JobStatus_JS_PENDING})
 		w.obs.setQueued(w.queued())
@@ -332,6 +335,7 @@ func (w *Worker) launchLocked(aj *activeJob) {
 // start runs the handler of a launched job.
 func (w *Worker) start(aj *activeJob) {
 	w.obs.jobStarted(aj.started.Sub(aj.params.Timing.AssignmentReceived), !aj.queuedAt.IsZero())
+	w.events.emit(Event{Kind: EventStarted, Time: aj.started, JobID: aj.info.GetId(), Room: aj.info.GetRoom().GetName()})
 	if pool := w.pool.Load(); pool != nil {
 		go w.runJobProcess(aj, pool)
 		return
@@ -405,15 +409,17 @@ func (w *Worker) queueTimeout(aj *activeJob) {
 		return
 	}
 	w.failQueued(aj, fmt.Errorf("job not started: it waited %s in the queue for a free slot (QueueTimeout; MaxJobs %d)",
-		w.o.QueueTimeout, w.o.MaxJobs), "queue_timeout")
+		w.o.QueueTimeout, w.o.MaxJobs), StatusQueueTimeout)
 }
 
 // failQueued reports a queued job that will never start as failed.
-func (w *Worker) failQueued(aj *activeJob, reason error, status string) {
+func (w *Worker) failQueued(aj *activeJob, reason error, status EndStatus) {
 	waited := time.Since(aj.queuedAt)
 	w.report(&aj.line, &livekit.UpdateJobStatus{JobId: aj.info.GetId(), Status: livekit.JobStatus_JS_FAILED, Error: reason.Error()})
-	w.obs.queueLeft(status, waited)
+	w.obs.queueLeft(string(status), waited)
 	w.obs.setQueued(w.queued())
+	w.events.emit(Event{Kind: EventEnded, JobID: aj.info.GetId(), Room: aj.info.GetRoom().GetName(),
+		Status: status, Err: reason, Cause: context.Cause(aj.ctx), Took: waited})
 	aj.cancel(errJobEnded)
 	w.later(func() {
 		w.log.Warn("queued job failed", jobAttrs(aj.info, aj.line.sess.workerID(),
@@ -476,12 +482,13 @@ func (w *Worker) newJob(a *activeJob) *jobrt.Control {
 // the job.
 func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
 	onItsOwn := ctl.Context().Err() == nil // nothing ended the job but its handler
+	cause := context.Cause(ctl.Context())
 	j := ctl.Job()
 	log := j.Logger()
-	status := "success"
+	status := StatusSuccess
 	var pe *jobrt.PanicError
 	if errors.As(err, &pe) {
-		status = "panicked"
+		status = StatusPanicked
 		log.Error("job handler panicked", slog.Any("panic", pe.Value), slog.String("stack", string(pe.Stack)))
 	}
 	hctx, cancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
@@ -493,12 +500,12 @@ func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
 	switch {
 	case outcome != nil:
 		upd.Status, upd.Error = livekit.JobStatus_JS_FAILED, outcome.Error()
-		if status != "panicked" {
-			status = "failed"
+		if status != StatusPanicked {
+			status = StatusFailed
 		}
 		log.Warn("job failed", slog.Any("error", outcome), slog.Duration("took", time.Since(a.started)))
 	case terminated:
-		status = "terminated"
+		status = StatusTerminated
 		log.Info("job terminated by server", slog.Duration("took", time.Since(a.started)))
 	default:
 		log.Info("job finished", slog.Duration("took", time.Since(a.started)))
@@ -510,7 +517,7 @@ func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
 	if !terminated {
 		w.report(&a.line, upd)
 	}
-	w.jobEnded(a, status, time.Since(a.started))
+	w.jobEnded(a, jobEnd{status: status, took: time.Since(a.started), err: outcome, cause: cause})
 	w.restart(a, status, ctl.Timing().Connected)
 }
 
@@ -526,10 +533,20 @@ func warnQuickReturn(log *slog.Logger, ctl *jobrt.Control, onItsOwn bool, err er
 	}
 }
 
+// jobEnd is how a job ended.
+type jobEnd struct {
+	status EndStatus
+	took   time.Duration
+	err    error // reported failed; nil otherwise
+	cause  error // what cancelled the job; nil when it ended on its own
+}
+
 // jobEnded forgets a job that ended (its end reported, or not to be), and
 // starts queued jobs in its slot.
-func (w *Worker) jobEnded(a *activeJob, status string, took time.Duration) {
-	w.obs.jobFinished(status, took)
+func (w *Worker) jobEnded(a *activeJob, end jobEnd) {
+	w.obs.jobFinished(string(end.status), end.took)
+	w.events.emit(Event{Kind: EventEnded, JobID: a.info.GetId(), Room: a.info.GetRoom().GetName(),
+		Status: end.status, Err: end.err, Cause: end.cause, Took: end.took})
 	a.cancel(errJobEnded) // detaches the job's context from the worker's
 	w.mu.Lock()
 	if a.stuck != nil {
@@ -557,8 +574,11 @@ func (w *Worker) handleTermination(id string) {
 		w.release(id)
 	case unqueued:
 		// Never started: the server already recorded the end.
-		w.obs.queueLeft("terminated", time.Since(a.queuedAt))
+		waited := time.Since(a.queuedAt)
+		w.obs.queueLeft(string(StatusTerminated), waited)
 		w.obs.setQueued(w.queued())
+		w.events.emit(Event{Kind: EventEnded, JobID: id, Room: a.info.GetRoom().GetName(),
+			Status: StatusTerminated, Cause: job.ErrTerminated, Took: waited})
 		a.cancel(job.ErrTerminated)
 		w.kickStatus()
 	default:

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -55,6 +56,8 @@ func serveTestJobProcess() {
 // misbehave does what the job's metadata says.
 func misbehave(ctx context.Context, j *job.Job) error {
 	switch j.Metadata() {
+	case "ok":
+		j.Logger().Info("the handler says hello")
 	case "fail":
 		return errors.New("the handler failed on purpose")
 	case "panic":
@@ -102,8 +105,48 @@ func misbehave(ctx context.Context, j *job.Job) error {
 	case "hang":
 		<-ctx.Done()
 		select {} // ignores its cancellation
+	case "shutdown":
+		j.Shutdown("done on purpose")
+		<-ctx.Done()
+		return nil
+	}
+	if dir, ok := strings.CutPrefix(j.Metadata(), "hold:"); ok {
+		// Holds until its context ends, once it said so in dir/waiting.
+		if err := os.WriteFile(filepath.Join(dir, "waiting"), nil, 0o600); err != nil {
+			return err
+		}
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	if dir, ok := strings.CutPrefix(j.Metadata(), "shutdown-late:"); ok {
+		// Ends itself, and its end takes until dir/release exists (the
+		// test sends the server's termination meanwhile).
+		j.OnShutdown(func(ctx context.Context, _ error) { awaitFile(ctx, dir) })
+		j.Shutdown("done on purpose")
+		<-ctx.Done()
+		return nil
 	}
 	return nil
+}
+
+// awaitFile creates dir/waiting, then waits until dir/release exists or
+// ctx ends. It works across processes.
+func awaitFile(ctx context.Context, dir string) {
+	if err := os.WriteFile(filepath.Join(dir, "waiting"), nil, 0o600); err != nil {
+		return
+	}
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "release")); err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // rss is this process's resident set, in bytes (Linux).

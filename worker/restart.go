@@ -41,7 +41,9 @@ func (w *Worker) newRestarter() (*guard.Restarter, error) {
 		URL: w.o.URL, APIKey: w.o.APIKey, APISecret: w.o.APISecret,
 		MaxRestarts: w.o.Restart.MaxRestarts, Window: w.o.Restart.Window,
 		Backoff: w.o.Restart.Backoff, MaxBackoff: w.o.Restart.MaxBackoff,
-		Logger: w.log, Registerer: tee{w.registry, w.o.Registerer},
+		// The restarter names the agent and deployment of each failure
+		// itself: the worker's logger would add them twice.
+		Logger: w.o.Logger, Registerer: tee{w.registry, w.o.Registerer},
 	})
 }
 
@@ -77,14 +79,14 @@ func (t tee) Unregister(c prometheus.Collector) bool {
 
 // restartable says whether a job that ended with status (a jobs_finished
 // status) is restarted.
-func (w *Worker) restartable(status string) bool {
+func (w *Worker) restartable(status EndStatus) bool {
 	if w.restarter == nil {
 		return false
 	}
 	switch status {
-	case "panicked", "crashed", "memory_limit", "start_failed":
+	case StatusPanicked, StatusCrashed, StatusMemoryLimit, StatusStartFailed:
 		return true
-	case "failed":
+	case StatusFailed:
 		return w.o.Restart.OnHandlerError
 	}
 	return false // success, terminated, killed after a termination, queue or drain timeouts
@@ -93,7 +95,7 @@ func (w *Worker) restartable(status string) bool {
 // restart dispatches the agent of a failed job to its room again, if its
 // dispatch asks for it and someone other than agents is still there. It
 // runs on a goroutine the worker waits for.
-func (w *Worker) restart(a *activeJob, status string, joinedAt time.Time) {
+func (w *Worker) restart(a *activeJob, status EndStatus, joinedAt time.Time) {
 	if !w.restartable(status) {
 		return
 	}
@@ -114,8 +116,13 @@ func (w *Worker) restart(a *activeJob, status string, joinedAt time.Time) {
 	w.later(func() {
 		ctx, cancel := context.WithTimeout(ctx, restartTimeout)
 		defer cancel()
-		if _, err := w.restarter.Restart(ctx, f); err != nil { // the restarter logs its decisions
+		d, err := w.restarter.Restart(ctx, f) // the restarter logs its decisions
+		if err != nil {
 			w.log.Warn("restarting a failed job's agent failed", jobAttrs(a.info, a.line.sess.workerID(), slog.Any("error", err))...)
+			return
+		}
+		if d.Outcome == guard.Restarted {
+			w.events.emit(Event{Kind: EventRestarted, JobID: f.JobID, Room: f.Room, DispatchID: d.NewDispatch})
 		}
 	})
 }

@@ -15,7 +15,7 @@ func TestRestartable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for status, want := range map[string]bool{
+	for status, want := range map[EndStatus]bool{
 		"panicked": true, "crashed": true, "memory_limit": true, "start_failed": true,
 		"failed": false, "success": false, "terminated": false, "killed": false,
 		"queue_timeout": false, "drain_timeout": false,

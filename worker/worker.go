@@ -81,6 +81,8 @@ type Worker struct {
 	lastLoop   time.Time     // last time a worker loop turned (for /healthz)
 	httpAddr   string        // bound address of the HTTP endpoints
 
+	events eventHub // job events to the subscriptions
+
 	jobWG  sync.WaitGroup // job handler goroutines
 	userWG sync.WaitGroup // OnRequest calls
 	bg     sync.WaitGroup // offer answers and deferred log lines
@@ -584,7 +586,7 @@ func (w *Worker) cancelAllJobs(cause error) int {
 	}
 	w.mu.Unlock()
 	for _, a := range queued {
-		w.failQueued(a, fmt.Errorf("job not started: %w", cause), "drain_timeout")
+		w.failQueued(a, fmt.Errorf("job not started: %w", cause), StatusDrainTimeout)
 	}
 	return n
 }

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/lkagent/lkagent/internal/bench"
@@ -32,7 +33,9 @@ func main() {
 		bench.ServeJobProcess()
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	sigs := make(chan os.Signal, 2)
+	claimed := new(atomic.Bool) // the command handles the second signal itself
+	ctx = withSignalClaim(ctx, claimed)
+	sigs := make(chan os.Signal, 3)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
 		s := <-sigs
@@ -40,6 +43,11 @@ func main() {
 		// servers stop.
 		cancel(&signalError{sig: s})
 		<-sigs
+		if claimed.Load() {
+			// The worker cancels its jobs and sends their final
+			// statuses; only a third signal does not wait for that.
+			<-sigs
+		}
 		// The second one does not wait. Child processes die with us (the
 		// local server is started so that the kernel kills it then).
 		fmt.Fprintln(os.Stderr, "lkagent: second signal: exiting at once")

@@ -82,7 +82,8 @@ func TestWorkerTakesItsDeploymentAndDrains(t *testing.T) {
 	}
 }
 
-// A second signal does not wait for the drain.
+// A second signal does not wait for the drain: it cancels the running job
+// with "worker stopped", whose end is still reported, and exits 130.
 func TestWorkerSecondSignalExitsAtOnce(t *testing.T) {
 	t.Parallel()
 	agent, room := uniq("agent"), uniq("room")
@@ -102,7 +103,8 @@ func TestWorkerSecondSignalExitsAtOnce(t *testing.T) {
 	if took := time.Since(start); took > 2*time.Second {
 		t.Fatalf("the second signal took %s to stop the worker", took)
 	}
-	w.waitFor(w.stderr, time.Second, "second signal: exiting at once")
+	w.waitFor(w.stderr, time.Second, "a second signal cancelled the running jobs")
+	w.waitFor(w.stdout, time.Second, `msg="job failed"`, "room="+room, "worker stopped")
 }
 
 // The worker serves its HTTP endpoints by default; without running jobs a

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
@@ -22,7 +23,8 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 			"that stops it, as one line, to stderr. With --processes each job runs in a process of its own\n"+
 			"(lkagent started again with the same arguments), which a crash or --memory-limit-mib ends alone.\n"+
 			"SIGINT or SIGTERM drains it (no new jobs; running ones may finish within --drain-timeout);\n"+
-			"a second signal exits at once.")
+			"a second signal cancels the running jobs at once, sends their final statuses and exits 130;\n"+
+			"a third one exits without waiting.")
 	c := addConn(f)
 	agentName := f.fs.String("agent-name", "", "agent name to register with; dispatches address it")
 	deployment := f.fs.String("deployment", "", "deployment to register with; empty is production")
@@ -104,8 +106,14 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	started := time.Now()
-	err = w.Run(ctx)
+	// The worker takes the second signal over from main: it cancels the
+	// running jobs and still sends their final statuses before it exits.
+	claimSecondSignal(ctx)
+	err = w.RunUntilSignal(ctx)
+	var se *worker.SignalError
 	switch {
+	case errors.As(err, &se):
+		return fmt.Errorf("%w: a second signal cancelled the running jobs; their final statuses were sent", &signalError{sig: se.Signal})
 	case errors.Is(err, worker.ErrUnauthorized):
 		return fmt.Errorf("the LiveKit server at %s rejected the API key or secret: check --api-key and --api-secret or $%s and $%s",
 			c.url, worker.EnvAPIKey, worker.EnvAPISecret)
@@ -122,4 +130,23 @@ func runWorker(ctx context.Context, e *env, args []string) error {
 	}
 	log.Info("worker stopped", slog.Duration("ran", time.Since(started).Round(time.Millisecond)))
 	return nil
+}
+
+// signalClaimKey keys a *atomic.Bool in a command's context: main puts it
+// there, and a command that handles the second signal itself sets it
+// (claimSecondSignal); main then leaves the second signal to the command
+// and exits at once only on a third.
+type signalClaimKey struct{}
+
+// withSignalClaim returns ctx carrying claimed.
+func withSignalClaim(ctx context.Context, claimed *atomic.Bool) context.Context {
+	return context.WithValue(ctx, signalClaimKey{}, claimed)
+}
+
+// claimSecondSignal tells main that this command handles the second
+// signal itself.
+func claimSecondSignal(ctx context.Context) {
+	if c, ok := ctx.Value(signalClaimKey{}).(*atomic.Bool); ok {
+		c.Store(true)
+	}
 }

@@ -18,8 +18,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
@@ -61,18 +59,14 @@ func main() {
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "deployments:", err)
-		os.Exit(2)
+		os.Exit(worker.ExitCode(err))
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		<-ctx.Done()
-		log.Info("signal received: draining (a second signal exits at once)")
-		stop()
-	}()
-	if err := w.Run(ctx); err != nil {
-		log.Error("worker failed", slog.Any("error", err))
-		os.Exit(1)
+	// The first SIGINT or SIGTERM drains, a second cancels the running
+	// jobs; their final statuses are sent either way.
+	if err := w.RunUntilSignal(context.Background()); err != nil {
+		log.Error("worker stopped", slog.Any("error", err))
+		os.Exit(worker.ExitCode(err))
 	}
 	log.Info("drained; exiting")
 }

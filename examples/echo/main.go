@@ -13,7 +13,8 @@
 // LocalParticipant.PublishDataPacket.
 //
 // SIGINT or SIGTERM drains the worker: it takes no new jobs and lets
-// running ones finish. A second signal exits at once.
+// running ones finish. A second signal cancels the running jobs at once
+// (their final statuses are still sent) and exits with status 130.
 package main
 
 import (
@@ -22,8 +23,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
 	"github.com/lkagent/lkagent/worker"
@@ -46,17 +45,15 @@ func main() {
 	}, echoagent.Handle)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "echo:", err)
-		os.Exit(2)
+		os.Exit(worker.ExitCode(err))
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		<-ctx.Done()
-		stop() // a second signal now kills the process
-	}()
-	if err := w.Run(ctx); err != nil {
+	// The first SIGINT or SIGTERM drains, a second cancels the running
+	// jobs; their final statuses are sent either way.
+	err = w.RunUntilSignal(context.Background())
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "echo:", err)
-		os.Exit(1)
+		os.Exit(worker.ExitCode(err))
 	}
 	log.Info("echo agent stopped")
 }

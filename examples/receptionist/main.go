@@ -12,7 +12,8 @@
 // first participant who is not an agent is the caller.
 //
 // SIGINT or SIGTERM drains the worker: it takes no new jobs and lets
-// running calls finish. A second signal exits at once.
+// running calls finish. A second signal cancels the running calls at once
+// (their final statuses are still sent) and exits with status 130.
 package main
 
 import (
@@ -21,8 +22,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/lkagent/lkagent/worker"
@@ -47,18 +46,14 @@ func main() {
 	}, newHandler(*clinic))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "receptionist:", err)
-		os.Exit(2)
+		os.Exit(worker.ExitCode(err))
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		<-ctx.Done()
-		log.Info("signal received: draining (a second signal exits at once)")
-		stop() // a second signal now kills the process
-	}()
-	if err := w.Run(ctx); err != nil {
-		log.Error("worker failed", slog.Any("error", err))
-		os.Exit(1)
+	// The first SIGINT or SIGTERM drains, a second cancels the running
+	// calls; their final statuses are sent either way.
+	if err := w.RunUntilSignal(context.Background()); err != nil {
+		log.Error("worker stopped", slog.Any("error", err))
+		os.Exit(worker.ExitCode(err))
 	}
 	log.Info("receptionist stopped")
 }

@@ -18,10 +18,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"slices"
 	"strings"
-	"syscall"
 
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
 	"github.com/lkagent/lkagent/job"
@@ -80,16 +78,13 @@ func main() {
 	}, echoagent.Handle)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "request-filter:", err)
-		os.Exit(2)
+		os.Exit(worker.ExitCode(err))
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		<-ctx.Done()
-		stop() // a second signal now kills the process
-	}()
-	if err := w.Run(ctx); err != nil {
+	// The first SIGINT or SIGTERM drains, a second cancels the running
+	// jobs; their final statuses are sent either way.
+	if err := w.RunUntilSignal(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "request-filter:", err)
-		os.Exit(1)
+		os.Exit(worker.ExitCode(err))
 	}
 }

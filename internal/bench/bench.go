@@ -320,6 +320,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			if err != nil {
 				return nil, err
 			}
+			if cfg.Processes {
+				b.recordStarts(&wg, w, dep)
+			}
 			b.mu.Lock()
 			b.workers = append(b.workers, w)
 			b.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	lksdk "github.com/livekit/server-sdk-go/v2"
@@ -23,12 +24,13 @@ import (
 // the program that calls Run is started again for each job, with the same
 // arguments, and its main must call ServeJobProcess first thing (see
 // IsJobProcess). The job process builds a worker with the same handler,
-// whose Run serves the job; the handler tells the bench when it started by
-// a log record, which reaches the parent's worker logger (see startTap),
-// and learns from the dispatch's metadata whether to join its room and how
-// long to stay: while the bench's observer is in the room, or, for the
-// jobs held to measure memory, until the bench releases them by creating a
-// file of the hold's name in a directory of its own.
+// whose Run serves the job. The bench learns of each start from the
+// parent worker's EventStarted (see recordStarts), and of each room joined
+// from a log record, which reaches the parent's worker logger (see
+// startTap). The handler learns from the dispatch's metadata whether to
+// join its room and how long to stay: while the bench's observer is in the
+// room, or, for the jobs held to measure memory, until the bench releases
+// them by creating a file of the hold's name in a directory of its own.
 
 // envJobProcess marks the job processes of the bench's workers; the
 // parent sets it in their environment only.
@@ -43,14 +45,11 @@ const (
 	metaHold = "hold=" // + a name: stay until released (else: while observed)
 )
 
-// The handler's records: its start, and its room joined.
+// The handler's records: its room joined, or not. (Its start reaches the
+// bench as the worker's EventStarted.)
 const (
-	startedMsg     = "bench job started"
-	joinedMsg      = "bench job joined"
-	joinFailedMsg  = "bench job could not join its room"
-	attrStartNs    = "bench_start_unix_ns"
-	attrRoom       = "bench_room"
-	attrDeployment = "bench_deployment"
+	joinedMsg     = "bench job joined"
+	joinFailedMsg = "bench job could not join its room"
 )
 
 // processShutdownTimeout is the bench workers' ShutdownTimeout.
@@ -95,12 +94,9 @@ func (b *bench) jobProcessEnv() []string {
 		worker.EnvAPIKey + "=" + c.APIKey, worker.EnvAPISecret + "=" + c.APISecret, envReleaseDir + "=" + b.releaseDir}
 }
 
-// processHandler runs in a job process: it logs its start, joins the room
-// if told to, and stays as the metadata says.
+// processHandler runs in a job process: it joins the room if told to, and
+// stays as the metadata says.
 func processHandler(ctx context.Context, j *job.Job) error {
-	start := time.Now()
-	j.Logger().Info(startedMsg, slog.Int64(attrStartNs, start.UnixNano()), slog.String(attrRoom, j.RoomName()),
-		slog.String(attrDeployment, j.Deployment()))
 	var join bool
 	var hold string
 	for _, w := range strings.Split(j.Metadata(), ",") {
@@ -173,7 +169,7 @@ func (b *bench) dispatchMeta(hold string) string {
 }
 
 // startTap is a bench worker's log handler with Config.Processes: it
-// records the starts its job processes log, and passes every record on.
+// records the joins its job processes log, and passes every record on.
 type startTap struct {
 	b      *bench
 	worker string // deployment of the worker
@@ -203,21 +199,6 @@ func (h *startTap) Handle(ctx context.Context, r slog.Record) error {
 			}
 			return true
 		})
-	case startedMsg:
-		var start time.Time
-		var room, dep string
-		r.Attrs(func(a slog.Attr) bool {
-			switch a.Key {
-			case attrStartNs:
-				start = time.Unix(0, a.Value.Int64())
-			case attrRoom:
-				room = a.Value.String()
-			case attrDeployment:
-				dep = a.Value.String()
-			}
-			return true
-		})
-		h.b.recordStart(room, h.worker, dep, start)
 	}
 	if !h.next.Enabled(ctx, r.Level) {
 		return nil
@@ -250,6 +231,25 @@ func (b *bench) recordStart(room, workerDep, jobDep string, at time.Time) {
 	b.runs[room] = r
 	b.mu.Unlock()
 	b.started <- room
+}
+
+// recordStarts records the starts of w's jobs (in job processes: the
+// handler runs in another process) from w's events, until w stopped. A
+// worker takes only jobs of its own deployment, dep.
+func (b *bench) recordStarts(wg *sync.WaitGroup, w *worker.Worker, dep string) {
+	sub := w.Subscribe(worker.EventStarted)
+	done := w.Done()
+	wg.Go(func() {
+		defer sub.Close()
+		for {
+			select {
+			case e := <-sub.C:
+				b.recordStart(e.Room, dep, dep, e.Time)
+			case <-done:
+				return
+			}
+		}
+	})
 }
 
 // endHeld releases the jobs held as hold with Config.Processes, and waits

@@ -478,7 +478,7 @@ func (pr *Proc) settle(state procState) End {
 	switch k := pr.killed; {
 	case pr.report != nil:
 		o := pr.report
-		e.Error, e.Stack, e.Timing = o.Error, o.Stack, o.Timing
+		e.Error, e.Stack, e.Timing, e.Cause = o.Error, o.Stack, o.Timing, o.Cause
 		switch {
 		case o.Panicked:
 			e.Kind = EndPanicked

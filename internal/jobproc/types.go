@@ -88,6 +88,11 @@ type Outcome struct {
 	// Timing is the job's join timing at its end, in microseconds since
 	// the Spec's Base; nil if not known.
 	Timing *livekit.JobJoinTiming
+	// Cause is the code of the cause the job's context was cancelled with
+	// before the job ended (a parent's Cause.Code, or a code of the
+	// runtime's own); "" when the job ended on its own. Only the child
+	// knows which came first, its job's end or the parent's cancel.
+	Cause string
 }
 
 // Success is the outcome of a job that succeeded.
@@ -188,6 +193,8 @@ type End struct {
 	// Timing is the join timing the child reported with its end, in
 	// microseconds since the Spec's Base; nil if it sent none.
 	Timing *livekit.JobJoinTiming
+	// Cause is the child's Outcome.Cause (reported ends only).
+	Cause string
 	// Pid is the process's id.
 	Pid int
 	// ExitCode is the process's exit code; -1 if a signal killed it or

@@ -347,6 +347,7 @@ func (o Outcome) frame() []byte {
 		Error:  []byte(truncate(o.Error, maxText)),
 		Stack:  o.Stack[:min(len(o.Stack), maxText)],
 		Timing: o.Timing,
+		Cause:  []byte(truncate(o.Cause, maxText)),
 	}
 	switch {
 	case o.Panicked:
@@ -365,7 +366,7 @@ func decodeEnd(p []byte) (Outcome, error) {
 	if err := unmarshal(p, &e); err != nil {
 		return Outcome{}, err
 	}
-	o := Outcome{Error: string(e.GetError()), Stack: e.GetStack(), Timing: e.GetTiming()}
+	o := Outcome{Error: string(e.GetError()), Stack: e.GetStack(), Timing: e.GetTiming(), Cause: string(e.GetCause())}
 	switch e.GetKind() {
 	case jobprocpb.End_KIND_SUCCESS:
 		o.Error, o.Stack = "", nil

@@ -1,0 +1,94 @@
+package e2e
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/worker"
+)
+
+// A program built on worker.RunUntilSignal (the deployments example): the
+// first SIGTERM drains and the job goes on; the second cancels it, the
+// process exits 130 within seconds, and the server records the job's end
+// that the worker reported (JS_FAILED, "worker stopped"), not one of its
+// own.
+func TestSecondSIGTERMCancelsAndReports(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real LiveKit server")
+	}
+	t.Parallel()
+	bin := filepath.Join(t.TempDir(), "deployments")
+	build := exec.Command("go", "build", "-o", bin, "github.com/lkagent/lkagent/examples/deployments")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the deployments example: %v\n%s", err, out)
+	}
+	agent := uniq("sig2")
+	cmd := exec.Command(bin, "--agent-name", agent, "--deployment", "staging", "--drain-timeout", "10m")
+	cmd.Env = append(os.Environ(), "LIVEKIT_URL="+srv.URL(), "LIVEKIT_API_KEY="+srv.APIKey(), "LIVEKIT_API_SECRET="+srv.APISecret())
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var waitErr error
+	out := newLineLog(stderr)
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	out.wait(t, 30*time.Second, "serving")
+	time.Sleep(lkserver.RegistrationSettle)
+
+	room := uniq("room")
+	createDispatch(t, agent, room, "staging")
+	out.wait(t, 30*time.Second, "echo agent joined the room", room)
+	m := regexp.MustCompile(`job_id=(\S+) room=` + regexp.QuoteMeta(room) + `\b`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("no job_id in the job's line:\n%s", out.String())
+	}
+	jobID := m[1]
+	time.Sleep(2 * worker.StatusDelay) // the running status reaches the server
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	out.wait(t, 10*time.Second, "signal received: draining")
+	out.wait(t, 10*time.Second, "msg=draining", "running_jobs=1")
+	select {
+	case <-exited:
+		t.Fatalf("the process exited (%v) on the first SIGTERM with its job running; output:\n%s", waitErr, out.String())
+	case <-time.After(time.Second):
+	}
+	second := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the process did not exit within 15s of the second SIGTERM; output:\n%s", out.String())
+	}
+	took := time.Since(second)
+	t.Logf("second SIGTERM to exit: %s", took.Round(time.Millisecond))
+	var ee *exec.ExitError
+	if !errors.As(waitErr, &ee) || ee.ExitCode() != worker.ExitInterrupted {
+		t.Fatalf("exit %v after the second SIGTERM, want status %d; output:\n%s", waitErr, worker.ExitInterrupted, out.String())
+	}
+	line := waitServerLine(t, 30*time.Second, "job ended", jobID)
+	for _, want := range []string{"JS_FAILED", "worker stopped"} {
+		if !regexp.MustCompile(regexp.QuoteMeta(want)).MatchString(line) {
+			t.Errorf("the server recorded %s; want %q in it", line, want)
+		}
+	}
+}

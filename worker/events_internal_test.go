@@ -1,0 +1,68 @@
+package worker
+
+import (
+	"testing"
+	"time"
+)
+
+// emit never waits for a consumer: past EventBuffer, events are dropped
+// and counted, and the others keep their order.
+func TestEventHubDropsWhenFull(t *testing.T) {
+	t.Parallel()
+	w, err := newWorker(validOptions(), noop, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := w.Subscribe()
+	defer sub.Close()
+	const extra = 10
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range EventBuffer + extra {
+			w.events.emit(Event{Kind: EventOffered, JobID: string(rune('a' + i%26))})
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("emit blocked on a consumer that does not read")
+	}
+	if got := sub.Dropped(); got != extra {
+		t.Errorf("Dropped = %d, want %d", got, extra)
+	}
+	if got := len(sub.C); got != EventBuffer {
+		t.Errorf("%d events buffered, want %d", got, EventBuffer)
+	}
+}
+
+// recovered is the emit point of EventRecovered.
+func TestRecoveredEmitsEvent(t *testing.T) {
+	t.Parallel()
+	w, err := newWorker(validOptions(), noop, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := w.Subscribe(EventRecovered)
+	defer sub.Close()
+	w.events.emit(Event{Kind: EventOffered}) // not subscribed to
+	w.recovered("AJ_1", "room-1")
+	select {
+	case e := <-sub.C:
+		if e.Kind != EventRecovered || e.JobID != "AJ_1" || e.Room != "room-1" || e.Time.IsZero() {
+			t.Errorf("event %+v, want recovered AJ_1 in room-1", e)
+		}
+	default:
+		t.Fatal("no event")
+	}
+}
+
+func TestEventKindString(t *testing.T) {
+	t.Parallel()
+	for k, want := range map[EventKind]string{EventOffered: "offered", EventDeclined: "declined", EventQueued: "queued",
+		EventStarted: "started", EventEnded: "ended", EventRestarted: "restarted", EventRecovered: "recovered", 0: "unknown", 99: "unknown"} {
+		if got := k.String(); got != want {
+			t.Errorf("%d.String() = %q, want %q", int(k), got, want)
+		}
+	}
+}
