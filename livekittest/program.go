@@ -1,0 +1,125 @@
+package livekittest
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lkagent/lkagent/internal/racebuild"
+	"github.com/lkagent/lkagent/internal/syncbuf"
+)
+
+// Build builds the main package pkg (as go build names it: "." is the
+// test's own package) into a directory removed when the test ends, and
+// returns the program's path. Under the race detector the program is built
+// with it too, so that a test run with -race checks the program as well.
+func Build(t testing.TB, pkg string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	if pkg == "." {
+		bin = filepath.Join(filepath.Dir(bin), "program")
+	}
+	args := []string{"build", "-o", bin}
+	if racebuild.Enabled {
+		args = append(args, "-race")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "go", append(args, pkg)...).CombinedOutput(); err != nil {
+		t.Fatalf("livekittest: go build %s: %v\n%s", pkg, err, out)
+	}
+	return bin
+}
+
+// Program is a program under test started by [Server.StartProgram]: an
+// agent's own binary, to test what its main function does (flags, signals,
+// exit codes) against the server.
+type Program struct {
+	cmd  *exec.Cmd
+	out  *syncbuf.Buffer
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// StartProgram starts the program bin with args, connected to the server:
+// its environment is the test's without any LIVEKIT_ variable, plus
+// LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET of s, plus env
+// ("NAME=value", which may set LIVEKIT_AGENT_DEPLOYMENT, for example). The
+// program is killed when the test ends if it still runs, and its output is
+// logged if the test failed.
+func (s *Server) StartProgram(t testing.TB, bin string, env []string, args ...string) *Program {
+	t.Helper()
+	p := &Program{cmd: exec.Command(bin, args...), out: &syncbuf.Buffer{}, done: make(chan struct{})}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "LIVEKIT_") {
+			p.cmd.Env = append(p.cmd.Env, kv)
+		}
+	}
+	p.cmd.Env = append(p.cmd.Env, "LIVEKIT_URL="+s.URL, "LIVEKIT_API_KEY="+s.APIKey, "LIVEKIT_API_SECRET="+s.APISecret)
+	p.cmd.Env = append(p.cmd.Env, env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("livekittest: start %s: %v", bin, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		if p.Running() {
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("output of %s:\n%s", bin, p.Output())
+		}
+	})
+	return p
+}
+
+// Signal sends sig to the program.
+func (p *Program) Signal(t testing.TB, sig os.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("livekittest: signal %v: %v", sig, err)
+	}
+}
+
+// Running reports whether the program still runs.
+func (p *Program) Running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Wait waits until the program exits, and returns its exit code; -1 if a
+// signal killed it. It fails the test if the program still runs after
+// [Timeout].
+func (p *Program) Wait(t testing.TB) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(Timeout):
+		t.Fatalf("livekittest: %s still runs after %s", p.cmd.Path, Timeout)
+	}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(p.err, &ee):
+		return ee.ExitCode()
+	case p.err != nil:
+		t.Fatalf("livekittest: %s: %v", p.cmd.Path, p.err)
+	}
+	return 0
+}
+
+// Output is what the program wrote so far, to its standard output and
+// standard error.
+func (p *Program) Output() string { return p.out.String() }
