@@ -3,6 +3,9 @@ package livekittest
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -123,3 +126,45 @@ func (p *Program) Wait(t testing.TB) int {
 // Output is what the program wrote so far, to its standard output and
 // standard error.
 func (p *Program) Output() string { return p.out.String() }
+
+// FreeAddr returns a loopback address whose port was free a moment ago,
+// for a program's HTTP endpoints (its --http-addr, say).
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("livekittest: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// WaitDraining waits until the program, an lkagent worker serving its
+// HTTP endpoints at addr (host:port), drains: its /readyz answers 503
+// "draining". It fails the test if that does not happen within [Timeout].
+// A test that stops a program with a signal calls it to know the signal
+// was taken as a drain before it ends the program's jobs.
+func (p *Program) WaitDraining(t testing.TB, addr string) {
+	t.Helper()
+	Eventually(t, 0, "/readyz of "+addr+" answering that the worker drains", func() bool {
+		code, body := get(t.Context(), "http://"+addr+"/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "draining")
+	})
+}
+
+// get returns the status code and body of a GET of url; 0 if it failed.
+func get(ctx context.Context, url string) (int, string) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, ""
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return resp.StatusCode, string(body)
+}

@@ -192,6 +192,15 @@ func (s *Server) ListDispatches(t testing.TB, room string) []*livekit.AgentDispa
 	return res.GetAgentDispatches()
 }
 
+// DeleteRoom deletes room: the server disconnects everyone in it, agents
+// included, whose jobs then end. It fails the test on error.
+func (s *Server) DeleteRoom(t testing.TB, room string) {
+	t.Helper()
+	if _, err := s.rooms.DeleteRoom(t.Context(), &livekit.DeleteRoomRequest{Room: room}); err != nil {
+		t.Fatalf("livekittest: delete room %q: %v", room, err)
+	}
+}
+
 // Participants returns the participants of room, none if the room does
 // not exist. It fails the test on any other error.
 func (s *Server) Participants(t testing.TB, room string) []*livekit.ParticipantInfo {

@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -185,7 +182,7 @@ func TestProgramDrainsOnSIGTERM(t *testing.T) {
 	srv := shared.Server(t)
 	bin := livekittest.Build(t, ".")
 	agent := livekittest.UniqueName("receptionist")
-	addr := freeAddr(t)
+	addr := livekittest.FreeAddr(t)
 	p := srv.StartProgram(t, bin, []string{"LIVEKIT_AGENT_DEPLOYMENT=staging"},
 		"--agent-name", agent, "--clinic", "Lighthouse Dental", "--http-addr", addr)
 
@@ -197,10 +194,7 @@ func TestProgramDrainsOnSIGTERM(t *testing.T) {
 	}
 
 	p.Signal(t, syscall.SIGTERM)
-	livekittest.Eventually(t, 0, "/readyz answering that the worker drains", func() bool {
-		code, body := get(t, "http://"+addr+"/readyz")
-		return code == http.StatusServiceUnavailable && strings.Contains(body, "draining")
-	})
+	p.WaitDraining(t, addr)
 	if got := caller.Chat(t, "How much is a check-up?", nil); !strings.Contains(got, "$60") {
 		t.Fatalf("answer while draining %q", got)
 	}
@@ -216,33 +210,4 @@ func TestProgramDrainsOnSIGTERM(t *testing.T) {
 			t.Errorf("the program did not log %q", want)
 		}
 	}
-}
-
-// freeAddr is a loopback address with a port free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// get returns the status code and body of a GET of url; 0 if it failed.
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, ""
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
 }
