@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/lkagent/lkagent/internal/racebuild"
 	"github.com/lkagent/lkagent/internal/syncbuf"
 )
@@ -167,4 +170,38 @@ func get(ctx context.Context, url string) (int, string) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	return resp.StatusCode, string(body)
+}
+
+// Metric returns the sum of the series of the counter or gauge name, among
+// those carrying every label of labels, that the lkagent worker serving
+// its HTTP endpoints at addr (host:port) exports on /metrics; 0 if there is
+// none. It fails the test if /metrics cannot be read.
+//
+//	declined := livekittest.Metric(t, addr, "lkagent_offers_declined_total", map[string]string{"reason": "rejected_by_handler"})
+func Metric(t testing.TB, addr, name string, labels map[string]string) float64 {
+	t.Helper()
+	code, body := get(t.Context(), "http://"+addr+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("livekittest: GET http://%s/metrics: status %d", addr, code)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("livekittest: /metrics of %s: %v", addr, err)
+	}
+	var sum float64
+	for _, m := range families[name].GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		matches := true
+		for k, v := range labels {
+			matches = matches && have[k] == v
+		}
+		if matches {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
 }
