@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -513,4 +515,39 @@ func (r *recordingTB) lines() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.got)
+}
+
+// Metric sums the series of a name that carry the labels asked for.
+func TestMetric(t *testing.T) {
+	h := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprint(w, `# TYPE lkagent_offers_declined_total counter
+lkagent_offers_declined_total{agent_name="a",deployment="canary",reason="full"} 2
+lkagent_offers_declined_total{agent_name="a",deployment="canary",reason="rejected_by_handler"} 3
+lkagent_offers_declined_total{agent_name="a",deployment="staging",reason="rejected_by_handler"} 4
+# TYPE lkagent_jobs_running gauge
+lkagent_jobs_running{agent_name="a",deployment="canary"} 5
+`)
+	}))
+	defer h.Close()
+	addr := strings.TrimPrefix(h.URL, "http://")
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"lkagent_offers_declined_total", nil, 9},
+		{"lkagent_offers_declined_total", map[string]string{"reason": "rejected_by_handler"}, 7},
+		{"lkagent_offers_declined_total", map[string]string{"reason": "rejected_by_handler", "deployment": "canary"}, 3},
+		{"lkagent_offers_declined_total", map[string]string{"reason": "draining"}, 0},
+		{"lkagent_jobs_running", nil, 5},
+		{"lkagent_missing", nil, 0},
+	} {
+		if got := livekittest.Metric(t, addr, tc.name, tc.labels); got != tc.want {
+			t.Errorf("Metric(%s, %v) = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
 }
