@@ -27,6 +27,7 @@ import (
 	"github.com/lkagent/lkagent/guard"
 	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/internal/syncbuf"
+	"github.com/lkagent/lkagent/internal/wait"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -212,24 +213,12 @@ func (g *testGuard) metric(t *testing.T, name string, labels ...string) float64 
 func (g *testGuard) logLine(t *testing.T, timeout time.Duration, parts ...string) string {
 	t.Helper()
 	var line string
-	waitFor(t, timeout, fmt.Sprintf("a guard log line with %q", parts), func() bool {
+	wait.Until(t, timeout, fmt.Sprintf("a guard log line with %q", parts), func() bool {
 		var ok bool
 		line, ok = g.log.Line(parts...)
 		return ok
 	})
 	return line
-}
-
-// waitFor polls cond until it holds, failing the test after timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %s", what, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // lk is the shared server with its API clients.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/lkagent/lkagent/guard"
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/wait"
 )
 
 // The claim the guard relies on, checked on the real server: of
@@ -138,7 +139,7 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	route(t, room, g.wh)
 	workers := []*child{startChild(t, s, agentName, "staging"), startChild(t, s, agentName, "staging")}
 	for _, c := range workers {
-		waitFor(t, 60*time.Second, "worker registration", func() bool { _, ok := c.line("registered"); return ok })
+		wait.Until(t, 60*time.Second, "worker registration", func() bool { _, ok := c.line("registered"); return ok })
 	}
 	time.Sleep(lkserver.RegistrationSettle)
 	s.join(t, room)
@@ -146,7 +147,7 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 
 	var victim, other *child
 	var identity string
-	waitFor(t, 30*time.Second, "job in a worker process", func() bool {
+	wait.Until(t, 30*time.Second, "job in a worker process", func() bool {
 		for i, c := range workers {
 			if l, ok := c.line("job " + room + " "); ok {
 				victim, other, identity = c, workers[1-i], strings.Fields(l)[2]
@@ -157,7 +158,7 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	})
 	// Fully connected (ACTIVE): killed before that, while it still connects,
 	// the agent is reported after ~5 s as SIGNAL_CLOSE instead.
-	waitFor(t, 30*time.Second, "agent active in the room", func() bool {
+	wait.Until(t, 30*time.Second, "agent active in the room", func() bool {
 		p, err := s.rooms.GetParticipant(context.Background(), &livekit.RoomParticipantIdentity{Room: room, Identity: identity})
 		return err == nil && p.State == livekit.ParticipantInfo_ACTIVE
 	})
@@ -168,7 +169,7 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	killed := time.Now()
 	var restartedAfter, joinedAfter time.Duration
 	var replacement string
-	waitFor(t, 60*time.Second, "replacement agent in the room", func() bool {
+	wait.Until(t, 60*time.Second, "replacement agent in the room", func() bool {
 		if restartedAfter == 0 && g.metric(t, "lkagent_restarts_total", "agent_name", agentName) == 1 {
 			restartedAfter = time.Since(killed)
 		}
@@ -186,7 +187,7 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	if joinedAfter > 40*time.Second {
 		t.Errorf("the replacement joined %s after the kill, want within 40s", joinedAfter)
 	}
-	waitFor(t, 10*time.Second, "the new job in the other worker", func() bool {
+	wait.Until(t, 10*time.Second, "the new job in the other worker", func() bool {
 		l, ok := other.line("job " + room + " ")
 		return ok && strings.Contains(l, replacement)
 	})
@@ -244,9 +245,9 @@ func TestNoRestart(t *testing.T) {
 			a := startAgent(t, s, "", tc.b)
 			caller := s.join(t, room)
 			d := s.createDispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: a.name, RestartPolicy: tc.policy})
-			waitFor(t, 30*time.Second, "the job", func() bool { return len(a.jobs(room)) == 1 })
+			wait.Until(t, 30*time.Second, "the job", func() bool { return len(a.jobs(room)) == 1 })
 			if tc.after != nil {
-				waitFor(t, 30*time.Second, "agent in the room", func() bool { return len(s.agents(t, room)) == 1 })
+				wait.Until(t, 30*time.Second, "agent in the room", func() bool { return len(s.agents(t, room)) == 1 })
 				tc.after(t, s, room, caller, d)
 			}
 			line := g.logLine(t, 30*time.Second, "restart refused", "reason="+tc.reason, "agent_name="+a.name)
@@ -317,7 +318,7 @@ func TestSameWebhookTwiceRestartsOnce(t *testing.T) {
 	a := startAgent(t, s, "", dieOnce)
 	s.join(t, room)
 	s.createDispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: a.name})
-	waitFor(t, 30*time.Second, "the restarted job", func() bool { return len(a.jobs(room)) == 2 })
+	wait.Until(t, 30*time.Second, "the restarted job", func() bool { return len(a.jobs(room)) == 2 })
 	ga.logLine(t, 30*time.Second, "webhook received again")
 	gb.logLine(t, 30*time.Second, "agent_name="+a.name, "msg=")
 	time.Sleep(2 * time.Second) // nothing more happens
@@ -350,9 +351,9 @@ func TestConcurrentRestartersOnRealServer(t *testing.T) {
 			room := uniq("race") // no webhook route: only the two Restarters act
 			s.join(t, room)
 			d := s.createDispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: a.name, Deployment: "canary"})
-			waitFor(t, 30*time.Second, "the job", func() bool { return len(a.jobs(room)) == 1 })
+			wait.Until(t, 30*time.Second, "the job", func() bool { return len(a.jobs(room)) == 1 })
 			first := a.jobs(room)[0]
-			waitFor(t, 30*time.Second, "the agent gone", func() bool { return len(s.agents(t, room)) == 0 })
+			wait.Until(t, 30*time.Second, "the agent gone", func() bool { return len(s.agents(t, room)) == 0 })
 			failures := []guard.Failure{
 				// as the worker knows it
 				{Room: room, AgentName: a.name, Deployment: "canary", Identity: first.identity, JobID: first.jobID, DispatchID: d.Id, Reason: "AGENT_ERROR"},
@@ -385,7 +386,7 @@ func TestConcurrentRestartersOnRealServer(t *testing.T) {
 			if restarted != 1 {
 				t.Fatalf("%d restarts, want 1: %+v", restarted, decisions)
 			}
-			waitFor(t, 30*time.Second, "the restarted job", func() bool { return len(a.jobs(room)) == 2 })
+			wait.Until(t, 30*time.Second, "the restarted job", func() bool { return len(a.jobs(room)) == 2 })
 			t.Logf("decisions: %s, %s (%s)", decisions[0].Outcome, decisions[1].Outcome, decisions[1].Detail)
 		}
 	})
@@ -403,10 +404,10 @@ func TestForgedWebhooksChangeNothing(t *testing.T) {
 	a := startAgent(t, s, "", stay)
 	s.join(t, room)
 	d := s.createDispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: a.name})
-	waitFor(t, 30*time.Second, "the job", func() bool { return len(a.jobs(room)) == 1 })
+	wait.Until(t, 30*time.Second, "the job", func() bool { return len(a.jobs(room)) == 1 })
 	identity := a.jobs(room)[0].identity
-	waitFor(t, 30*time.Second, "agent in the room", func() bool { return len(s.agents(t, room)) == 1 })
-	waitFor(t, 30*time.Second, "the job listed", func() bool {
+	wait.Until(t, 30*time.Second, "agent in the room", func() bool { return len(s.agents(t, room)) == 1 })
+	wait.Until(t, 30*time.Second, "the job listed", func() bool {
 		ds := s.dispatches(t, room)
 		return slices.ContainsFunc(ds, func(x *livekit.AgentDispatch) bool { return x.Id == d.Id && len(x.State.Jobs) == 1 })
 	})
@@ -468,5 +469,5 @@ func TestForgedWebhooksChangeNothing(t *testing.T) {
 		t.Fatalf("signed: %d, want 200", code)
 	}
 	g.logLine(t, 30*time.Second, "agent restarted", "identity="+identity)
-	waitFor(t, 30*time.Second, "the restarted job", func() bool { return len(a.jobs(room)) == 2 })
+	wait.Until(t, 30*time.Second, "the restarted job", func() bool { return len(a.jobs(room)) == 2 })
 }

@@ -57,6 +57,14 @@
 // test's log: what is logged after the test ended, which the SDK's
 // goroutines do, is dropped instead of failing the test under -race.
 //
+// # Testing an agent's program
+//
+// [Build] builds an agent's main package and [Server.StartProgram] runs it
+// against the server, to test what its main function does: flags,
+// environment, draining on a signal ([Program.WaitDraining]), exit codes.
+// [Metric] reads its /metrics, and [Eventually] waits for a state that has
+// no event to wait on.
+//
 // # The inner loop: go test -short
 //
 // Under go test -short, [Start], [StartWithOptions] and [Shared.Server]

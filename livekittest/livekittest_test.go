@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +19,7 @@ import (
 	lklogger "github.com/livekit/protocol/logger"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
+	"github.com/lkagent/lkagent/internal/syncbuf"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/livekittest"
 	"github.com/lkagent/lkagent/worker"
@@ -399,7 +403,7 @@ func TestDispatchInvalidDeployment(t *testing.T) {
 // the server's info lines, still works.
 func TestLogLevelWarn(t *testing.T) {
 	t.Parallel()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	srv := livekittest.StartWithOptions(t, livekittest.Options{LogLevel: "warn", Logs: &logs})
 	agent, room := livekittest.UniqueName("agent"), livekittest.UniqueName("room")
 	runWorker(t, srv, agent, "", echo(nil))
@@ -442,29 +446,34 @@ func (f *fatalRecorder) Fatalf(format string, args ...any) {
 
 func (f *fatalRecorder) Helper() {}
 
+// Eventually returns once the condition holds, and fails the test naming
+// what it waited for when it does not hold in time.
+func TestEventually(t *testing.T) {
+	var n atomic.Int32
+	livekittest.Eventually(t, 10*time.Second, "the third check", func() bool { return n.Add(1) == 3 })
+	if n.Load() != 3 {
+		t.Fatalf("checked %d times, want 3", n.Load())
+	}
+
+	ft := &fatalRecorder{TB: t}
+	start := time.Now()
+	func() {
+		defer func() { _ = recover() }()
+		livekittest.Eventually(ft, 50*time.Millisecond, "a state that never comes", func() bool { return false })
+	}()
+	if !strings.Contains(ft.msg, "a state that never comes") || !strings.Contains(ft.msg, "50ms") {
+		t.Fatalf("failure message %q, want it to name what and how long", ft.msg)
+	}
+	if d := time.Since(start); d < 50*time.Millisecond {
+		t.Fatalf("gave up after %s, before 50ms", d)
+	}
+}
+
 func TestUniqueName(t *testing.T) {
 	a, b := livekittest.UniqueName("room"), livekittest.UniqueName("room")
 	if a == b || !strings.HasPrefix(a, "room-") || len(a) != len("room-")+12 {
 		t.Fatalf("UniqueName: %q and %q", a, b)
 	}
-}
-
-// syncBuffer is a goroutine-safe strings.Builder.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // Logger writes to the test's log while the test runs, and drops what
@@ -506,4 +515,39 @@ func (r *recordingTB) lines() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.got)
+}
+
+// Metric sums the series of a name that carry the labels asked for.
+func TestMetric(t *testing.T) {
+	h := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprint(w, `# TYPE lkagent_offers_declined_total counter
+lkagent_offers_declined_total{agent_name="a",deployment="canary",reason="full"} 2
+lkagent_offers_declined_total{agent_name="a",deployment="canary",reason="rejected_by_handler"} 3
+lkagent_offers_declined_total{agent_name="a",deployment="staging",reason="rejected_by_handler"} 4
+# TYPE lkagent_jobs_running gauge
+lkagent_jobs_running{agent_name="a",deployment="canary"} 5
+`)
+	}))
+	defer h.Close()
+	addr := strings.TrimPrefix(h.URL, "http://")
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"lkagent_offers_declined_total", nil, 9},
+		{"lkagent_offers_declined_total", map[string]string{"reason": "rejected_by_handler"}, 7},
+		{"lkagent_offers_declined_total", map[string]string{"reason": "rejected_by_handler", "deployment": "canary"}, 3},
+		{"lkagent_offers_declined_total", map[string]string{"reason": "draining"}, 0},
+		{"lkagent_jobs_running", nil, 5},
+		{"lkagent_missing", nil, 0},
+	} {
+		if got := livekittest.Metric(t, addr, tc.name, tc.labels); got != tc.want {
+			t.Errorf("Metric(%s, %v) = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
 }

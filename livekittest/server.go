@@ -102,6 +102,23 @@ func StartWithOptions(t testing.TB, o Options) *Server {
 // start locates (building it if needed, with progress lines to progress)
 // and starts a server. ctx bounds the build and the start only.
 func start(ctx context.Context, progress io.Writer, o Options) (*Server, error) {
+	lo, log, err := serverOptions(o)
+	if err != nil {
+		return nil, err
+	}
+	if lo.Binary, err = lkserver.Binary(ctx, progress); err != nil {
+		return nil, err
+	}
+	lk, err := lkserver.Start(ctx, lo)
+	if err != nil {
+		return nil, err
+	}
+	return newServer(lk, log), nil
+}
+
+// serverOptions are the options of the server o asks for, whose output
+// goes to the returned log.
+func serverOptions(o Options) (lkserver.Options, *serverLog, error) {
 	var level string
 	switch strings.ToLower(o.LogLevel) {
 	case "", "info", "warn", "error":
@@ -109,23 +126,19 @@ func start(ctx context.Context, progress io.Writer, o Options) (*Server, error) 
 	case "debug":
 		level = "debug"
 	default:
-		return nil, fmt.Errorf("Options.LogLevel %q: want debug, info, warn or error", o.LogLevel)
-	}
-	bin, err := lkserver.Binary(ctx, progress)
-	if err != nil {
-		return nil, err
+		return lkserver.Options{}, nil, fmt.Errorf("Options.LogLevel %q: want debug, info, warn or error", o.LogLevel)
 	}
 	log := newServerLog(o.LogLevel, o.Logs)
-	lk, err := lkserver.Start(ctx, lkserver.Options{
-		Binary:           bin,
+	return lkserver.Options{
 		Logs:             log,
 		LogLevel:         level,
 		WebhookURLs:      o.WebhookURLs,
 		AgentsTargetLoad: o.AgentsTargetLoad,
-	})
-	if err != nil {
-		return nil, err
-	}
+	}, log, nil
+}
+
+// newServer is the kit's view of lk, whose output goes to log.
+func newServer(lk *lkserver.Server, log *serverLog) *Server {
 	return &Server{
 		URL:        lk.URL(),
 		HTTPURL:    lk.HTTPURL(),
@@ -136,7 +149,7 @@ func start(ctx context.Context, progress io.Writer, o Options) (*Server, error) 
 		rooms:      lksdk.NewRoomServiceClient(lk.HTTPURL(), lk.APIKey(), lk.APISecret()),
 		dispatches: lksdk.NewAgentDispatchServiceClient(lk.HTTPURL(), lk.APIKey(), lk.APISecret()),
 		inflight:   make(map[string]int),
-	}, nil
+	}
 }
 
 // logTail logs the end of the server's output to t.
@@ -177,6 +190,15 @@ func (s *Server) ListDispatches(t testing.TB, room string) []*livekit.AgentDispa
 		t.Fatalf("livekittest: list dispatches of room %q: %v", room, err)
 	}
 	return res.GetAgentDispatches()
+}
+
+// DeleteRoom deletes room: the server disconnects everyone in it, agents
+// included, whose jobs then end. It fails the test on error.
+func (s *Server) DeleteRoom(t testing.TB, room string) {
+	t.Helper()
+	if _, err := s.rooms.DeleteRoom(t.Context(), &livekit.DeleteRoomRequest{Room: room}); err != nil {
+		t.Fatalf("livekittest: delete room %q: %v", room, err)
+	}
 }
 
 // Participants returns the participants of room, none if the room does

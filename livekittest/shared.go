@@ -1,9 +1,6 @@
 package livekittest
 
 import (
-	"context"
-	"fmt"
-	"os"
 	"sync"
 	"testing"
 
@@ -32,10 +29,9 @@ type Shared struct {
 	// Options configures the server.
 	Options Options
 
-	mu     sync.Mutex
-	srv    *Server
-	err    error // the start error, returned to every later caller
-	closed bool
+	mu  sync.Mutex
+	lk  lkserver.Shared // starts, keeps and stops the server
+	srv *Server         // the kit's view of lk's server, once started
 }
 
 // Server returns the shared server, starting it on the first call. It
@@ -47,15 +43,17 @@ func (sh *Shared) Server(t testing.TB) *Server {
 	lkserver.SkipShort(t)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	switch {
-	case sh.closed:
-		t.Fatal("livekittest: Shared.Server called after Close")
-	case sh.srv == nil && sh.err == nil:
-		// Not t.Context: the server outlives this test.
-		sh.srv, sh.err = start(context.Background(), testLog{t}, sh.Options)
+	var log *serverLog
+	if sh.srv == nil {
+		o, l, err := serverOptions(sh.Options)
+		if err != nil {
+			t.Fatalf("livekittest: start shared livekit-server: %v", err)
+		}
+		sh.lk.Options, log = o, l
 	}
-	if sh.err != nil {
-		t.Fatalf("livekittest: start shared livekit-server: %v", sh.err)
+	lk := sh.lk.Server(t) // fails t after Close, or if the server could not start
+	if sh.srv == nil {
+		sh.srv = newServer(lk, log)
 	}
 	srv := sh.srv
 	t.Cleanup(func() {
@@ -68,26 +66,9 @@ func (sh *Shared) Server(t testing.TB) *Server {
 
 // Close stops the server if it was started. Later calls to [Shared.Server]
 // fail the test that makes them.
-func (sh *Shared) Close() error {
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	sh.closed = true
-	if sh.srv == nil {
-		return nil
-	}
-	return sh.srv.lk.Stop()
-}
+func (sh *Shared) Close() error { return sh.lk.Close() }
 
 // Run runs the tests and closes the server, and returns the exit code for
 // os.Exit: it is meant to be the whole body of TestMain. A server that
 // crashed during the tests makes the code non-zero.
-func (sh *Shared) Run(m *testing.M) int {
-	code := m.Run()
-	if err := sh.Close(); err != nil {
-		fmt.Fprintf(os.Stderr, "livekittest: stop shared livekit-server: %v\n", err)
-		if code == 0 {
-			code = 1
-		}
-	}
-	return code
-}
+func (sh *Shared) Run(m *testing.M) int { return sh.lk.Run(m) }

@@ -2,79 +2,88 @@ package main
 
 import (
 	"os"
+	"strings"
 	"testing"
-	"time"
 
-	"github.com/livekit/protocol/livekit"
+	lklogger "github.com/livekit/protocol/logger"
+	lksdk "github.com/livekit/server-sdk-go/v2"
 
-	"github.com/lkagent/lkagent/examples/internal/extest"
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/examples/echo/echoagent"
+	"github.com/lkagent/lkagent/livekittest"
 )
 
-var (
-	bin string
-	srv *lkserver.Server
-)
+var shared livekittest.Shared
 
-func TestMain(m *testing.M) { os.Exit(extest.Main(m, &bin, &srv)) }
+func TestMain(m *testing.M) {
+	lksdk.SetLogger(lklogger.GetDiscardLogger())
+	os.Exit(shared.Run(m))
+}
 
 // The same binary runs as production (no deployment) and as staging (from
 // LIVEKIT_AGENT_DEPLOYMENT, or --deployment); each takes only the jobs of
-// its own deployment, and both drain and exit 0 on SIGTERM.
+// its own deployment, and each drains and exits 0 on SIGINT.
 func TestProductionAndStagingFromOneBinary(t *testing.T) {
-	agentName := extest.Uniq("bot")
-	prod := extest.Start(t, "production", bin, extest.Env(srv), "--agent-name", agentName, "--drain-timeout", "20s")
-	staging := extest.Start(t, "staging", bin, extest.Env(srv, "LIVEKIT_AGENT_DEPLOYMENT=staging"), "--agent-name", agentName, "--drain-timeout", "20s")
-	canary := extest.Start(t, "canary", bin, extest.Env(srv, "LIVEKIT_AGENT_DEPLOYMENT=staging"),
-		"--agent-name", agentName, "--deployment", "canary", "--drain-timeout", "20s") // the flag wins over the environment
-	prod.WaitLog(30*time.Second, "msg=serving", "rollout=production")
-	staging.WaitLog(30*time.Second, "msg=serving", "rollout=staging")
-	canary.WaitLog(30*time.Second, "msg=serving", "rollout=canary")
-	time.Sleep(lkserver.RegistrationSettle)
-
-	procs := map[string]*extest.Proc{"": prod, "staging": staging, "canary": canary}
-	rooms := map[string]string{}
-	for _, dep := range []string{"staging", "", "canary", "staging", ""} {
-		room := extest.Uniq("room")
-		rooms[room] = dep
-		extest.Dispatch(t, srv, &livekit.CreateAgentDispatchRequest{AgentName: agentName, Room: room, Deployment: dep})
-		procs[dep].WaitLog(30*time.Second, `msg="job taken"`, "room="+room, "deployment="+quoted(dep))
+	srv := shared.Server(t)
+	bin := livekittest.Build(t, ".")
+	agentName := livekittest.UniqueName("bot")
+	type worker struct {
+		p    *livekittest.Program
+		addr string
 	}
-	// Nothing crossed over: no process logged a job of another deployment's room.
-	time.Sleep(time.Second)
-	for dep, p := range procs {
-		for room, want := range rooms {
-			if want != dep && p.HasLog(`msg="job taken"`, "room="+room) {
-				t.Errorf("the %q worker took the job of room %s, dispatched to %q", dep, room, want)
+	start := func(env []string, args ...string) worker {
+		addr := livekittest.FreeAddr(t)
+		args = append([]string{"--agent-name", agentName, "--drain-timeout", "1m", "--http-addr", addr}, args...)
+		return worker{srv.StartProgram(t, bin, env, args...), addr}
+	}
+	workers := map[string]worker{
+		"":        start(nil),
+		"staging": start([]string{"LIVEKIT_AGENT_DEPLOYMENT=staging"}),
+		// The flag wins over the environment.
+		"canary": start([]string{"LIVEKIT_AGENT_DEPLOYMENT=staging"}, "--deployment", "canary"),
+	}
+
+	rooms := map[string]string{} // room → deployment
+	for _, dep := range []string{"staging", "", "canary", "staging", ""} {
+		room := livekittest.UniqueName("room")
+		rooms[room] = dep
+		srv.Dispatch(t, room, agentName, dep, "")
+		// The agent names the deployment of the worker that took the job:
+		// a worker takes only jobs of its own deployment.
+		agent := srv.WaitForAgent(t, room, agentName)
+		if got, want := agent.GetAttributes()[echoagent.AttrDeployment], echoagent.DeploymentLabel(dep); got != want {
+			t.Errorf("the job of room %s, dispatched to %q, ran in deployment %q", room, want, got)
+		}
+	}
+	for dep, w := range workers {
+		var mine float64
+		for _, d := range rooms {
+			if d == dep {
+				mine++
 			}
+		}
+		if got := livekittest.Metric(t, w.addr, "lkagent_jobs_running", nil); got != mine {
+			t.Errorf("the %q worker runs %v jobs, want %v", dep, got, mine)
 		}
 	}
 
 	// Rollout: each worker is stopped while its jobs run; it drains (keeps
 	// running them), and exits 0 once they are over.
-	for dep, p := range procs {
-		p.Signal(os.Interrupt)
-		p.WaitLog(10*time.Second, "signal received: draining")
-		time.Sleep(300 * time.Millisecond)
-		if !p.Running() {
-			t.Fatalf("the %q worker exited with jobs running instead of draining", dep)
+	for dep, w := range workers {
+		w.p.Signal(t, os.Interrupt)
+		w.p.WaitDraining(t, w.addr)
+		if got := livekittest.Metric(t, w.addr, "lkagent_jobs_running", nil); got == 0 {
+			t.Fatalf("the %q worker ended its jobs when told to drain", dep)
 		}
-		for room, want := range rooms {
-			if want == dep {
-				extest.DeleteRoom(t, srv, room)
+		for room, d := range rooms {
+			if d == dep {
+				srv.DeleteRoom(t, room)
 			}
 		}
-		if code := p.Wait(30 * time.Second); code != 0 {
+		if code := w.p.Wait(t); code != 0 {
 			t.Errorf("%q worker exit status = %d, want 0", dep, code)
 		}
-		p.WaitLog(time.Second, "drained; exiting")
+		if !strings.Contains(w.p.Output(), "drained; exiting") {
+			t.Errorf("the %q worker did not log the end of its drain", dep)
+		}
 	}
-}
-
-// quoted is how slog's text handler writes a deployment value.
-func quoted(dep string) string {
-	if dep == "" {
-		return `""`
-	}
-	return dep
 }

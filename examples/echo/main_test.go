@@ -5,48 +5,42 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
-	"github.com/livekit/protocol/auth"
 	"github.com/livekit/protocol/livekit"
+	lklogger "github.com/livekit/protocol/logger"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
-	"github.com/lkagent/lkagent/examples/internal/extest"
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/livekittest"
 )
 
-var (
-	bin string
-	srv *lkserver.Server
-)
+var shared livekittest.Shared
 
-func TestMain(m *testing.M) { os.Exit(extest.Main(m, &bin, &srv)) }
+func TestMain(m *testing.M) {
+	lksdk.SetLogger(lklogger.GetDiscardLogger()) // the caller's WebRTC lines
+	os.Exit(shared.Run(m))
+}
 
-// The echo agent takes a dispatch of its own deployment, joins the room
-// with the identity and attributes its OnRequest chose, and answers data
-// and chat messages of another participant.
+// The echo program takes a dispatch of its own deployment, joins the room
+// with the identity and attributes its OnRequest chose, answers data and
+// chat messages of another participant, and on SIGTERM drains: it exits 0
+// once its job is over.
 func TestEchoAnswersInTheRoom(t *testing.T) {
-	agentName, room := extest.Uniq("echo"), extest.Uniq("room")
-	p := extest.Start(t, "echo", bin, extest.Env(srv, "LIVEKIT_AGENT_DEPLOYMENT=staging"), "--agent-name", agentName)
-	p.WaitLog(30*time.Second, "msg=registered", "deployment=staging")
-	time.Sleep(lkserver.RegistrationSettle)
+	srv := shared.Server(t)
+	bin := livekittest.Build(t, ".")
+	agentName, room := livekittest.UniqueName("echo"), livekittest.UniqueName("room")
+	addr := livekittest.FreeAddr(t)
+	p := srv.StartProgram(t, bin, []string{"LIVEKIT_AGENT_DEPLOYMENT=staging"}, "--agent-name", agentName, "--http-addr", addr)
 
-	d := extest.Dispatch(t, srv, &livekit.CreateAgentDispatchRequest{AgentName: agentName, Room: room, Deployment: "staging"})
+	d := srv.Dispatch(t, room, agentName, "staging", "")
 	if d.GetDeployment() != "staging" {
 		t.Fatalf("dispatch deployment = %q, want staging", d.GetDeployment())
 	}
-	line := p.WaitLog(30*time.Second, "echo agent joined the room", "room="+room)
-	if !strings.Contains(line, "deployment=staging") {
-		t.Fatalf("join logged without the staging deployment: %s", line)
-	}
-	jobID := extest.Field(line, "job_id")
-	identity := echoagent.Identity(jobID)
-	agent := extest.WaitParticipant(t, srv, room, identity, 15*time.Second)
+	agent := srv.WaitForAgent(t, room, agentName)
 	if agent.GetKind() != livekit.ParticipantInfo_AGENT {
 		t.Errorf("agent participant kind = %v, want AGENT", agent.GetKind())
 	}
-	for k, want := range map[string]string{"agent": "echo", "deployment": "staging", "lk.agent_name": agentName} {
+	for k, want := range map[string]string{echoagent.AttrAgent: "echo", echoagent.AttrDeployment: "staging", livekittest.AgentNameAttribute: agentName} {
 		if got := agent.GetAttributes()[k]; got != want {
 			t.Errorf("agent attribute %s = %q, want %q", k, got, want)
 		}
@@ -54,78 +48,51 @@ func TestEchoAnswersInTheRoom(t *testing.T) {
 	if got, want := agent.GetName(), "Echo (staging)"; got != want {
 		t.Errorf("agent name = %q, want %q", got, want)
 	}
-
-	// An observer talks to the agent: a data packet on a topic, then a chat message.
-	data := make(chan *lksdk.UserDataPacket, 16)
-	chat := make(chan string, 16)
-	cb := lksdk.NewRoomCallback()
-	cb.OnDataPacket = func(pkt lksdk.DataPacket, params lksdk.DataReceiveParams) {
-		if params.SenderIdentity != identity {
-			return
-		}
-		switch v := pkt.(type) {
-		case *lksdk.UserDataPacket:
-			data <- v
-		case *livekit.ChatMessage:
-			chat <- v.GetMessage()
-		}
-	}
-	token, err := auth.NewAccessToken(srv.APIKey(), srv.APISecret()).SetIdentity("observer").
-		SetVideoGrant(&auth.VideoGrant{RoomJoin: true, Room: room}).ToJWT()
-	if err != nil {
-		t.Fatal(err)
-	}
-	observer, err := lksdk.ConnectToRoomWithToken(srv.URL(), token, cb)
-	if err != nil {
-		t.Fatalf("observer join: %v", err)
-	}
-	defer observer.Disconnect()
-
-	send := func(pkt lksdk.DataPacket) {
-		if err := observer.LocalParticipant.PublishDataPacket(pkt, lksdk.WithDataPublishReliable(true),
-			lksdk.WithDataPublishDestination([]string{identity})); err != nil {
-			t.Logf("publish: %v", err)
-		}
-	}
-	deadline := time.After(20 * time.Second)
-	for got := false; !got; {
-		pkt := lksdk.UserData([]byte("ping"))
-		pkt.Topic = "lk-chat-test"
-		send(pkt)
-		select {
-		case r := <-data:
-			if string(r.Payload) != "echo[staging]: ping" || r.Topic != "lk-chat-test" {
-				t.Fatalf("reply = %q on topic %q, want %q on lk-chat-test", r.Payload, r.Topic, "echo[staging]: ping")
+	var jobID string
+	livekittest.Eventually(t, 0, "the job listed in its dispatch", func() bool {
+		for _, ld := range srv.ListDispatches(t, room) {
+			if ld.GetId() == d.GetId() && len(ld.GetState().GetJobs()) == 1 {
+				jobID = ld.GetState().GetJobs()[0].GetId()
 			}
-			got = true
-		case <-time.After(time.Second):
-		case <-deadline:
-			t.Fatal("no reply to the data packet within 20s")
 		}
+		return jobID != ""
+	})
+	if got, want := agent.GetIdentity(), echoagent.Identity(jobID); got != want {
+		t.Errorf("agent identity = %q, want %q", got, want)
 	}
-	send(lksdk.ChatMessage(time.Now(), "hello"))
-	select {
-	case r := <-chat:
-		if r != "echo[staging]: hello" {
-			t.Fatalf("chat reply = %q, want %q", r, "echo[staging]: hello")
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no reply to the chat message within 10s")
+
+	// A caller talks to the agent: a data packet on a topic, then a chat message.
+	caller := srv.Join(t, room, "caller")
+	caller.WaitForAgent(t, agentName)
+	caller.SendData(t, "lk-chat-test", []byte("ping"))
+	if got, want := string(caller.WaitData(t, "lk-chat-test")), echoagent.Reply("staging", "ping"); got != want {
+		t.Fatalf("data reply = %q, want %q", got, want)
+	}
+	if got, want := caller.Chat(t, "hello", nil), echoagent.Reply("staging", "hello"); got != want {
+		t.Fatalf("chat reply = %q, want %q", got, want)
 	}
 
 	// SIGTERM drains: the worker waits for its running job, which ends
 	// when the room goes away; then it exits 0.
-	p.Signal(syscall.SIGTERM)
-	p.WaitLog(10*time.Second, "msg=draining", "running_jobs=1")
-	time.Sleep(500 * time.Millisecond)
+	p.Signal(t, syscall.SIGTERM)
+	p.WaitDraining(t, addr)
+	if got, want := caller.Chat(t, "still there?", nil), echoagent.Reply("staging", "still there?"); got != want {
+		t.Fatalf("chat reply while draining = %q, want %q", got, want)
+	}
 	if !p.Running() {
 		t.Fatal("the worker exited while its job still ran, instead of draining")
 	}
-	observer.Disconnect()
-	extest.DeleteRoom(t, srv, room)
-	if code := p.Wait(30 * time.Second); code != 0 {
+	srv.DeleteRoom(t, room)
+	if code := p.Wait(t); code != 0 {
 		t.Fatalf("exit status after the drain = %d, want 0", code)
 	}
-	p.WaitLog(time.Second, "disconnected from the room; job done", "room="+room)
-	p.WaitLog(time.Second, "echo agent stopped")
+	// The job ended with the room: the server's termination or the room's
+	// disconnection, whichever reached the agent first.
+	out := p.Output()
+	if !strings.Contains(out, "job terminated by server") && !strings.Contains(out, "disconnected from the room; job done") {
+		t.Error("the program did not log the end of its job with the room")
+	}
+	if !strings.Contains(out, "echo agent stopped") {
+		t.Error("the program did not log its stop")
+	}
 }

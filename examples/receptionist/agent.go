@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -33,9 +34,11 @@ type chat struct {
 
 // newHandler returns the receptionist's job handler for the named clinic.
 //
-// The handler joins the room, waits for its caller, greets them, answers
-// each of their chat messages with a [Desk], and ends the job when the
-// caller leaves the room: returning earlier would hang up on them.
+// The handler joins the room, waits for its caller, and serves them with
+// [job.Job.OnParticipant]: greets them and answers each of their chat
+// messages with a [Desk] until they leave the room, then ends the job with
+// [job.Job.Shutdown]. The handler itself stays until the job's context
+// ends: returning earlier would hang up on the caller.
 func newHandler(clinic string) job.Handler {
 	return func(ctx context.Context, j *job.Job) error {
 		var md Metadata
@@ -56,17 +59,10 @@ func newHandler(clinic string) job.Handler {
 				log.Warn("too many chat messages waiting; dropped one", slog.String("from", c.from))
 			}
 		}
-		left := make(chan struct{}, 1) // someone left: is it the caller?
 		cb := lksdk.NewRoomCallback()
 		cb.OnDataPacket = func(p lksdk.DataPacket, params lksdk.DataReceiveParams) {
 			if m, ok := p.(*livekit.ChatMessage); ok { // the legacy chat packet
 				post(chat{from: params.SenderIdentity, text: m.GetMessage()})
-			}
-		}
-		cb.OnParticipantDisconnected = func(*lksdk.RemoteParticipant) {
-			select {
-			case left <- struct{}{}:
-			default: // a check is already pending
 			}
 		}
 		room, err := j.Connect(ctx, cb)
@@ -92,34 +88,38 @@ func newHandler(clinic string) job.Handler {
 		}
 		log.Info("caller joined", slog.String("caller", caller.Identity()))
 
-		desk := NewDesk(clinic)
-		say := func(text string) {
-			room.LocalParticipant.SendText(text, lksdk.StreamTextOptions{
-				Topic: ChatTopic, DestinationIdentities: []string{caller.Identity()},
-			})
-		}
-		say(desk.Greeting(displayName(caller)))
-		started := time.Now()
-		for {
-			select {
-			case <-ctx.Done():
-				return nil // terminated by the server, or the worker drains
-			case <-left:
-				// The SDK forgets a participant before it calls back, and
-				// makes a new one for an identity that joins again.
-				if room.GetParticipantByIdentity(caller.Identity()) != caller {
-					log.Info("caller left; the call is over", slog.String("caller", caller.Identity()),
-						slog.Duration("call", time.Since(started)), slog.Int("booked", len(desk.Booked())))
-					return nil // returning ends the job
-				}
-			case c := <-inbox:
-				if c.from != caller.Identity() {
-					log.Debug("ignored a message from someone else", slog.String("from", c.from))
-					continue
-				}
-				say(desk.Reply(c.text))
+		// Serve this caller, and only them: callCtx ends when they leave
+		// the room, or when the job ends.
+		j.OnParticipant(func(callCtx context.Context, p *lksdk.RemoteParticipant) {
+			desk := NewDesk(clinic)
+			say := func(text string) {
+				room.LocalParticipant.SendText(text, lksdk.StreamTextOptions{
+					Topic: ChatTopic, DestinationIdentities: []string{p.Identity()},
+				})
 			}
-		}
+			say(desk.Greeting(displayName(p)))
+			started := time.Now()
+			for {
+				select {
+				case <-callCtx.Done():
+					if errors.Is(context.Cause(callCtx), job.ErrParticipantLeft) {
+						log.Info("caller left; the call is over", slog.String("caller", p.Identity()),
+							slog.Duration("call", time.Since(started)), slog.Int("booked", len(desk.Booked())))
+						j.Shutdown("the caller left") // ends the job
+					}
+					return
+				case c := <-inbox:
+					if c.from != p.Identity() {
+						log.Debug("ignored a message from someone else", slog.String("from", c.from))
+						continue
+					}
+					say(desk.Reply(c.text))
+				}
+			}
+		}, job.WithIdentity(caller.Identity()))
+
+		<-ctx.Done() // the caller left, the server terminated the job, or the worker drains
+		return nil
 	}
 }
 

@@ -2,13 +2,8 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,10 +11,8 @@ import (
 	"github.com/livekit/protocol/livekit"
 	lklogger "github.com/livekit/protocol/logger"
 	lksdk "github.com/livekit/server-sdk-go/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/lkagent/lkagent/examples/internal/extest"
-	"github.com/lkagent/lkagent/internal/racebuild"
-	"github.com/lkagent/lkagent/internal/syncbuf"
 	"github.com/lkagent/lkagent/livekittest"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -27,20 +20,9 @@ import (
 // Tests other than the first share one server.
 var shared livekittest.Shared
 
-// binDir holds the program built by TestProgramDrainsOnSIGTERM.
-var binDir string
-
 func TestMain(m *testing.M) {
 	lksdk.SetLogger(lklogger.GetDiscardLogger())
-	dir, err := os.MkdirTemp("", "receptionist-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := shared.Run(m)
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(shared.Run(m))
 }
 
 // The whole agent against a real server, as a user would test their own:
@@ -69,15 +51,16 @@ func TestReceptionistOnStaging(t *testing.T) {
 }
 
 // startWorker starts a receptionist worker of agentName, deployment
-// staging, on srv; its log goes to the returned buffer. It is stopped when
-// the test ends.
-func startWorker(t *testing.T, srv *livekittest.Server, agentName string) (*worker.Worker, *syncbuf.Buffer) {
+// staging, on srv, with its metrics in the returned registry. It is
+// stopped when the test ends.
+func startWorker(t *testing.T, srv *livekittest.Server, agentName string) (*worker.Worker, *prometheus.Registry) {
 	t.Helper()
-	logs := &syncbuf.Buffer{}
+	reg := prometheus.NewRegistry()
 	w, err := worker.New(worker.Options{
 		URL: srv.URL, APIKey: srv.APIKey, APISecret: srv.APISecret,
 		AgentName: agentName, Deployment: "staging",
-		Logger: slog.New(slog.NewTextHandler(logs, nil)),
+		Logger:     livekittest.Logger(t),
+		Registerer: reg,
 	}, newHandler("Harbour Dental"))
 	if err != nil {
 		t.Fatal(err)
@@ -93,24 +76,31 @@ func startWorker(t *testing.T, srv *livekittest.Server, agentName string) (*work
 		if err := w.StopAndCancel(ctx); err != nil {
 			t.Errorf("stop the worker: %v", err)
 		}
-		if t.Failed() {
-			t.Logf("worker log:\n%s", logs.String())
-		}
 	})
-	return w, logs
+	return w, reg
 }
 
-// eventually fails the test if cond does not hold within
-// livekittest.Timeout.
-func eventually(t *testing.T, what string, cond func() bool) {
+// finished is the number of jobs the worker counted as ended with status.
+func finished(t *testing.T, reg *prometheus.Registry, status string) float64 {
 	t.Helper()
-	deadline := time.Now().Add(livekittest.Timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, livekittest.Timeout)
-		}
-		time.Sleep(100 * time.Millisecond)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
 	}
+	var n float64
+	for _, f := range families {
+		if f.GetName() != "lkagent_jobs_finished_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "status" && l.GetValue() == status {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return n
 }
 
 // The dispatch names the caller: the receptionist waits for them (not for
@@ -121,7 +111,7 @@ func TestReceptionistServesTheCallerUntilTheyLeave(t *testing.T) {
 	t.Parallel()
 	srv := shared.Server(t)
 	agent := livekittest.UniqueName("receptionist")
-	w, logs := startWorker(t, srv, agent)
+	w, reg := startWorker(t, srv, agent)
 
 	room := livekittest.UniqueName("room")
 	visitor := srv.Join(t, room, "visitor")
@@ -160,8 +150,8 @@ func TestReceptionistServesTheCallerUntilTheyLeave(t *testing.T) {
 	}
 
 	pat.Leave()
-	eventually(t, "the job ends after the caller left", func() bool { return len(w.Snapshot().Jobs) == 0 })
-	eventually(t, "the agent leaves the room", func() bool {
+	livekittest.Eventually(t, 0, "the job's end after the caller left", func() bool { return len(w.Snapshot().Jobs) == 0 })
+	livekittest.Eventually(t, 0, "the agent leaving the room", func() bool {
 		for _, p := range srv.Participants(t, room) {
 			if p.GetKind() == livekit.ParticipantInfo_AGENT {
 				return false
@@ -169,11 +159,8 @@ func TestReceptionistServesTheCallerUntilTheyLeave(t *testing.T) {
 		}
 		return true
 	})
-	if _, ok := logs.Line("caller left; the call is over", "caller=pat", "booked=1", "room="+room); !ok {
-		t.Errorf("no log line of the caller leaving")
-	}
-	if _, ok := logs.Line("job finished", "room="+room); !ok {
-		t.Errorf("the job did not finish as a success")
+	if n := finished(t, reg, "success"); n != 1 {
+		t.Errorf("%v jobs finished as a success, want 1: the caller leaving ends the job as a success", n)
 	}
 	if ids := identities(srv.Participants(t, room)); len(ids) != 1 || ids[0] != "visitor" {
 		t.Errorf("participants left in the room %v, want the visitor only", ids)
@@ -188,48 +175,16 @@ func identities(ps []*livekit.ParticipantInfo) []string {
 	return ids
 }
 
-var (
-	buildOnce sync.Once
-	binary    string
-	buildErr  error
-)
-
-// build builds this program once per test run.
-func build(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		binary = filepath.Join(binDir, "receptionist")
-		args := []string{"build", "-o", binary}
-		if racebuild.Enabled {
-			args = append(args, "-race")
-		}
-		if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binary
-}
-
 // The program itself: it serves a call and, on SIGTERM, drains: the call
 // goes on until the caller leaves, then the process exits 0.
 func TestProgramDrainsOnSIGTERM(t *testing.T) {
 	t.Parallel()
 	srv := shared.Server(t)
-	bin := build(t)
+	bin := livekittest.Build(t, ".")
 	agent := livekittest.UniqueName("receptionist")
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "LIVEKIT_") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env, "LIVEKIT_URL="+srv.URL, "LIVEKIT_API_KEY="+srv.APIKey, "LIVEKIT_API_SECRET="+srv.APISecret,
-		"LIVEKIT_AGENT_DEPLOYMENT=staging")
-	p := extest.Start(t, "receptionist", bin, env, "--agent-name", agent, "--clinic", "Lighthouse Dental", "--http-addr", "")
-	p.WaitLog(livekittest.Timeout, "msg=registered", "deployment=staging")
+	addr := livekittest.FreeAddr(t)
+	p := srv.StartProgram(t, bin, []string{"LIVEKIT_AGENT_DEPLOYMENT=staging"},
+		"--agent-name", agent, "--clinic", "Lighthouse Dental", "--http-addr", addr)
 
 	room := livekittest.UniqueName("room")
 	srv.Dispatch(t, room, agent, "staging", "")
@@ -238,15 +193,21 @@ func TestProgramDrainsOnSIGTERM(t *testing.T) {
 		t.Fatalf("greeting %q", got)
 	}
 
-	p.Signal(syscall.SIGTERM)
-	p.WaitLog(livekittest.Timeout, "msg=draining", "running_jobs=1")
+	p.Signal(t, syscall.SIGTERM)
+	p.WaitDraining(t, addr)
 	if got := caller.Chat(t, "How much is a check-up?", nil); !strings.Contains(got, "$60") {
 		t.Fatalf("answer while draining %q", got)
 	}
+	if !p.Running() {
+		t.Fatal("the program exited while its call went on")
+	}
 	caller.Leave()
-	if code := p.Wait(livekittest.Timeout); code != 0 {
+	if code := p.Wait(t); code != 0 {
 		t.Fatalf("exit status %d after the drain, want 0", code)
 	}
-	p.WaitLog(time.Second, "caller left; the call is over", "room="+room)
-	p.WaitLog(time.Second, "receptionist stopped")
+	for _, want := range []string{"caller left; the call is over", "receptionist stopped"} {
+		if !strings.Contains(p.Output(), want) {
+			t.Errorf("the program did not log %q", want)
+		}
+	}
 }

@@ -2,23 +2,24 @@ package main
 
 import (
 	"os"
-	"slices"
 	"strings"
+	"syscall"
 	"testing"
-	"time"
 
 	"github.com/livekit/protocol/livekit"
+	lklogger "github.com/livekit/protocol/logger"
+	lksdk "github.com/livekit/server-sdk-go/v2"
 
-	"github.com/lkagent/lkagent/examples/internal/extest"
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/examples/echo/echoagent"
+	"github.com/lkagent/lkagent/livekittest"
 )
 
-var (
-	bin string
-	srv *lkserver.Server
-)
+var shared livekittest.Shared
 
-func TestMain(m *testing.M) { os.Exit(extest.Main(m, &bin, &srv)) }
+func TestMain(m *testing.M) {
+	lksdk.SetLogger(lklogger.GetDiscardLogger())
+	os.Exit(shared.Run(m))
+}
 
 func TestDecide(t *testing.T) {
 	blocked := []string{"blocked", "free"}
@@ -41,44 +42,48 @@ func TestDecide(t *testing.T) {
 	}
 }
 
-// A job whose metadata names a blocked tier is rejected (and logged) and
-// nobody joins its room; the other job of the same agent is accepted and
-// runs in its own deployment.
+// A job whose metadata names a blocked tier is rejected (counted, and
+// logged with its reason) and nobody joins its room; the other job of the
+// same agent is accepted and runs in its own deployment.
 func TestRejectsBlockedTier(t *testing.T) {
-	agentName := extest.Uniq("filtered")
-	p := extest.Start(t, "request-filter", bin, extest.Env(srv), "--agent-name", agentName, "--deployment", "canary")
-	p.WaitLog(30*time.Second, "msg=registered", "deployment=canary")
-	time.Sleep(lkserver.RegistrationSettle)
+	srv := shared.Server(t)
+	bin := livekittest.Build(t, ".")
+	agentName := livekittest.UniqueName("filtered")
+	addr := livekittest.FreeAddr(t)
+	p := srv.StartProgram(t, bin, nil, "--agent-name", agentName, "--deployment", "canary", "--http-addr", addr)
 
-	blockedRoom, goldRoom := extest.Uniq("blocked"), extest.Uniq("gold")
-	extest.Dispatch(t, srv, &livekit.CreateAgentDispatchRequest{AgentName: agentName, Room: blockedRoom, Deployment: "canary",
-		Metadata: `{"tier":"blocked"}`})
-	line := p.WaitLog(30*time.Second, `msg="job rejected"`, "room="+blockedRoom)
-	if !strings.Contains(line, `reason="tier \"blocked\" is blocked"`) || !strings.Contains(line, "deployment=canary") {
-		t.Fatalf("rejection logged without its reason or deployment: %s", line)
+	// Dispatch returns once the worker accepted the job.
+	blockedRoom, goldRoom := livekittest.UniqueName("blocked"), livekittest.UniqueName("gold")
+	srv.Dispatch(t, goldRoom, agentName, "canary", `{"tier":"gold"}`)
+	agent := srv.WaitForAgent(t, goldRoom, agentName)
+	if got := agent.GetAttributes()[echoagent.AttrDeployment]; got != "canary" {
+		t.Errorf("agent of the accepted job runs in deployment %q, want canary", got)
 	}
 
-	extest.Dispatch(t, srv, &livekit.CreateAgentDispatchRequest{AgentName: agentName, Room: goldRoom, Deployment: "canary",
-		Metadata: `{"tier":"gold"}`})
-	p.WaitLog(30*time.Second, `msg="job accepted"`, "room="+goldRoom, "deployment=canary")
-	line = p.WaitLog(30*time.Second, "echo agent joined the room", "room="+goldRoom)
-	extest.WaitParticipant(t, srv, goldRoom, "echo-"+extest.Field(line, "job_id"), 15*time.Second)
-
-	// The blocked job never ran: no agent in its room, no job started.
-	if p.HasLog("echo agent joined the room", "room="+blockedRoom) {
-		t.Fatal("the blocked job ran")
+	// A job the worker refuses: Dispatch would wait for an acceptance that
+	// never comes, so the test creates it with the dispatch API.
+	if _, err := srv.DispatchClient().CreateDispatch(t.Context(), &livekit.CreateAgentDispatchRequest{
+		AgentName: agentName, Room: blockedRoom, Deployment: "canary", Metadata: `{"tier":"blocked"}`,
+	}); err != nil {
+		t.Fatal(err)
 	}
-	for _, id := range extest.Participants(t, srv, blockedRoom) {
-		if strings.HasPrefix(id, "echo-") {
-			t.Fatalf("agent %s joined the blocked room", id)
+	rejected := map[string]string{"reason": "rejected_by_handler"}
+	livekittest.Eventually(t, 0, "the blocked job's rejection counted", func() bool {
+		return livekittest.Metric(t, addr, "lkagent_offers_declined_total", rejected) == 1
+	})
+	// The blocked job never ran: no agent in its room.
+	for _, p := range srv.Participants(t, blockedRoom) {
+		if p.GetKind() == livekit.ParticipantInfo_AGENT {
+			t.Fatalf("agent %s joined the blocked room", p.GetIdentity())
 		}
 	}
-	if ids := extest.Participants(t, srv, goldRoom); !slices.ContainsFunc(ids, func(id string) bool { return strings.HasPrefix(id, "echo-") }) {
-		t.Fatalf("no agent in the accepted job's room: %v", ids)
-	}
 
-	extest.DeleteRoom(t, srv, goldRoom)
-	if code := p.Stop(30 * time.Second); code != 0 {
+	srv.DeleteRoom(t, goldRoom)
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
 		t.Fatalf("exit status after SIGTERM = %d, want 0", code)
+	}
+	if out := p.Output(); !strings.Contains(out, `reason="tier \"blocked\" is blocked"`) {
+		t.Errorf("the rejection was not logged with its reason:\n%s", out)
 	}
 }

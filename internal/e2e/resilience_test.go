@@ -10,6 +10,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/wait"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -27,17 +28,12 @@ func runOn(t *testing.T, s *lkserver.Server, o worker.Options, h job.Handler, re
 	return startWorkerAt(t, o, h)
 }
 
+// waitFor waits for cond as wait.Until does, and returns how long it took.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for time.Since(start) < timeout {
-		if cond() {
-			return time.Since(start)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %s waiting for %s", timeout, what)
-	return 0
+	wait.Until(t, timeout, what, cond)
+	return time.Since(start)
 }
 
 // The server dies while a job runs and comes back on the same port: the

@@ -31,6 +31,7 @@ import (
 
 	"github.com/lkagent/lkagent/guard"
 	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/wait"
 )
 
 // Restarts against the real server with its webhooks on: a killed worker's
@@ -80,7 +81,7 @@ func TestKilledWorkersJobProcessesDoNotLeaveNormally(t *testing.T) {
 				joinCaller(t, hs.srv, room, "caller")
 				hs.api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Metadata: "hold"})
 				first := lineFields(w.out.waitLine(t, 30*time.Second, "job ", "room="+room+" "))
-				waitUntil(t, 30*time.Second, "the agent active in the room", func() bool {
+				wait.Until(t, 30*time.Second, "the agent active in the room", func() bool {
 					p, ok := hs.api.participant(t, room, first["identity"])
 					return ok && p.State == livekit.ParticipantInfo_ACTIVE
 				})
@@ -188,7 +189,7 @@ func killAndReplace(t *testing.T, s *lkserver.Server, workers []*agentProc, capt
 
 	var victim, other *agentProc
 	var first map[string]string
-	waitUntil(t, 30*time.Second, "the job in a worker", func() bool {
+	wait.Until(t, 30*time.Second, "the job in a worker", func() bool {
 		for i, w := range workers {
 			if l, ok := w.out.lineWith("job ", "room="+room+" "); ok {
 				victim, other, first = w, workers[1-i], lineFields(l)
@@ -199,7 +200,7 @@ func killAndReplace(t *testing.T, s *lkserver.Server, workers []*agentProc, capt
 	})
 	// Fully connected: killed while still connecting, the agent would be
 	// reported after ~5 s as SIGNAL_CLOSE instead.
-	waitUntil(t, 30*time.Second, "the agent active in the room", func() bool {
+	wait.Until(t, 30*time.Second, "the agent active in the room", func() bool {
 		p, ok := api.participant(t, room, first["identity"])
 		return ok && p.State == livekit.ParticipantInfo_ACTIVE
 	})
@@ -208,7 +209,7 @@ func killAndReplace(t *testing.T, s *lkserver.Server, workers []*agentProc, capt
 	killed := time.Now()
 	var joined time.Duration
 	var replacement string
-	waitUntil(t, 60*time.Second, "a replacement agent in the room", func() bool {
+	wait.Until(t, 60*time.Second, "a replacement agent in the room", func() bool {
 		for _, p := range api.participants(t, room) {
 			if p.Kind == livekit.ParticipantInfo_AGENT && p.Identity != first["identity"] {
 				joined, replacement = time.Since(killed), p.Identity
@@ -326,7 +327,7 @@ func crashAndRestart(t *testing.T, hs *hookServer, w, w2 *agentProc, agentName, 
 	crashed := time.Unix(0, mustInt64(t, crash["at"]))
 	var inRoom time.Duration
 	var replacement string
-	waitUntil(t, 30*time.Second, "a replacement agent in the room", func() bool {
+	wait.Until(t, 30*time.Second, "a replacement agent in the room", func() bool {
 		for _, p := range hs.api.participants(t, room) {
 			if p.Kind == livekit.ParticipantInfo_AGENT && p.Identity != crash["identity"] && p.State == livekit.ParticipantInfo_ACTIVE {
 				inRoom, replacement = time.Since(crashed), p.Identity
@@ -558,7 +559,7 @@ func testForgedWebhooks(t *testing.T, bins restartBinaries, hs *hookServer) {
 	joinCaller(t, hs.srv, room, "caller")
 	d := hs.api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Metadata: "hold"})
 	first := lineFields(w.out.waitLine(t, 30*time.Second, "job ", "room="+room+" "))
-	waitUntil(t, 30*time.Second, "the job listed in its dispatch", func() bool {
+	wait.Until(t, 30*time.Second, "the job listed in its dispatch", func() bool {
 		for _, x := range hs.api.dispatches(t, room) {
 			if x.Id == d.Id && len(x.GetState().GetJobs()) == 1 {
 				return true
@@ -734,7 +735,7 @@ func (r *hookRouter) find(match func(*livekit.WebhookEvent) bool) (capturedHook,
 func (r *hookRouter) wait(t *testing.T, timeout time.Duration, what string, match func(*livekit.WebhookEvent) bool) capturedHook {
 	t.Helper()
 	var h capturedHook
-	waitUntil(t, timeout, what, func() bool {
+	wait.Until(t, timeout, what, func() bool {
 		var ok bool
 		h, ok = r.find(match)
 		return ok
@@ -1003,18 +1004,6 @@ func freeLoopbackAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
-}
-
-// waitUntil polls cond until it holds, failing the test after timeout.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %s", what, timeout)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // joinCaller puts a caller into room until the test ends (or it leaves).

@@ -24,6 +24,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/lkagent/lkagent/internal/faultproxy"
+	"github.com/lkagent/lkagent/internal/wait"
 )
 
 // Bounds for timed assertions. waitLong is how long something expected to
@@ -264,18 +265,6 @@ func waitAccepted(t *testing.T, p *faultproxy.Proxy, k faultproxy.Kind, n int) {
 	}
 }
 
-// eventually waits for cond to hold.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 var kinds = []faultproxy.Kind{faultproxy.KindAgent, faultproxy.KindRoom, faultproxy.KindOther}
 
 var modes = []faultproxy.CutMode{faultproxy.FIN, faultproxy.RST}
@@ -434,7 +423,7 @@ func TestCutAfterUpgradeDropsBytesAfterHead(t *testing.T) {
 			if _, msg, err := ws.ReadMessage(); err != nil || string(msg) != "hi" {
 				t.Fatalf("greeting: %q, %v", msg, err)
 			}
-			eventually(t, "the greeting to be tapped", func() bool { return tapped.Load() == 1 })
+			wait.Until(t, waitLong, "the greeting to be tapped", func() bool { return tapped.Load() == 1 })
 
 			p.CutAfterUpgrade(faultproxy.KindAgent, 1, mode)
 			checkCutErr(t, readErr(t, mustDial(t, p, "/greet/agent")), mode)
@@ -479,7 +468,7 @@ func TestCut(t *testing.T) {
 			a1.Close()
 			a2.Close()
 			echo(t, room, "room still works")
-			eventually(t, "cut connections to be gone", func() bool { return p.Live(faultproxy.KindAgent) == 0 })
+			wait.Until(t, waitLong, "cut connections to be gone", func() bool { return p.Live(faultproxy.KindAgent) == 0 })
 			if n := p.Live(faultproxy.KindRoom); n != 1 {
 				t.Errorf("Live(room) = %d, want 1", n)
 			}
@@ -721,7 +710,7 @@ func TestRefuse(t *testing.T) {
 	echo(t, mustDial(t, p, "/agent"), "accepted again")
 	p.Heal()
 	mustHTTP(t, p, "GET", "/x")
-	eventually(t, "refused connections to be gone", func() bool {
+	wait.Until(t, waitLong, "refused connections to be gone", func() bool {
 		return p.Live(faultproxy.KindAgent) == 1 && p.Live(faultproxy.KindOther) == 0
 	})
 }
@@ -840,7 +829,7 @@ func TestOnAgentFrame(t *testing.T) {
 		}
 		return out
 	}
-	eventually(t, "every message to be tapped", func() bool {
+	wait.Until(t, waitLong, "every message to be tapped", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got) >= len(want)
@@ -868,7 +857,7 @@ func TestOnAgentFrameRemoved(t *testing.T) {
 	p.OnAgentFrame(func(bool, int, []byte) { n.Add(1) })
 	ws := mustDial(t, p, "/agent")
 	echo(t, ws, "a")
-	eventually(t, "two messages tapped", func() bool { return n.Load() == 2 })
+	wait.Until(t, waitLong, "two messages tapped", func() bool { return n.Load() == 2 })
 	p.OnAgentFrame(nil)
 	echo(t, ws, "b")
 	if got := n.Load(); got != 2 {
@@ -972,7 +961,7 @@ func TestCloseWithLiveConnections(t *testing.T) {
 	for _, c := range []io.Closer{agent, room, held, silent} {
 		c.Close()
 	}
-	eventually(t, "the goroutine count to return to its baseline", func() bool {
+	wait.Until(t, waitLong, "the goroutine count to return to its baseline", func() bool {
 		return runtime.NumGoroutine() <= baseline
 	})
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/livekit/protocol/livekit"
 	"github.com/livekit/protocol/logger"
 	lksdk "github.com/livekit/server-sdk-go/v2"
+
+	"github.com/lkagent/lkagent/internal/syncbuf"
 )
 
 // mainSrv is started by RunMain in TestMain and shared by the tests that
@@ -310,7 +312,7 @@ func TestKillThenRestart(t *testing.T) {
 
 func TestStopIsIdempotent(t *testing.T) {
 	t.Parallel()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	s := StartTB(t, Options{Logs: &logs})
 	if err := s.Stop(); err != nil {
 		t.Fatalf("Stop: %v", err)
@@ -517,22 +519,4 @@ chmod +x "$GOBIN/server"
 			t.Errorf("temporary install dir %s left behind", e.Name())
 		}
 	}
-}
-
-// syncBuffer is a strings.Builder safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
