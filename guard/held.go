@@ -115,7 +115,7 @@ func newHeld(o HeldOptions, api held.API) (*Held, error) {
 	}
 	h := &Held{o: o, gather: gather, known: map[held.Key]bool{},
 		unserved: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "dispatches_unserved",
-			Help: "Dispatches with no job, per agent name and deployment, at the last sweep (rooms at least HeldAfter old): the signal to scale a deployment from zero."},
+			Help: "Dispatches with no job, per agent name and deployment, at the last sweep: the signal to scale a deployment from zero."},
 			[]string{"agent_name", "deployment"}),
 		recovered: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "dispatches_recovered_total",
 			Help: "Held dispatches (dropped by the server: no worker took their job) served by re-creating them."},

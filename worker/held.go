@@ -90,6 +90,9 @@ type heldState struct {
 	lease     *held.Lease
 	recovered *prometheus.CounterVec
 	total     atomic.Int64
+	// suspect: the last sweep found dispatches with no job: a slot freed
+	// is worth a look before the periodic sweep.
+	suspect atomic.Bool
 	// kick asks the loop for a sweep: true after a registration.
 	kick chan bool
 }
@@ -135,10 +138,21 @@ func holderID() string {
 }
 
 // kickHeld asks for a sweep: after a registration (registered) or when a
-// slot freed. It never blocks.
+// slot freed. A freed slot asks only if the worker was full before it (it
+// may have declined offers, whose dispatches the server then dropped) or
+// the last sweep saw dispatches with no job: in a steady state the fleet
+// makes only its periodic sweeps. It never blocks.
 func (w *Worker) kickHeld(registered bool) {
 	if w.heldSweep == nil {
 		return
+	}
+	if !registered && !w.heldSweep.suspect.Load() {
+		w.mu.Lock()
+		wasFull := w.o.MaxJobs > 0 && len(w.jobs)+len(w.reserved)+1 >= w.o.MaxJobs+w.o.queueCap()
+		w.mu.Unlock()
+		if !wasFull {
+			return
+		}
 	}
 	if registered {
 		// A registration replaces a pending slot kick: it matters more.
@@ -222,6 +236,7 @@ func (w *Worker) runHeld(ctx context.Context) {
 			h.recovered.WithLabelValues(r.AgentName, r.Deployment).Inc()
 			h.total.Add(1)
 		}
+		h.suspect.Store(len(res.Held) > 0 || !res.NextHeld.IsZero())
 		if !res.NextHeld.IsZero() {
 			// Look again when the oldest dispatch still pending could be
 			// held, if that is before the periodic sweep.

@@ -16,9 +16,8 @@
 // a room that is gone is not listed, and the claim of a dispatch proves its
 // room was there.
 //
-// Cost on the server, per sweep: one ListRooms, one ListDispatch per room
-// old enough to hold a held dispatch, and two calls (delete, create) per
-// dispatch served. A [Lease] lets a fleet of sweepers of one agent name and
+// Cost on the server, per sweep: one ListRooms, one ListDispatch per room,
+// and two calls (delete, create) per dispatch served. A [Lease] lets a fleet of sweepers of one agent name and
 // deployment do about one sweep per interval between them: see
 // docs/dispatch.md.
 package held
@@ -118,6 +117,10 @@ const (
 	DefaultHeldAfter = 10 * time.Second
 	// DefaultConcurrency is how many rooms' dispatches are listed at once.
 	DefaultConcurrency = 4
+	// SuspectAfter: a dispatch with no job this long after its creation
+	// may have been dropped (most get their job within a second): a sweep
+	// reports when it could be held (Result.NextHeld).
+	SuspectAfter = 2 * time.Second
 )
 
 // Config configures a Sweeper.
@@ -179,9 +182,8 @@ type Result struct {
 	Rooms, Listed int
 	// Calls is how many API calls the sweep made.
 	Calls int
-	// Unserved counts, per key, the dispatches of the rooms listed that
-	// have no job (held ones, served or not by this sweep, and pending
-	// ones); rooms younger than HeldAfter are not listed.
+	// Unserved counts, per key, the dispatches that have no job (held
+	// ones, served or not by this sweep, and pending ones).
 	Unserved map[Key]int
 	// Held counts, per key, the held dispatches found.
 	Held map[Key]int
@@ -190,8 +192,8 @@ type Result struct {
 	// Lost counts claims that found the dispatch gone: served by another
 	// sweeper, or deleted by its owner.
 	Lost int
-	// NextHeld is when the oldest pending dispatch (or the oldest room not
-	// listed for its youth) will be old enough to be held; zero if none.
+	// NextHeld is when the oldest pending dispatch at least SuspectAfter
+	// old will be old enough to be held; zero if none.
 	NextHeld time.Time
 }
 
@@ -212,25 +214,11 @@ func (s *Sweeper) Sweep(ctx context.Context, limit int) (Result, error) {
 	}
 	res.Rooms = len(rooms)
 	now := s.c.Now()
-	// A room younger than HeldAfter holds no held dispatch (its
-	// dispatches are younger still) and is not listed: the next sweep
-	// worth making is when it could.
 	var names []string
 	for _, r := range rooms {
-		if strings.HasPrefix(r.GetName(), LeasePrefix) {
-			continue
+		if !strings.HasPrefix(r.GetName(), LeasePrefix) {
+			names = append(names, r.GetName())
 		}
-		created := time.Unix(r.GetCreationTime(), 0)
-		if ms := r.GetCreationTimeMs(); ms != 0 {
-			created = time.UnixMilli(ms)
-		}
-		if at := created.Add(s.c.HeldAfter); now.Before(at) {
-			if res.NextHeld.IsZero() || at.Before(res.NextHeld) {
-				res.NextHeld = at
-			}
-			continue
-		}
-		names = append(names, r.GetName())
 	}
 	res.Listed = len(names)
 
@@ -255,6 +243,12 @@ func (s *Sweeper) Sweep(ctx context.Context, limit int) (Result, error) {
 				switch Classify(d, now, s.c.HeldAfter, s.c.Mine) {
 				case Pending:
 					res.Unserved[KeyOf(d)]++
+					// Most pending dispatches get their job within a
+					// second; one still waiting is worth a look when it
+					// can be held.
+					if now.Sub(CreatedAt(d)) < SuspectAfter {
+						break
+					}
 					if at := CreatedAt(d).Add(s.c.HeldAfter); res.NextHeld.IsZero() || at.Before(res.NextHeld) {
 						res.NextHeld = at
 					}

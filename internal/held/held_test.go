@@ -297,6 +297,7 @@ func TestSweepNextHeld(t *testing.T) {
 	now := time.Unix(10_000, 0)
 	f := newFake(now)
 	f.addRoom("young", 3*time.Second)
+	f.addDispatch("young", "echo", "canary", time.Second, 0) // in flight: not suspect
 	f.addRoom("old", time.Minute)
 	f.addDispatch("old", "echo", "canary", 4*time.Second, 0)
 	s := New(Config{API: f, Mine: mineOnly(canary), Now: func() time.Time { return now }})
@@ -305,10 +306,17 @@ func TestSweepNextHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := now.Add(6 * time.Second); !res.NextHeld.Equal(want) {
-		t.Fatalf("NextHeld = %v, want %v (the old room's dispatch, 4 s old)", res.NextHeld, want)
+		t.Fatalf("NextHeld = %v, want %v (the dispatch 4 s old)", res.NextHeld, want)
 	}
-	if res.Listed != 1 || res.Calls != 2 {
-		t.Fatalf("listed %d rooms in %d calls; want 1 room (the young one skipped), 2 calls", res.Listed, res.Calls)
+	if res.Listed != 2 || res.Calls != 3 || res.Unserved[canary] != 2 {
+		t.Fatalf("listed %d rooms in %d calls, %d unserved; want 2 rooms, 3 calls, 2 unserved", res.Listed, res.Calls, res.Unserved[canary])
+	}
+	f2 := newFake(now)
+	f2.addRoom("young", 3*time.Second)
+	f2.addDispatch("young", "echo", "canary", time.Second, 0)
+	res, _ = New(Config{API: f2, Mine: mineOnly(canary), Now: func() time.Time { return now }}).Sweep(t.Context(), -1)
+	if !res.NextHeld.IsZero() {
+		t.Fatalf("NextHeld = %v for a dispatch in flight, want none", res.NextHeld)
 	}
 }
 
