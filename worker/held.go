@@ -37,6 +37,17 @@ const heldMinGap = 5 * time.Second
 // dropped again.
 const heldSettle = time.Second
 
+// heldBusyFactor: a dispatch created while the worker was available (and
+// has been since) is taken as held only heldBusyFactor × After after its
+// creation. The server offered it, or still has it in its queue of job
+// requests, which a burst of CreateDispatch into new rooms backs up for
+// tens of seconds (each new room's automatic agent request waits out its
+// timeout there): taking such a dispatch for dropped would claim it while
+// the server is about to offer it. A dispatch created before the worker
+// was last unavailable (not registered, full, draining) is held After its
+// creation.
+const heldBusyFactor = 6
+
 // heldAPITimeout bounds each call a sweep makes to the server.
 const heldAPITimeout = 10 * time.Second
 
@@ -55,9 +66,11 @@ type HeldOptions struct {
 	// Disabled turns held dispatches off.
 	Disabled bool
 	// After is how long after its creation a dispatch with no job is
-	// taken as dropped. Default 10s. The server lists a job once a worker
-	// took it, usually within a second; in bursts its own queue can delay
-	// that: raise After if dispatches wait longer than that for a worker.
+	// taken as dropped, when it was created before the worker was last
+	// unable to take it (not registered yet, or full). Default 10s. One
+	// created while the worker could take it is given 6 × After (60s):
+	// the server may still hold it in its queue of job requests, which a
+	// burst of CreateDispatch into new rooms backs up for tens of seconds.
 	After time.Duration
 	// Interval is about how often a fleet of workers of this agent name
 	// and deployment looks, between them. Default 30s.
@@ -93,6 +106,9 @@ type heldState struct {
 	// suspect: the last sweep found dispatches with no job: a slot freed
 	// is worth a look before the periodic sweep.
 	suspect atomic.Bool
+	// unavailable is when the worker was last seen unable to take an
+	// offer (unix ns): before its registration, full, or draining.
+	unavailable atomic.Int64
 	// kick asks the loop for a sweep: true after a registration.
 	kick chan bool
 }
@@ -119,15 +135,23 @@ func (w *Worker) newHeld() (*heldState, error) {
 		}
 		recovered = c // another worker's, in the same Registerer
 	}
-	return &heldState{
-		sweeper: held.New(held.Config{
-			API: api, HeldAfter: w.o.Held.After, Log: w.o.Logger, // it names the agent and deployment itself
-			Mine: func(k held.Key) bool { return k == key },
-		}),
+	h := &heldState{
 		lease:     held.NewLease(api, key, holderID(), nil),
 		recovered: recovered,
 		kick:      make(chan bool, 1),
-	}, nil
+	}
+	after := w.o.Held.After
+	h.sweeper = held.New(held.Config{
+		API: api, HeldAfter: after, Log: w.o.Logger, // it names the agent and deployment itself
+		Mine: func(k held.Key) bool { return k == key },
+		HeldAfterFor: func(created time.Time) time.Duration {
+			if created.UnixNano() <= h.unavailable.Load() {
+				return after
+			}
+			return heldBusyFactor * after
+		},
+	})
+	return h, nil
 }
 
 // holderID names this process in sweep leases.
@@ -146,15 +170,18 @@ func (w *Worker) kickHeld(registered bool) {
 	if w.heldSweep == nil {
 		return
 	}
-	if !registered && !w.heldSweep.suspect.Load() {
+	if !registered {
 		w.mu.Lock()
 		wasFull := w.o.MaxJobs > 0 && len(w.jobs)+len(w.reserved)+1 >= w.o.MaxJobs+w.o.queueCap()
 		w.mu.Unlock()
-		if !wasFull {
+		if wasFull {
+			w.heldSweep.unavailable.Store(time.Now().UnixNano()) // full until now
+		} else if !w.heldSweep.suspect.Load() {
 			return
 		}
 	}
 	if registered {
+		w.heldSweep.unavailable.Store(time.Now().UnixNano()) // unregistered until now
 		// A registration replaces a pending slot kick: it matters more.
 		select {
 		case <-w.heldSweep.kick:
@@ -219,6 +246,7 @@ func (w *Worker) runHeld(ctx context.Context) {
 		}
 		limit, ok := w.heldCapacity()
 		if !ok {
+			h.unavailable.Store(time.Now().UnixNano())
 			continue
 		}
 		acquired, _, err := h.lease.Acquire(ctx, gap)

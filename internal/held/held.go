@@ -130,6 +130,11 @@ type Config struct {
 	Mine func(Key) bool
 	// HeldAfter: see DefaultHeldAfter.
 	HeldAfter time.Duration
+	// HeldAfterFor, if set, says how old a dispatch created at created
+	// must be to be taken as held, instead of HeldAfter: a worker that was
+	// available all along since then asks for longer, since the server may
+	// still be working through its queue of job requests.
+	HeldAfterFor func(created time.Time) time.Duration
 	// Concurrency: see DefaultConcurrency.
 	Concurrency int
 	// Log receives a line per dispatch served and per failed claim.
@@ -240,7 +245,11 @@ func (s *Sweeper) Sweep(ctx context.Context, limit int) (Result, error) {
 				return nil
 			}
 			for _, d := range ds {
-				switch Classify(d, now, s.c.HeldAfter, s.c.Mine) {
+				after := s.c.HeldAfter
+				if s.c.HeldAfterFor != nil {
+					after = s.c.HeldAfterFor(CreatedAt(d))
+				}
+				switch Classify(d, now, after, s.c.Mine) {
 				case Pending:
 					res.Unserved[KeyOf(d)]++
 					// Most pending dispatches get their job within a
@@ -249,7 +258,7 @@ func (s *Sweeper) Sweep(ctx context.Context, limit int) (Result, error) {
 					if now.Sub(CreatedAt(d)) < SuspectAfter {
 						break
 					}
-					if at := CreatedAt(d).Add(s.c.HeldAfter); res.NextHeld.IsZero() || at.Before(res.NextHeld) {
+					if at := CreatedAt(d).Add(after); res.NextHeld.IsZero() || at.Before(res.NextHeld) {
 						res.NextHeld = at
 					}
 				case Held:
@@ -293,6 +302,53 @@ func (s *Sweeper) Sweep(ctx context.Context, limit int) (Result, error) {
 	return res, errors.Join(errs...)
 }
 
+// ambiguousWait is how long a claim whose delete failed waits for another
+// claimant's replacement before taking the claim as its own.
+const ambiguousWait = 2 * time.Second
+
+// ambiguousClaim decides a claim whose delete returned an error: mine if d
+// is gone and, ambiguousWait later, nothing replaced it; an error if d is
+// still there or the room could not be listed.
+func (s *Sweeper) ambiguousClaim(ctx context.Context, d *livekit.AgentDispatch) (mine bool, calls int, err error) {
+	check := func() (gone, replaced bool, err error) {
+		calls++
+		ds, err := s.c.API.ListDispatches(ctx, d.GetRoom())
+		if err != nil {
+			return false, false, err
+		}
+		gone = true
+		for _, x := range ds {
+			switch {
+			case x.GetId() == d.GetId():
+				gone = false
+			case x.GetAgentName() == d.GetAgentName() && x.GetDeployment() == d.GetDeployment() &&
+				x.GetMetadata() == d.GetMetadata() && x.GetState().GetCreatedAt() > d.GetState().GetCreatedAt():
+				replaced = true
+			}
+		}
+		return gone, replaced, nil
+	}
+	gone, replaced, err := check()
+	if err != nil {
+		return false, calls, err
+	}
+	if !gone {
+		return false, calls, errors.New("the dispatch is still listed")
+	}
+	if replaced {
+		return false, calls, nil
+	}
+	t := time.NewTimer(ambiguousWait)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		t.Stop()
+		return false, calls, context.Cause(ctx)
+	}
+	_, replaced, err = check()
+	return err == nil && !replaced, calls, err
+}
+
 // claimedTimeout bounds the creation of a claimed dispatch's replacement,
 // retries included: once claimed, it is finished even if ctx ends.
 const claimedTimeout = 30 * time.Second
@@ -305,7 +361,20 @@ func (s *Sweeper) serve(ctx context.Context, d *livekit.AgentDispatch, now time.
 			s.c.Log.Debug("held dispatch already gone: served by another worker, or deleted", slog.String("room", d.GetRoom()), slog.String("dispatch", d.GetId()))
 			return Recovery{}, calls, ErrGone
 		}
-		return Recovery{}, calls, fmt.Errorf("held: claim dispatch %s of room %q: %w", d.GetId(), d.GetRoom(), err)
+		// The server may have deleted it and failed to answer (seen:
+		// "marshaling livekit.AgentDispatch: size mismatch", when a job
+		// was being added to it at that moment). If it is gone and no
+		// other claimant replaced it shortly, the claim was this one's.
+		mine, n, cerr := s.ambiguousClaim(ctx, d)
+		calls += n
+		if cerr != nil || !mine {
+			if cerr == nil {
+				cerr = ErrGone
+			}
+			return Recovery{}, calls, errors.Join(fmt.Errorf("held: claim dispatch %s of room %q: %w", d.GetId(), d.GetRoom(), err), cerr)
+		}
+		s.c.Log.Info("held dispatch: its delete failed but it is gone and no other worker replaced it: re-creating it",
+			slog.String("room", d.GetRoom()), slog.String("dispatch", d.GetId()), slog.Any("error", err))
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimedTimeout)
 	defer cancel()

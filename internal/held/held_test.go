@@ -2,6 +2,7 @@ package held
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"sync"
@@ -23,6 +24,8 @@ type fakeServer struct {
 	deletes    int
 	// beforeDelete, if set, runs before a delete (to delete it "meanwhile").
 	beforeDelete func(room, id string)
+	// deleteErr, if set, is returned by a delete that succeeded.
+	deleteErr error
 }
 
 func newFake(now time.Time) *fakeServer {
@@ -85,7 +88,7 @@ func (f *fakeServer) DeleteDispatch(_ context.Context, room, id string) error {
 		return ErrGone
 	}
 	delete(f.dispatches[room], id)
-	return nil
+	return f.deleteErr
 }
 
 func (f *fakeServer) CreateDispatch(_ context.Context, req *livekit.CreateAgentDispatchRequest) (*livekit.AgentDispatch, error) {
@@ -205,6 +208,21 @@ func TestSweepDecisions(t *testing.T) {
 			f.addDispatch("r1", "echo", "canary", 30*time.Second, 0)
 			delete(f.rooms, "r1") // closed: not listed, its dispatches with it
 		}, -1, want{}},
+		{"a delete that succeeded with an error is re-created once", func(f *fakeServer) {
+			f.addRoom("r1", time.Minute)
+			f.addDispatch("r1", "echo", "canary", 30*time.Second, 0)
+			f.deleteErr = errors.New("twirp error internal: marshaling livekit.AgentDispatch: size mismatch")
+		}, -1, want{recovered: 1, created: 1, unserved: 1}},
+		{"a delete that failed is not re-created", func(f *fakeServer) {
+			f.addRoom("r1", time.Minute)
+			d := f.addDispatch("r1", "echo", "canary", 30*time.Second, 0)
+			f.deleteErr = errors.New("unavailable")
+			f.beforeDelete = func(room, id string) {
+				f.mu.Lock()
+				defer f.mu.Unlock()
+				f.dispatches[room]["keep"] = d // the server kept it
+			}
+		}, -1, want{unserved: 1, err: true}},
 		{"count only", func(f *fakeServer) {
 			f.addRoom("r1", time.Minute)
 			f.addDispatch("r1", "echo", "canary", 30*time.Second, 0)
@@ -228,7 +246,7 @@ func TestSweepDecisions(t *testing.T) {
 			if (err != nil) != tc.want.err {
 				t.Fatalf("Sweep error = %v", err)
 			}
-			got := want{recovered: len(res.Recovered), lost: res.Lost, created: len(f.created), unserved: res.Unserved[canary]}
+			got := want{recovered: len(res.Recovered), lost: res.Lost, created: len(f.created), unserved: res.Unserved[canary], err: err != nil}
 			if got != tc.want {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
