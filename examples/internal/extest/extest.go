@@ -22,6 +22,7 @@ import (
 	lklogger "github.com/livekit/protocol/logger"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
+	"github.com/lkagent/lkagent/dispatch"
 	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/internal/racebuild"
 	"github.com/lkagent/lkagent/internal/syncbuf"
@@ -214,14 +215,15 @@ func (p *Proc) Wait(timeout time.Duration) int {
 	return 0
 }
 
-// Dispatch creates a dispatch on srv.
+// Dispatch creates a dispatch on srv, as a backend would: through
+// dispatch.Client, which creates a new room with its dispatch.
 func Dispatch(t testing.TB, srv *lkserver.Server, req *livekit.CreateAgentDispatchRequest) *livekit.AgentDispatch {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	d, err := lksdk.NewAgentDispatchServiceClient(srv.HTTPURL(), srv.APIKey(), srv.APISecret()).CreateDispatch(ctx, req)
+	d, err := dispatch.NewClient(srv.URL(), srv.APIKey(), srv.APISecret()).Create(ctx, req)
 	if err != nil {
-		t.Fatalf("CreateDispatch(%v): %v", req, err)
+		t.Fatalf("dispatch %v: %v", req, err)
 	}
 	return d
 }
