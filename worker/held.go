@@ -143,15 +143,19 @@ func (w *Worker) newHeld() (*heldState, error) {
 	after := w.o.Held.After
 	h.sweeper = held.New(held.Config{
 		API: api, HeldAfter: after, Log: w.o.Logger, // it names the agent and deployment itself
-		Mine: func(k held.Key) bool { return k == key },
-		HeldAfterFor: func(created time.Time) time.Duration {
-			if created.UnixNano() <= h.unavailable.Load() {
-				return after
-			}
-			return heldBusyFactor * after
-		},
+		Mine:         func(k held.Key) bool { return k == key },
+		HeldAfterFor: func(created time.Time) time.Duration { return h.heldAfterFor(after, created) },
 	})
 	return h, nil
+}
+
+// heldAfterFor is how old a dispatch created at created must be to be
+// taken as held (see heldBusyFactor).
+func (h *heldState) heldAfterFor(after time.Duration, created time.Time) time.Duration {
+	if created.UnixNano() <= h.unavailable.Load() {
+		return after
+	}
+	return heldBusyFactor * after
 }
 
 // holderID names this process in sweep leases.
