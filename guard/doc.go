@@ -34,4 +34,12 @@
 //	log.Fatal(http.ListenAndServe(":8089", nil))
 //
 // The lkagent command runs one: lkagent guard --listen :8089.
+//
+// A [Held] serves held dispatches: dispatches the server dropped because no
+// worker of their agent name and deployment took their job (none was
+// registered, or all were full). The server never offers them again; a
+// Held re-creates each (claimed by deleting it, so exactly once) and
+// exports lkagent_dispatches_unserved{agent_name,deployment}, the signal to
+// scale a deployment from zero. lkagent guard runs one too (--held); lkagent
+// workers serve their own (worker.Options.Held). See docs/dispatch.md.
 package guard

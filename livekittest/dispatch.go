@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/livekit/protocol/livekit"
+
+	"github.com/lkagent/lkagent/dispatch"
 )
 
 const (
@@ -136,7 +138,8 @@ func (s *Server) dispatchOnce(ctx context.Context, req *livekit.CreateAgentDispa
 	done := s.track(req.GetRoom(), req.GetAgentName())
 	defer done()
 	mark, _ := s.log.mark()
-	d, err := s.dispatches.CreateDispatch(ctx, req)
+	// A new room is created with its dispatch (no automatic agent job).
+	d, err := dispatch.NewClient(s.URL, s.APIKey, s.APISecret).Create(ctx, req)
 	if err != nil && ctx.Err() != nil {
 		return nil, outcome{}, context.Cause(ctx)
 	}
@@ -210,6 +213,12 @@ func (s *Server) awaitJob(ctx context.Context, req *livekit.CreateAgentDispatchR
 			case err != nil && !isNotFound(err):
 				return outcome{}, fmt.Errorf("list dispatch %s: %w", d.GetId(), err)
 			case len(res.GetAgentDispatches()) == 0:
+				// A worker may have served it as a held dispatch:
+				// deleted, and replaced by an identical one.
+				if next := s.replacement(ctx, d); next != nil {
+					d = next
+					continue
+				}
 				return outcome{}, fmt.Errorf("dispatch %s is gone: deleted, or its room was closed", d.GetId())
 			case len(res.GetAgentDispatches()[0].GetState().GetJobs()) > 0:
 				return outcome{taken: true}, nil
@@ -220,6 +229,27 @@ func (s *Server) awaitJob(ctx context.Context, req *livekit.CreateAgentDispatchR
 			return outcome{}, context.Cause(ctx)
 		}
 	}
+}
+
+// replacement finds the dispatch that replaced d (a held dispatch a
+// worker served): the oldest of its room with d's agent name, deployment
+// and metadata, created after d; nil if none.
+func (s *Server) replacement(ctx context.Context, d *livekit.AgentDispatch) *livekit.AgentDispatch {
+	res, err := s.dispatches.ListDispatch(ctx, &livekit.ListAgentDispatchRequest{Room: d.GetRoom()})
+	if err != nil {
+		return nil
+	}
+	var best *livekit.AgentDispatch
+	for _, x := range res.GetAgentDispatches() {
+		if x.GetAgentName() != d.GetAgentName() || x.GetDeployment() != d.GetDeployment() || x.GetMetadata() != d.GetMetadata() ||
+			x.GetState().GetCreatedAt() <= d.GetState().GetCreatedAt() {
+			continue
+		}
+		if best == nil || x.GetState().GetCreatedAt() < best.GetState().GetCreatedAt() {
+			best = x
+		}
+	}
+	return best
 }
 
 // track counts a dispatch of agent to room as awaiting its job until the

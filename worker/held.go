@@ -37,6 +37,17 @@ const heldMinGap = 5 * time.Second
 // dropped again.
 const heldSettle = time.Second
 
+// heldBusyFactor: a dispatch created while the worker was available (and
+// has been since) is taken as held only heldBusyFactor × After after its
+// creation. The server offered it, or still has it in its queue of job
+// requests, which a burst of CreateDispatch into new rooms backs up for
+// tens of seconds (each new room's automatic agent request waits out its
+// timeout there): taking such a dispatch for dropped would claim it while
+// the server is about to offer it. A dispatch created before the worker
+// was last unavailable (not registered, full, draining) is held After its
+// creation.
+const heldBusyFactor = 6
+
 // heldAPITimeout bounds each call a sweep makes to the server.
 const heldAPITimeout = 10 * time.Second
 
@@ -55,9 +66,11 @@ type HeldOptions struct {
 	// Disabled turns held dispatches off.
 	Disabled bool
 	// After is how long after its creation a dispatch with no job is
-	// taken as dropped. Default 10s. The server lists a job once a worker
-	// took it, usually within a second; in bursts its own queue can delay
-	// that: raise After if dispatches wait longer than that for a worker.
+	// taken as dropped, when it was created before the worker was last
+	// unable to take it (not registered yet, or full). Default 10s. One
+	// created while the worker could take it is given 6 × After (60s):
+	// the server may still hold it in its queue of job requests, which a
+	// burst of CreateDispatch into new rooms backs up for tens of seconds.
 	After time.Duration
 	// Interval is about how often a fleet of workers of this agent name
 	// and deployment looks, between them. Default 30s.
@@ -90,6 +103,12 @@ type heldState struct {
 	lease     *held.Lease
 	recovered *prometheus.CounterVec
 	total     atomic.Int64
+	// suspect: the last sweep found dispatches with no job: a slot freed
+	// is worth a look before the periodic sweep.
+	suspect atomic.Bool
+	// unavailable is when the worker was last seen unable to take an
+	// offer (unix ns): before its registration, full, or draining.
+	unavailable atomic.Int64
 	// kick asks the loop for a sweep: true after a registration.
 	kick chan bool
 }
@@ -116,15 +135,27 @@ func (w *Worker) newHeld() (*heldState, error) {
 		}
 		recovered = c // another worker's, in the same Registerer
 	}
-	return &heldState{
-		sweeper: held.New(held.Config{
-			API: api, HeldAfter: w.o.Held.After, Log: w.o.Logger, // it names the agent and deployment itself
-			Mine: func(k held.Key) bool { return k == key },
-		}),
+	h := &heldState{
 		lease:     held.NewLease(api, key, holderID(), nil),
 		recovered: recovered,
 		kick:      make(chan bool, 1),
-	}, nil
+	}
+	after := w.o.Held.After
+	h.sweeper = held.New(held.Config{
+		API: api, HeldAfter: after, Log: w.o.Logger, // it names the agent and deployment itself
+		Mine:         func(k held.Key) bool { return k == key },
+		HeldAfterFor: func(created time.Time) time.Duration { return h.heldAfterFor(after, created) },
+	})
+	return h, nil
+}
+
+// heldAfterFor is how old a dispatch created at created must be to be
+// taken as held (see heldBusyFactor).
+func (h *heldState) heldAfterFor(after time.Duration, created time.Time) time.Duration {
+	if created.UnixNano() <= h.unavailable.Load() {
+		return after
+	}
+	return heldBusyFactor * after
 }
 
 // holderID names this process in sweep leases.
@@ -135,12 +166,26 @@ func holderID() string {
 }
 
 // kickHeld asks for a sweep: after a registration (registered) or when a
-// slot freed. It never blocks.
+// slot freed. A freed slot asks only if the worker was full before it (it
+// may have declined offers, whose dispatches the server then dropped) or
+// the last sweep saw dispatches with no job: in a steady state the fleet
+// makes only its periodic sweeps. It never blocks.
 func (w *Worker) kickHeld(registered bool) {
 	if w.heldSweep == nil {
 		return
 	}
+	if !registered {
+		w.mu.Lock()
+		wasFull := w.o.MaxJobs > 0 && len(w.jobs)+len(w.reserved)+1 >= w.o.MaxJobs+w.o.queueCap()
+		w.mu.Unlock()
+		if wasFull {
+			w.heldSweep.unavailable.Store(time.Now().UnixNano()) // full until now
+		} else if !w.heldSweep.suspect.Load() {
+			return
+		}
+	}
 	if registered {
+		w.heldSweep.unavailable.Store(time.Now().UnixNano()) // unregistered until now
 		// A registration replaces a pending slot kick: it matters more.
 		select {
 		case <-w.heldSweep.kick:
@@ -205,6 +250,7 @@ func (w *Worker) runHeld(ctx context.Context) {
 		}
 		limit, ok := w.heldCapacity()
 		if !ok {
+			h.unavailable.Store(time.Now().UnixNano())
 			continue
 		}
 		acquired, _, err := h.lease.Acquire(ctx, gap)
@@ -222,6 +268,7 @@ func (w *Worker) runHeld(ctx context.Context) {
 			h.recovered.WithLabelValues(r.AgentName, r.Deployment).Inc()
 			h.total.Add(1)
 		}
+		h.suspect.Store(len(res.Held) > 0 || !res.NextHeld.IsZero())
 		if !res.NextHeld.IsZero() {
 			// Look again when the oldest dispatch still pending could be
 			// held, if that is before the periodic sweep.

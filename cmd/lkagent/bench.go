@@ -34,12 +34,13 @@ type benchFlags struct {
 	burst, maxJobs, maxQueued *int
 	hold, queueTimeout        *time.Duration
 	lostAfter                 *time.Duration
+	via                       *string
 }
 
 // Flags of one mode only, for the usage errors.
 var (
 	regularOnlyFlags = []string{"jobs", "concurrency", "memory-jobs", "job-type", "no-join", "processes", "idle"}
-	burstOnlyFlags   = []string{"max-jobs", "max-queued", "hold", "queue-timeout", "lost-after"}
+	burstOnlyFlags   = []string{"max-jobs", "max-queued", "hold", "queue-timeout", "lost-after", "via"}
 )
 
 func newBenchFlags() *benchFlags {
@@ -74,6 +75,7 @@ func newBenchFlags() *benchFlags {
 	b.maxQueued = f.fs.Int("max-queued", 0, "with --burst: the workers' MaxQueued, jobs waiting for a slot (0 = as many as --max-jobs, -1 = no queue)")
 	b.hold = f.fs.Duration("hold", bench.DefaultBurstHold, "with --burst: how long each job runs")
 	b.queueTimeout = f.fs.Duration("queue-timeout", 0, "with --burst: the workers' QueueTimeout (0 = the worker's default, 30s)")
+	b.via = f.fs.String("via", bench.ViaCreateDispatch, "with --burst: how dispatches are created: "+bench.ViaCreateDispatch+" (the server's CreateDispatch) or "+bench.ViaClient+" (dispatch.Client: a new room is created with its dispatch)")
 	b.lostAfter = f.fs.Duration("lost-after", 0, "with --burst: a job not started this long after the last dispatch is lost (0 = queue timeout + hold + 1m)")
 	return b
 }
@@ -220,10 +222,12 @@ func (b *benchFlags) burstMode(e *env, deps []string) (func(context.Context, str
 		return nil, usagef(name, "--hold must be positive")
 	case *b.queueTimeout < 0 || *b.lostAfter < 0:
 		return nil, usagef(name, "--queue-timeout and --lost-after must not be negative")
+	case *b.via != bench.ViaCreateDispatch && *b.via != bench.ViaClient:
+		return nil, usagef(name, "--via must be %s or %s", bench.ViaCreateDispatch, bench.ViaClient)
 	}
 	cfg := bench.BurstConfig{Deployments: deps, WorkersPerDeployment: *b.workers, Jobs: *b.burst,
 		MaxJobs: *b.maxJobs, MaxQueued: *b.maxQueued, QueueTimeout: *b.queueTimeout, Hold: *b.hold,
-		LostAfter: *b.lostAfter, Progress: &prefixWriter{w: e.stderr, prefix: "bench: "}}
+		LostAfter: *b.lostAfter, Via: *b.via, Progress: &prefixWriter{w: e.stderr, prefix: "bench: "}}
 	return func(ctx context.Context, url, key, secret string) (benchReport, error) {
 		cfg.URL, cfg.APIKey, cfg.APISecret = url, key, secret
 		return bench.RunBurst(ctx, cfg)

@@ -16,6 +16,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 	"github.com/twitchtv/twirp"
 
+	"github.com/lkagent/lkagent/dispatch"
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
 	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/internal/sdklog"
@@ -26,7 +27,7 @@ import (
 // Demo settings.
 const (
 	demoAgent      = "echo"
-	demoUnserved   = "canary"   // a deployment no demo worker serves
+	demoUnserved   = "canary"   // a deployment no demo worker serves until the held step starts one
 	demoInvalid    = "bad_name" // '_' is reserved: not a valid deployment
 	demoRunTimeout = 20 * time.Second
 	// demoQuiet is how long the demo waits to be sure that nobody runs a
@@ -37,9 +38,10 @@ const (
 func runDemo(ctx context.Context, e *env, args []string) error {
 	f := newFlags("demo", "[--logs]",
 		"Starts a local LiveKit server "+lkserver.Version+", a production and a staging worker of the echo agent,\n"+
-			"and dispatches jobs to each deployment, explicitly (CreateDispatch) and through a participant's\n"+
+			"and dispatches jobs to each deployment, explicitly (dispatch.Client) and through a participant's\n"+
 			"join token. It shows which worker ran which job, checks that nothing crossed over, that a\n"+
-			"dispatch to a deployment nobody serves is not run, and that an invalid deployment is rejected.\n"+
+			"dispatch to canary, made while no canary worker runs, is served once a canary worker starts\n"+
+			"(a held dispatch), and that an invalid deployment is rejected.\n"+
 			"It exits 0 when every dispatch was routed correctly. Ctrl-C stops it cleanly.")
 	logs := f.fs.Bool("logs", false, "copy the LiveKit server's own log to stderr")
 	if err := f.parse(e, args); err != nil {
@@ -82,6 +84,7 @@ type demo struct {
 
 	srv       *lkserver.Server
 	dispatch  *lksdk.AgentDispatchClient
+	dc        *dispatch.Client
 	rooms     *lksdk.RoomServiceClient
 	workers   []*demoWorker
 	callers   []*lksdk.Room
@@ -121,6 +124,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 	}
 	d.srv = srv
 	d.dispatch = lksdk.NewAgentDispatchServiceClient(srv.HTTPURL(), srv.APIKey(), srv.APISecret())
+	d.dc = dispatch.NewClient(srv.URL(), srv.APIKey(), srv.APISecret())
 	d.rooms = lksdk.NewRoomServiceClient(srv.HTTPURL(), srv.APIKey(), srv.APISecret())
 	d.say("server ready at %s (pid %d)", srv.URL(), srv.PID())
 
@@ -141,7 +145,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 		func(ctx context.Context) error { return d.explicit(ctx, "staging") },
 		func(ctx context.Context) error { return d.tokenBased(ctx, "") },
 		func(ctx context.Context) error { return d.tokenBased(ctx, "staging") },
-		d.unserved,
+		d.held,
 		d.invalid,
 	}
 	for _, step := range steps {
@@ -321,15 +325,15 @@ func (d *demo) explicit(ctx context.Context, deployment string) error {
 	room := "explicit-" + label(deployment)
 	name := "explicit → " + label(deployment)
 	d.roomsUsed = append(d.roomsUsed, room)
-	d.say("▶ CreateDispatch(agent %q, room %q, deployment %q)", demoAgent, room, deployment)
+	d.say("▶ dispatch.Client.Create(agent %q, room %q, deployment %q): a new room, created with its dispatch", demoAgent, room, deployment)
 	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	ad, err := d.dispatch.CreateDispatch(rctx, &livekit.CreateAgentDispatchRequest{AgentName: demoAgent, Room: room, Deployment: deployment})
+	ad, err := d.dc.Create(rctx, &livekit.CreateAgentDispatchRequest{AgentName: demoAgent, Room: room, Deployment: deployment})
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
 			return interrupted(ctx)
 		}
-		return fmt.Errorf("CreateDispatch to %s: %v", label(deployment), err)
+		return fmt.Errorf("dispatch to %s: %v", label(deployment), err)
 	}
 	d.say("  dispatch %s created; the server echoes deployment %q", ad.GetId(), ad.GetDeployment())
 	d.judge(ctx, name, room, deployment)
@@ -395,22 +399,25 @@ func (d *demo) tokenBased(ctx context.Context, deployment string) error {
 	return nil
 }
 
-// unserved dispatches to a deployment no worker serves: nobody may run it.
-func (d *demo) unserved(ctx context.Context) error {
+// held dispatches to a deployment no worker serves yet: the server drops
+// the job (no canary worker) and would never offer it again; a canary
+// worker started afterwards finds the held dispatch and serves it, once.
+func (d *demo) held(ctx context.Context) error {
 	room := "explicit-" + demoUnserved
 	d.roomsUsed = append(d.roomsUsed, room)
-	res := result{name: "explicit → " + demoUnserved, room: room, expected: "nobody"}
+	res := result{name: "explicit → " + demoUnserved, room: room, expected: demoUnserved, wantRuns: 1}
 	defer func() { d.results = append(d.results, res) }()
-	d.say("▶ CreateDispatch(agent %q, room %q, deployment %q): no %s worker is running", demoAgent, room, demoUnserved, demoUnserved)
+	d.say("▶ dispatch.Client.Create(agent %q, room %q, deployment %q): no %s worker is running", demoAgent, room, demoUnserved, demoUnserved)
 	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	ad, err := d.dispatch.CreateDispatch(rctx, &livekit.CreateAgentDispatchRequest{AgentName: demoAgent, Room: room, Deployment: demoUnserved})
+	ad, err := d.dc.Create(rctx, &livekit.CreateAgentDispatchRequest{AgentName: demoAgent, Room: room, Deployment: demoUnserved})
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
 			return interrupted(ctx)
 		}
-		return fmt.Errorf("CreateDispatch to %s: %v", demoUnserved, err)
+		return fmt.Errorf("dispatch to %s: %v", demoUnserved, err)
 	}
+	dispatched := time.Now()
 	d.say("  dispatch %s created (deployment %q); waiting %s to see that no worker runs it", ad.GetId(), ad.GetDeployment(), demoQuiet)
 	if r, ran := d.waitRun(ctx, room, demoQuiet); ran {
 		res.got, res.note = label(r.worker), "a worker of another deployment ran it"
@@ -420,8 +427,31 @@ func (d *demo) unserved(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return interrupted(ctx)
 	}
-	res.got, res.ok = "nobody", true
-	d.say("  no worker ran it: it waits for a %s worker", demoUnserved)
+	d.say("  no worker ran it: the server dropped the job (no %s worker) and will not offer it again by itself", demoUnserved)
+	d.say("  starting a %s worker: it looks for held dispatches when it registers, and again once a dispatch is %s old", demoUnserved, worker.DefaultHeldAfter)
+	if err := d.startWorker(ctx, demoUnserved); err != nil {
+		return err
+	}
+	registered := time.Now()
+	r, ok := d.waitRun(ctx, room, worker.DefaultHeldAfter+demoRunTimeout)
+	if !ok {
+		if ctx.Err() != nil {
+			res.got, res.note = "-", "interrupted"
+			return interrupted(ctx)
+		}
+		res.got, res.note = "nobody", "the held dispatch was not served"
+		d.say("  VIOLATION: the held dispatch was not served within %s of the %s worker's registration", worker.DefaultHeldAfter+demoRunTimeout, demoUnserved)
+		return nil
+	}
+	res.got = label(r.worker)
+	if r.worker != demoUnserved {
+		res.note = "ran on the wrong deployment's worker"
+		d.say("  VIOLATION: the %s worker ran a job dispatched to %s", label(r.worker), demoUnserved)
+		return nil
+	}
+	res.ok = true
+	d.say("  held dispatch served: %s after the dispatch, %s after the %s worker registered",
+		time.Since(dispatched).Round(100*time.Millisecond), time.Since(registered).Round(100*time.Millisecond), demoUnserved)
 	return nil
 }
 

@@ -23,7 +23,7 @@ func TestDemo(t *testing.T) {
 		"explicit → production", "explicit → staging", "token → production", "token → staging",
 		"explicit → canary", `invalid deployment "bad_name"`,
 		`the agent answered "echo[staging]: hello from caller-staging"`,
-		"no worker ran it", "rejected before sending", "the server rejects it too",
+		"no worker ran it", "canary worker registered", "held dispatch served", "rejected before sending", "the server rejects it too",
 		"6/6 OK: every job ran on a worker of its own deployment, nothing crossed over.",
 	} {
 		if !strings.Contains(out, want) {
@@ -36,7 +36,7 @@ func TestDemo(t *testing.T) {
 		"explicit → staging":    {"staging", "staging", "OK"},
 		"token → production":    {"production", "production", "OK"},
 		"token → staging":       {"staging", "staging", "OK"},
-		"explicit → canary":     {"nobody", "nobody", "OK"},
+		"explicit → canary":     {"canary", "canary", "OK"},
 		"invalid deployment":    {"rejected", "rejected", "OK"},
 	}
 	summary := out[strings.Index(out, "DISPATCH"):]

@@ -16,6 +16,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 	"github.com/twitchtv/twirp"
 
+	"github.com/lkagent/lkagent/dispatch"
 	"github.com/lkagent/lkagent/internal/deploy"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -152,13 +153,16 @@ func dispatchClient(c *conn) *lksdk.AgentDispatchClient {
 func runDispatchCreate(ctx context.Context, e *env, args []string) error {
 	const name = "dispatch create"
 	f := newFlags(name, "--room ROOM --agent-name NAME [--deployment D] [--metadata M] [flags]",
-		"Creates an agent dispatch: the server offers a job in ROOM (created if needed) to the workers\n"+
-			"registered with agent NAME and deployment D, and to no other. An empty deployment is production.")
+		"Creates an agent dispatch: the server offers a job in ROOM to the workers registered with agent\n"+
+			"NAME and deployment D, and to no other. An empty deployment is production. A ROOM that does not\n"+
+			"exist yet is created with the dispatch in its configuration (no automatic agent job ahead of it).\n"+
+			"With --wait D it returns once a worker took the job, or fails after D.")
 	c := addConn(f)
 	room := f.fs.String("room", "", "room to dispatch the agent into")
 	agentName := f.fs.String("agent-name", "", "agent name the workers registered with")
 	deployment := f.fs.String("deployment", "", "deployment to dispatch to; empty is production")
 	metadata := f.fs.String("metadata", "", "metadata handed to the job")
+	wait := f.fs.Duration("wait", 0, "wait up to this long until a worker took the job (0: do not wait)")
 	asJSON := f.fs.Bool("json", false, "print JSON instead of a table")
 	f.env("room", "LKAGENT_ROOM")
 	f.env("agent-name", "LKAGENT_AGENT_NAME")
@@ -174,13 +178,38 @@ func runDispatchCreate(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	f.printEnvNotes(e)
+	if *wait < 0 {
+		return usagef(name, "--wait must not be negative")
+	}
 	rctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	d, err := dispatchClient(c).CreateDispatch(rctx, &livekit.CreateAgentDispatchRequest{
+	dc := dispatch.NewClient(c.url, c.apiKey, c.apiSecret)
+	d, err := dc.Create(rctx, &livekit.CreateAgentDispatchRequest{
 		Room: *room, AgentName: *agentName, Deployment: *deployment, Metadata: *metadata,
 	})
 	if err != nil {
 		return c.apiError(rctx, fmt.Sprintf("create dispatch of agent %q in room %q", *agentName, *room), err)
+	}
+	if *wait > 0 {
+		wctx, cancel := context.WithTimeout(ctx, *wait)
+		defer cancel()
+		j, err := dc.Wait(wctx, d)
+		if err != nil {
+			_ = printDispatches(e.stdout, *asJSON, true, d)
+			if ctx.Err() != nil {
+				return interrupted(ctx)
+			}
+			return fmt.Errorf("no worker of agent %q, deployment %q, took the job within --wait %s: %v", *agentName, deploymentLabel(*deployment), *wait, err)
+		}
+		// The dispatch as listed now, with its job (a held dispatch's
+		// replacement, if a worker's sweep served it).
+		if ds, err := dc.List(context.WithoutCancel(rctx), *room); err == nil {
+			for _, x := range ds {
+				if x.GetId() == j.GetDispatchId() {
+					d = x
+				}
+			}
+		}
 	}
 	return printDispatches(e.stdout, *asJSON, true, d)
 }

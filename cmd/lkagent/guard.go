@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,10 @@ func runGuard(ctx context.Context, e *env, args []string) error {
 			"metadata to the room again, unless the dispatch says JRP_NEVER, the room is gone or has only\n"+
 			"agents left, or the agent was restarted --max-restarts times within --window.\n"+
 			"Configure the server with: webhook: {api_key: KEY, urls: [http://ADDR/webhook]}.\n"+
+			"It also serves held dispatches of every agent (dispatches the server dropped because no worker\n"+
+			"of their agent name and deployment took their job): every --held-interval it re-creates those\n"+
+			"with no job --held-after their creation, and exports lkagent_dispatches_unserved{agent_name,\n"+
+			"deployment}, the signal to scale a deployment from zero on (--held=false turns it off).\n"+
 			"Also serves GET /healthz and GET /metrics. Its log goes to stdout. SIGINT or SIGTERM stops\n"+
 			"it: no new webhooks, restarts under way may finish within --drain-timeout.")
 	c := addConn(f)
@@ -35,6 +40,10 @@ func runGuard(ctx context.Context, e *env, args []string) error {
 	backoff := f.fs.Duration("backoff", guard.DefaultBackoff, "least time between the first and second restart of one agent in a room; doubles after each")
 	maxBackoff := f.fs.Duration("max-backoff", guard.DefaultMaxBackoff, "longest wait between restarts")
 	drain := f.fs.Duration("drain-timeout", 30*time.Second, "how long a stopping guard lets restarts under way finish")
+	heldOn := f.fs.Bool("held", true, "serve held dispatches and export lkagent_dispatches_unserved")
+	heldAfter := f.fs.Duration("held-after", guard.DefaultHeldAfter, "a dispatch with no job this long after its creation is held")
+	heldInterval := f.fs.Duration("held-interval", guard.DefaultHeldInterval, "how often to look for held dispatches")
+	heldAgents := f.fs.String("held-agents", "", "comma-separated agent names to serve held dispatches of (default every named agent)")
 	debug := f.fs.Bool("debug", false, "log at debug level")
 	f.env("listen", "LKAGENT_GUARD_LISTEN")
 	if err := f.parse(e, args); err != nil {
@@ -50,6 +59,8 @@ func runGuard(ctx context.Context, e *env, args []string) error {
 		return usagef(name, "--window, --backoff, --max-backoff and --drain-timeout must be positive")
 	case *backoff > *maxBackoff:
 		return usagef(name, "--backoff (%s) must not exceed --max-backoff (%s)", *backoff, *maxBackoff)
+	case *heldAfter <= 0 || *heldInterval <= 0:
+		return usagef(name, "--held-after and --held-interval must be positive")
 	}
 
 	level := slog.LevelInfo
@@ -95,6 +106,29 @@ func runGuard(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("cannot listen on --listen %q: %v", *listen, err)
 	}
+	heldDone := make(chan struct{})
+	heldCtx, stopHeld := context.WithCancel(ctx)
+	defer stopHeld()
+	if *heldOn {
+		var agents []string
+		for a := range strings.SplitSeq(*heldAgents, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				agents = append(agents, a)
+			}
+		}
+		h, err := guard.NewHeld(guard.HeldOptions{
+			URL: c.url, APIKey: c.apiKey, APISecret: c.apiSecret, APITimeout: c.timeout,
+			AgentNames: agents, After: *heldAfter, Interval: *heldInterval,
+			Logger: log, Registerer: reg,
+		})
+		if err != nil {
+			_ = ln.Close()
+			return err
+		}
+		go func() { defer close(heldDone); _ = h.Run(heldCtx) }()
+	} else {
+		close(heldDone)
+	}
 	wh := guard.NewWebhook(r, guard.WebhookOptions{})
 	mux := http.NewServeMux()
 	mux.Handle(guard.WebhookPath, wh)
@@ -121,6 +155,8 @@ func runGuard(ctx context.Context, e *env, args []string) error {
 	if err := wh.Close(drainCtx); err != nil {
 		log.Warn("restarts still under way after --drain-timeout were cancelled", slog.Duration("drain_timeout", *drain))
 	}
+	stopHeld()
+	<-heldDone // a replacement under way is finished first
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		return fmt.Errorf("serving on %s failed: %v", addr, serveErr)
 	}

@@ -145,6 +145,7 @@ type scaledObject struct {
 		MinReplicaCount *int32 `json:"minReplicaCount,omitempty"`
 		MaxReplicaCount *int32 `json:"maxReplicaCount,omitempty"`
 		PollingInterval *int32 `json:"pollingInterval,omitempty"`
+		CooldownPeriod  *int32 `json:"cooldownPeriod,omitempty"`
 		Advanced        *struct {
 			HorizontalPodAutoscalerConfig *struct {
 				Behavior *autoscalingv2.HorizontalPodAutoscalerBehavior `json:"behavior,omitempty"`
@@ -239,6 +240,7 @@ func decodeObject(data []byte) (any, error) {
 type manifests struct {
 	files         []string
 	deployments   []*appsv1.Deployment
+	guards        []*appsv1.Deployment // component dispatch-guard: lkagent guard, not a worker
 	hpas          []*autoscalingv2.HorizontalPodAutoscaler
 	configMaps    []*corev1.ConfigMap
 	podMonitors   []*podMonitor
@@ -298,6 +300,10 @@ var loadManifests = sync.OnceValues(func() (*manifests, error) {
 			m.origin[v] = d
 			switch o := v.(type) {
 			case *appsv1.Deployment:
+				if o.Labels["app.kubernetes.io/component"] == guardComponent {
+					m.guards = append(m.guards, o)
+					break
+				}
 				m.deployments = append(m.deployments, o)
 			case *autoscalingv2.HorizontalPodAutoscaler:
 				m.hpas = append(m.hpas, o)

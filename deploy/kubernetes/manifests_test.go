@@ -707,6 +707,9 @@ func TestKEDAAlternative(t *testing.T) {
 	m := load(t)
 	ws := workers(t, m)
 	for _, so := range m.scaledObjects {
+		if so.Metadata.Labels[fromZeroLabel] == "true" {
+			continue // TestKEDAFromZero
+		}
 		where := m.where(so)
 		ref := so.Spec.ScaleTargetRef
 		w, ok := workerNamed(ws, ref.Name)

@@ -65,10 +65,10 @@ kind: ScaledObject
 metadata: {name: x}
 spec:
   scaleTargetRef: {name: x}
-  cooldownPeriod: 300
+  idleReplicaCount: 0
   triggers: []
 `
-	if _, err := decodeObject([]byte(so)); err == nil || !strings.Contains(err.Error(), `unknown field "spec.cooldownPeriod"`) {
+	if _, err := decodeObject([]byte(so)); err == nil || !strings.Contains(err.Error(), `unknown field "spec.idleReplicaCount"`) {
 		t.Errorf("a ScaledObject field the struct does not name: err = %v", err)
 	}
 	var v adapterValues

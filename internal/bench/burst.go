@@ -15,6 +15,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/lkagent/lkagent/dispatch"
 	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/internal/lkurl"
 	"github.com/lkagent/lkagent/job"
@@ -52,11 +53,23 @@ type BurstConfig struct {
 	// long (no offer, no handler start) and no job waits in a queue, no
 	// more jobs are coming. Default 15s.
 	Quiet time.Duration
+	// Via is how the dispatches are created: ViaCreateDispatch (default),
+	// the server's CreateDispatch, which creates a new room with the
+	// default configuration (and so an automatic agent job too), or
+	// ViaClient, dispatch.Client, which creates it with the dispatch in its
+	// configuration.
+	Via string
 	// Progress receives a line now and then; nil for none.
 	Progress io.Writer
 	// Logger for the workers; nil discards.
 	Logger *slog.Logger
 }
+
+// Values of BurstConfig.Via.
+const (
+	ViaCreateDispatch = "create-dispatch"
+	ViaClient         = "client"
+)
 
 // Defaults of BurstConfig.
 const (
@@ -82,6 +95,13 @@ func (c *BurstConfig) defaults() error {
 	}
 	if c.WorkersPerDeployment <= 0 {
 		c.WorkersPerDeployment = 1
+	}
+	switch c.Via {
+	case "":
+		c.Via = ViaCreateDispatch
+	case ViaCreateDispatch, ViaClient:
+	default:
+		return fmt.Errorf("bench: Via %q: want %q or %q", c.Via, ViaCreateDispatch, ViaClient)
 	}
 	if c.Jobs <= 0 {
 		c.Jobs = DefaultBurstJobs
@@ -137,6 +157,8 @@ type BurstReport struct {
 	QueueTimeoutMS       float64  `json:"queue_timeout_ms"`
 	HoldMS               float64  `json:"hold_ms"`
 	LostAfterMS          float64  `json:"lost_after_ms"`
+	// Via is how the dispatches were created (BurstConfig.Via).
+	Via string `json:"via"`
 
 	// Jobs dispatches were attempted at once; Dispatched were created.
 	Jobs           int `json:"jobs"`
@@ -386,6 +408,7 @@ func (b *burst) ended(i int) {
 func (b *burst) dispatch(ctx context.Context) dispatched {
 	c := &b.cfg
 	dc := lksdk.NewAgentDispatchServiceClient(lkurl.HTTP(c.URL), c.APIKey, c.APISecret)
+	client := dispatch.NewClient(c.URL, c.APIKey, c.APISecret)
 	type result struct {
 		room, dep string
 		err       error
@@ -401,7 +424,13 @@ func (b *burst) dispatch(ctx context.Context) dispatched {
 			<-gate
 			dctx, cancel := context.WithTimeout(ctx, dispatchTimeout)
 			defer cancel()
-			_, err := dc.CreateDispatch(dctx, &livekit.CreateAgentDispatchRequest{AgentName: c.AgentName, Room: room, Deployment: dep})
+			req := &livekit.CreateAgentDispatchRequest{AgentName: c.AgentName, Room: room, Deployment: dep}
+			var err error
+			if c.Via == ViaClient {
+				_, err = client.Create(dctx, req)
+			} else {
+				_, err = dc.CreateDispatch(dctx, req)
+			}
 			results[i] = result{room: room, dep: dep, err: err, at: time.Now()}
 		})
 	}
@@ -413,7 +442,7 @@ func (b *burst) dispatch(ctx context.Context) dispatched {
 		if r.err != nil {
 			d.errs++
 			if d.firstErr == nil {
-				d.firstErr = fmt.Errorf("CreateDispatch for room %s: %w", r.room, r.err)
+				d.firstErr = fmt.Errorf("dispatch (%s) for room %s: %w", c.Via, r.room, r.err)
 			}
 			continue
 		}
@@ -499,7 +528,7 @@ func (b *burst) report(d dispatched) (*BurstReport, error) {
 		AgentName: c.AgentName, Deployments: c.Deployments, WorkersPerDeployment: c.WorkersPerDeployment,
 		MaxJobs: c.MaxJobs, MaxQueued: c.queueCap(), QueueTimeoutMS: ms(c.queueTimeout()), HoldMS: ms(c.Hold),
 		LostAfterMS: ms(c.LostAfter), Jobs: c.Jobs, Dispatched: len(d.rooms), DispatchErrors: d.errs,
-		DispatchingMS: ms(d.last.Sub(d.first)), QueueWaitMeasure: queueWaitMeasure,
+		DispatchingMS: ms(d.last.Sub(d.first)), QueueWaitMeasure: queueWaitMeasure, Via: c.Via,
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()

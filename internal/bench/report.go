@@ -88,7 +88,12 @@ func (r *BurstReport) WriteTable(out io.Writer) error {
 	}
 	p("burst of %d dispatches at once, agent %q, deployments %s, %d worker(s) each\n",
 		r.Jobs, r.AgentName, quoteAll(r.Deployments), r.WorkersPerDeployment)
-	p("workers: MaxJobs %s, %s; each job holds %s; rooms not joined\n\n", maxJobs, queue, msDuration(r.HoldMS))
+	p("workers: MaxJobs %s, %s; each job holds %s; rooms not joined\n", maxJobs, queue, msDuration(r.HoldMS))
+	via := "CreateDispatch (a new room gets the default configuration: an automatic agent job too)"
+	if r.Via == ViaClient {
+		via = "dispatch.Client (a new room is created with its dispatch in its configuration)"
+	}
+	p("dispatched through %s\n\n", via)
 
 	p("jobs\n")
 	p("  dispatched\t%d of %d (%d failed)\n", r.Dispatched, r.Jobs, r.DispatchErrors)

@@ -16,9 +16,8 @@
 // a room that is gone is not listed, and the claim of a dispatch proves its
 // room was there.
 //
-// Cost on the server, per sweep: one ListRooms, one ListDispatch per room
-// old enough to hold a held dispatch, and two calls (delete, create) per
-// dispatch served. A [Lease] lets a fleet of sweepers of one agent name and
+// Cost on the server, per sweep: one ListRooms, one ListDispatch per room,
+// and two calls (delete, create) per dispatch served. A [Lease] lets a fleet of sweepers of one agent name and
 // deployment do about one sweep per interval between them: see
 // docs/dispatch.md.
 package held
@@ -118,6 +117,10 @@ const (
 	DefaultHeldAfter = 10 * time.Second
 	// DefaultConcurrency is how many rooms' dispatches are listed at once.
 	DefaultConcurrency = 4
+	// SuspectAfter: a dispatch with no job this long after its creation
+	// may have been dropped (most get their job within a second): a sweep
+	// reports when it could be held (Result.NextHeld).
+	SuspectAfter = 2 * time.Second
 )
 
 // Config configures a Sweeper.
@@ -127,6 +130,11 @@ type Config struct {
 	Mine func(Key) bool
 	// HeldAfter: see DefaultHeldAfter.
 	HeldAfter time.Duration
+	// HeldAfterFor, if set, says how old a dispatch created at created
+	// must be to be taken as held, instead of HeldAfter: a worker that was
+	// available all along since then asks for longer, since the server may
+	// still be working through its queue of job requests.
+	HeldAfterFor func(created time.Time) time.Duration
 	// Concurrency: see DefaultConcurrency.
 	Concurrency int
 	// Log receives a line per dispatch served and per failed claim.
@@ -179,9 +187,8 @@ type Result struct {
 	Rooms, Listed int
 	// Calls is how many API calls the sweep made.
 	Calls int
-	// Unserved counts, per key, the dispatches of the rooms listed that
-	// have no job (held ones, served or not by this sweep, and pending
-	// ones); rooms younger than HeldAfter are not listed.
+	// Unserved counts, per key, the dispatches that have no job (held
+	// ones, served or not by this sweep, and pending ones).
 	Unserved map[Key]int
 	// Held counts, per key, the held dispatches found.
 	Held map[Key]int
@@ -190,8 +197,8 @@ type Result struct {
 	// Lost counts claims that found the dispatch gone: served by another
 	// sweeper, or deleted by its owner.
 	Lost int
-	// NextHeld is when the oldest pending dispatch (or the oldest room not
-	// listed for its youth) will be old enough to be held; zero if none.
+	// NextHeld is when the oldest pending dispatch at least SuspectAfter
+	// old will be old enough to be held; zero if none.
 	NextHeld time.Time
 }
 
@@ -212,25 +219,11 @@ func (s *Sweeper) Sweep(ctx context.Context, limit int) (Result, error) {
 	}
 	res.Rooms = len(rooms)
 	now := s.c.Now()
-	// A room younger than HeldAfter holds no held dispatch (its
-	// dispatches are younger still) and is not listed: the next sweep
-	// worth making is when it could.
 	var names []string
 	for _, r := range rooms {
-		if strings.HasPrefix(r.GetName(), LeasePrefix) {
-			continue
+		if !strings.HasPrefix(r.GetName(), LeasePrefix) {
+			names = append(names, r.GetName())
 		}
-		created := time.Unix(r.GetCreationTime(), 0)
-		if ms := r.GetCreationTimeMs(); ms != 0 {
-			created = time.UnixMilli(ms)
-		}
-		if at := created.Add(s.c.HeldAfter); now.Before(at) {
-			if res.NextHeld.IsZero() || at.Before(res.NextHeld) {
-				res.NextHeld = at
-			}
-			continue
-		}
-		names = append(names, r.GetName())
 	}
 	res.Listed = len(names)
 
@@ -252,10 +245,20 @@ func (s *Sweeper) Sweep(ctx context.Context, limit int) (Result, error) {
 				return nil
 			}
 			for _, d := range ds {
-				switch Classify(d, now, s.c.HeldAfter, s.c.Mine) {
+				after := s.c.HeldAfter
+				if s.c.HeldAfterFor != nil {
+					after = s.c.HeldAfterFor(CreatedAt(d))
+				}
+				switch Classify(d, now, after, s.c.Mine) {
 				case Pending:
 					res.Unserved[KeyOf(d)]++
-					if at := CreatedAt(d).Add(s.c.HeldAfter); res.NextHeld.IsZero() || at.Before(res.NextHeld) {
+					// Most pending dispatches get their job within a
+					// second; one still waiting is worth a look when it
+					// can be held.
+					if now.Sub(CreatedAt(d)) < SuspectAfter {
+						break
+					}
+					if at := CreatedAt(d).Add(after); res.NextHeld.IsZero() || at.Before(res.NextHeld) {
 						res.NextHeld = at
 					}
 				case Held:
@@ -299,6 +302,53 @@ func (s *Sweeper) Sweep(ctx context.Context, limit int) (Result, error) {
 	return res, errors.Join(errs...)
 }
 
+// ambiguousWait is how long a claim whose delete failed waits for another
+// claimant's replacement before taking the claim as its own.
+const ambiguousWait = 2 * time.Second
+
+// ambiguousClaim decides a claim whose delete returned an error: mine if d
+// is gone and, ambiguousWait later, nothing replaced it; an error if d is
+// still there or the room could not be listed.
+func (s *Sweeper) ambiguousClaim(ctx context.Context, d *livekit.AgentDispatch) (mine bool, calls int, err error) {
+	check := func() (gone, replaced bool, err error) {
+		calls++
+		ds, err := s.c.API.ListDispatches(ctx, d.GetRoom())
+		if err != nil {
+			return false, false, err
+		}
+		gone = true
+		for _, x := range ds {
+			switch {
+			case x.GetId() == d.GetId():
+				gone = false
+			case x.GetAgentName() == d.GetAgentName() && x.GetDeployment() == d.GetDeployment() &&
+				x.GetMetadata() == d.GetMetadata() && x.GetState().GetCreatedAt() > d.GetState().GetCreatedAt():
+				replaced = true
+			}
+		}
+		return gone, replaced, nil
+	}
+	gone, replaced, err := check()
+	if err != nil {
+		return false, calls, err
+	}
+	if !gone {
+		return false, calls, errors.New("the dispatch is still listed")
+	}
+	if replaced {
+		return false, calls, nil
+	}
+	t := time.NewTimer(ambiguousWait)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		t.Stop()
+		return false, calls, context.Cause(ctx)
+	}
+	_, replaced, err = check()
+	return err == nil && !replaced, calls, err
+}
+
 // claimedTimeout bounds the creation of a claimed dispatch's replacement,
 // retries included: once claimed, it is finished even if ctx ends.
 const claimedTimeout = 30 * time.Second
@@ -311,7 +361,20 @@ func (s *Sweeper) serve(ctx context.Context, d *livekit.AgentDispatch, now time.
 			s.c.Log.Debug("held dispatch already gone: served by another worker, or deleted", slog.String("room", d.GetRoom()), slog.String("dispatch", d.GetId()))
 			return Recovery{}, calls, ErrGone
 		}
-		return Recovery{}, calls, fmt.Errorf("held: claim dispatch %s of room %q: %w", d.GetId(), d.GetRoom(), err)
+		// The server may have deleted it and failed to answer (seen:
+		// "marshaling livekit.AgentDispatch: size mismatch", when a job
+		// was being added to it at that moment). If it is gone and no
+		// other claimant replaced it shortly, the claim was this one's.
+		mine, n, cerr := s.ambiguousClaim(ctx, d)
+		calls += n
+		if cerr != nil || !mine {
+			if cerr == nil {
+				cerr = ErrGone
+			}
+			return Recovery{}, calls, errors.Join(fmt.Errorf("held: claim dispatch %s of room %q: %w", d.GetId(), d.GetRoom(), err), cerr)
+		}
+		s.c.Log.Info("held dispatch: its delete failed but it is gone and no other worker replaced it: re-creating it",
+			slog.String("room", d.GetRoom()), slog.String("dispatch", d.GetId()), slog.Any("error", err))
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimedTimeout)
 	defer cancel()

@@ -2,6 +2,7 @@ package held
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"sync"
@@ -23,6 +24,8 @@ type fakeServer struct {
 	deletes    int
 	// beforeDelete, if set, runs before a delete (to delete it "meanwhile").
 	beforeDelete func(room, id string)
+	// deleteErr, if set, is returned by a delete that succeeded.
+	deleteErr error
 }
 
 func newFake(now time.Time) *fakeServer {
@@ -85,7 +88,7 @@ func (f *fakeServer) DeleteDispatch(_ context.Context, room, id string) error {
 		return ErrGone
 	}
 	delete(f.dispatches[room], id)
-	return nil
+	return f.deleteErr
 }
 
 func (f *fakeServer) CreateDispatch(_ context.Context, req *livekit.CreateAgentDispatchRequest) (*livekit.AgentDispatch, error) {
@@ -205,6 +208,21 @@ func TestSweepDecisions(t *testing.T) {
 			f.addDispatch("r1", "echo", "canary", 30*time.Second, 0)
 			delete(f.rooms, "r1") // closed: not listed, its dispatches with it
 		}, -1, want{}},
+		{"a delete that succeeded with an error is re-created once", func(f *fakeServer) {
+			f.addRoom("r1", time.Minute)
+			f.addDispatch("r1", "echo", "canary", 30*time.Second, 0)
+			f.deleteErr = errors.New("twirp error internal: marshaling livekit.AgentDispatch: size mismatch")
+		}, -1, want{recovered: 1, created: 1, unserved: 1}},
+		{"a delete that failed is not re-created", func(f *fakeServer) {
+			f.addRoom("r1", time.Minute)
+			d := f.addDispatch("r1", "echo", "canary", 30*time.Second, 0)
+			f.deleteErr = errors.New("unavailable")
+			f.beforeDelete = func(room, id string) {
+				f.mu.Lock()
+				defer f.mu.Unlock()
+				f.dispatches[room]["keep"] = d // the server kept it
+			}
+		}, -1, want{unserved: 1, err: true}},
 		{"count only", func(f *fakeServer) {
 			f.addRoom("r1", time.Minute)
 			f.addDispatch("r1", "echo", "canary", 30*time.Second, 0)
@@ -228,7 +246,7 @@ func TestSweepDecisions(t *testing.T) {
 			if (err != nil) != tc.want.err {
 				t.Fatalf("Sweep error = %v", err)
 			}
-			got := want{recovered: len(res.Recovered), lost: res.Lost, created: len(f.created), unserved: res.Unserved[canary]}
+			got := want{recovered: len(res.Recovered), lost: res.Lost, created: len(f.created), unserved: res.Unserved[canary], err: err != nil}
 			if got != tc.want {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
@@ -297,6 +315,7 @@ func TestSweepNextHeld(t *testing.T) {
 	now := time.Unix(10_000, 0)
 	f := newFake(now)
 	f.addRoom("young", 3*time.Second)
+	f.addDispatch("young", "echo", "canary", time.Second, 0) // in flight: not suspect
 	f.addRoom("old", time.Minute)
 	f.addDispatch("old", "echo", "canary", 4*time.Second, 0)
 	s := New(Config{API: f, Mine: mineOnly(canary), Now: func() time.Time { return now }})
@@ -305,10 +324,17 @@ func TestSweepNextHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := now.Add(6 * time.Second); !res.NextHeld.Equal(want) {
-		t.Fatalf("NextHeld = %v, want %v (the old room's dispatch, 4 s old)", res.NextHeld, want)
+		t.Fatalf("NextHeld = %v, want %v (the dispatch 4 s old)", res.NextHeld, want)
 	}
-	if res.Listed != 1 || res.Calls != 2 {
-		t.Fatalf("listed %d rooms in %d calls; want 1 room (the young one skipped), 2 calls", res.Listed, res.Calls)
+	if res.Listed != 2 || res.Calls != 3 || res.Unserved[canary] != 2 {
+		t.Fatalf("listed %d rooms in %d calls, %d unserved; want 2 rooms, 3 calls, 2 unserved", res.Listed, res.Calls, res.Unserved[canary])
+	}
+	f2 := newFake(now)
+	f2.addRoom("young", 3*time.Second)
+	f2.addDispatch("young", "echo", "canary", time.Second, 0)
+	res, _ = New(Config{API: f2, Mine: mineOnly(canary), Now: func() time.Time { return now }}).Sweep(t.Context(), -1)
+	if !res.NextHeld.IsZero() {
+		t.Fatalf("NextHeld = %v for a dispatch in flight, want none", res.NextHeld)
 	}
 }
 
