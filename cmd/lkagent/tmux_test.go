@@ -36,6 +36,9 @@ func startTmux(t *testing.T, env []string, dir, line string) *tmux {
 	args = append(args, "env", "-i")
 	args = append(args, env...)
 	args = append(args, "sh", "-c", line+"; echo '[exited '$?']'; sleep 600")
+	// The pane stays when its command ends (a Ctrl-C ends the shell too),
+	// so that its screen can still be read.
+	args = append(args, ";", "set-option", "-t", s.name, "remain-on-exit", "on")
 	if out, err := exec.Command("tmux", args...).CombinedOutput(); err != nil {
 		t.Fatalf("tmux new-session: %v\n%s", err, out)
 	}
