@@ -327,7 +327,9 @@ func (d *devLoop) redispatch(ctx context.Context, old *livekit.AgentDispatch) {
 		current = nd
 		// Wait for a new agent participant: a few seconds, then the
 		// dispatch is made again.
-		wait := time.Now().Add(3 * time.Second)
+		// 1s, 2s, then 3s: right after the new version registered, the
+		// server may not route to it yet and drops the job.
+		wait := time.Now().Add(time.Duration(min(attempt, 3)) * time.Second)
 		for time.Now().Before(wait) && ctx.Err() == nil {
 			for _, id := range d.agentIdentities(ctx, room, name) {
 				if !slices.Contains(before, id) {
