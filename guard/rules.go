@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/livekit/protocol/livekit"
+
+	"github.com/lkagent/lkagent/job"
 )
 
 // Outcome is what a [Restarter] decided about one failure: [Restarted], or
@@ -93,7 +95,8 @@ func IsFailure(reason string) bool {
 const (
 	// AttrRestarts is the number of restarts in the current window that
 	// led to this dispatch.
-	AttrRestarts = "lkagent.restarts"
+	// The job reads it with job.Job.Restarts.
+	AttrRestarts = job.AttrRestarts
 	// AttrRestartWindow is when the current window began (the first
 	// restart in it), in Unix milliseconds.
 	AttrRestartWindow = "lkagent.restart_window"

@@ -23,9 +23,10 @@ const agentNameAttribute = "lk.agent_name"
 
 // Defaults of [WebhookOptions].
 const (
-	DefaultMaxInFlight    = 64
-	DefaultRestartTimeout = 2 * time.Minute
-	DefaultMaxBodyBytes   = 1 << 20
+	DefaultMaxInFlight       = 64
+	DefaultRestartTimeout    = 2 * time.Minute
+	DefaultMaxBodyBytes      = 1 << 20
+	DefaultRejectLogInterval = time.Minute
 	// dedupeWindow is how long an event id is remembered: longer than the
 	// server keeps retrying an event (its signature is valid for 5 min).
 	dedupeWindow = 10 * time.Minute
@@ -47,6 +48,12 @@ type WebhookOptions struct {
 	RestartTimeout time.Duration
 	// MaxBodyBytes bounds a request's body. Default 1 MiB.
 	MaxBodyBytes int64
+	// RejectLogInterval: requests refused for their signature (401) are
+	// all counted (lkagent_guard_webhooks_total{result="unauthorized"}),
+	// but logged at most once per interval, each line with the number of
+	// refusals not logged since the previous one, so that a flood of
+	// forged posts cannot flood the log. Default 1m.
+	RejectLogInterval time.Duration
 }
 
 // Webhook is the http.Handler that receives the server's webhooks on
@@ -73,6 +80,30 @@ type Webhook struct {
 	wg     sync.WaitGroup
 	seen   map[string]time.Time // event ids accepted, with when
 	order  []string             // seen's keys, oldest first
+
+	rejects rejectLog
+}
+
+// rejectLog limits the log lines of refused requests to one per interval.
+type rejectLog struct {
+	mu         sync.Mutex
+	now        func() time.Time // time.Now; tests replace it
+	last       time.Time        // when a refusal was last logged
+	suppressed int              // refusals not logged since
+}
+
+// note records a refusal and reports whether to log it, with the number
+// of refusals not logged before it.
+func (l *rejectLog) note(interval time.Duration) (log bool, suppressed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if !l.last.IsZero() && now.Sub(l.last) < interval {
+		l.suppressed++
+		return false, 0
+	}
+	l.last, suppressed, l.suppressed = now, l.suppressed, 0
+	return true, suppressed
 }
 
 // errClosed is the cause of the restarts cancelled by Close.
@@ -92,9 +123,12 @@ func NewWebhook(r *Restarter, o WebhookOptions) *Webhook {
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = DefaultMaxBodyBytes
 	}
+	if o.RejectLogInterval <= 0 {
+		o.RejectLogInterval = DefaultRejectLogInterval
+	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	w := &Webhook{r: r, o: o, kp: o.KeyProvider, slot: make(chan struct{}, o.MaxInFlight),
-		ctx: ctx, cancel: cancel, seen: map[string]time.Time{}}
+		ctx: ctx, cancel: cancel, seen: map[string]time.Time{}, rejects: rejectLog{now: time.Now}}
 	w.mux = http.NewServeMux()
 	w.mux.HandleFunc("POST "+WebhookPath, w.receive)
 	return w
@@ -135,7 +169,11 @@ func (w *Webhook) receive(rw http.ResponseWriter, req *http.Request) {
 			return
 		}
 		w.r.m.webhooks.WithLabelValues(webhookUnauthorized).Inc()
-		w.r.log.Warn("webhook refused: not signed by the server's key", slog.String("remote", req.RemoteAddr), slog.String("error", err.Error()))
+		if log, suppressed := w.rejects.note(w.o.RejectLogInterval); log {
+			w.r.log.Warn("webhook refused: not signed by the server's key", slog.String("remote", req.RemoteAddr),
+				slog.String("error", err.Error()), slog.Int("refusals_not_logged", suppressed),
+				slog.Duration("log_interval", w.o.RejectLogInterval))
+		}
 		http.Error(rw, "webhook signature missing or invalid", http.StatusUnauthorized)
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -225,4 +226,58 @@ func TestWebhookBoundedAndClosed(t *testing.T) {
 	if err := wh.Close(ctx); err == nil {
 		t.Error("Close returned nil though it had to cancel a restart")
 	}
+}
+
+// A flood of forged posts is counted in full and logged once per interval,
+// each line with the number of refusals left out before it.
+func TestWebhookRefusalsLoggedAtABoundedRate(t *testing.T) {
+	t.Parallel()
+	r := testRestarter(t, newFake(), Options{})
+	var log syncBuffer
+	r.log = slog.New(slog.NewTextHandler(&log, nil))
+	wh := NewWebhook(r, WebhookOptions{RejectLogInterval: time.Minute})
+	now := time.Unix(1_000_000, 0)
+	wh.rejects.now = func() time.Time { return now }
+	ev := agentLeft("EV_1", "r", "a", livekit.DisconnectReason_CONNECTION_TIMEOUT)
+	forge := func(n int) {
+		for range n {
+			if code := serve(wh, signed(t, ev, "key", "forged-secret")); code != http.StatusUnauthorized {
+				t.Fatalf("forged post: %d, want 401", code)
+			}
+		}
+	}
+	forge(500)
+	if n := strings.Count(log.String(), "webhook refused"); n != 1 {
+		t.Fatalf("%d log lines for 500 forged posts within the interval, want 1", n)
+	}
+	now = now.Add(time.Minute)
+	forge(1)
+	lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[1], "refusals_not_logged=499") {
+		t.Fatalf("log after the interval:\n%s", log.String())
+	}
+	if n := count(r.m.webhooks, webhookUnauthorized); n != 501 {
+		t.Errorf("unauthorized counted %d, want 501", n)
+	}
+	if err := wh.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -3,6 +3,7 @@ package job
 import (
 	"context"
 	"log/slog"
+	"strconv"
 
 	"github.com/livekit/protocol/livekit"
 	lksdk "github.com/livekit/server-sdk-go/v2"
@@ -102,6 +103,24 @@ func (j *Job) Identity() string { return j.rt().Identity() }
 
 // Info is the job as the server sent it. Treat it as read-only.
 func (j *Job) Info() *livekit.Job { return j.rt().Info() }
+
+// AttrRestarts is the dispatch attribute in which a restarted agent's
+// dispatch carries how many times it was restarted (by the worker or by
+// package guard) in the current restart window. Read it with
+// [Job.Restarts].
+const AttrRestarts = "lkagent.restarts"
+
+// Restarts is how many times this job's agent was restarted in its room
+// (in the current restart window) because an earlier job of it failed: 0
+// for a first dispatch. A handler can greet a caller differently after a
+// crash ("sorry, where were we?").
+func (j *Job) Restarts() int {
+	n, err := strconv.Atoi(j.Info().GetAttributes()[AttrRestarts])
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
+}
 
 // Logger returns a logger whose lines carry the job's id, room, agent name
 // and deployment.

@@ -7,16 +7,32 @@ import (
 	"testing"
 )
 
-// Logger returns a logger that writes to t's log, from Debug up, for the
-// Options.Logger of a worker under test. What is logged after t ended is
-// dropped: the LiveKit SDK's goroutines, and the process-wide logger its
-// WebRTC library logs through (which the worker points at its logger),
-// outlive a test, and testing allows no log of t then (the race detector
-// reports a logger that writes to t.Log regardless).
-func Logger(t testing.TB) *slog.Logger {
+// LoggerOption configures a [Logger].
+type LoggerOption func(*slog.HandlerOptions)
+
+// LogLevel sets the lowest level a [Logger] writes; the default is Debug.
+// The WebRTC library beneath a worker's rooms logs its chatter at Debug
+// through the worker's logger: LogLevel(slog.LevelInfo) keeps a passing
+// test's log to what the worker itself says.
+func LogLevel(level slog.Leveler) LoggerOption {
+	return func(o *slog.HandlerOptions) { o.Level = level }
+}
+
+// Logger returns a logger that writes to t's log, from Debug up unless
+// [LogLevel] says otherwise, for the Options.Logger of a worker under
+// test. What is logged after t ended is dropped: the LiveKit SDK's
+// goroutines, and the process-wide logger its WebRTC library logs through
+// (which the worker points at its logger), outlive a test, and testing
+// allows no log of t then (the race detector reports a logger that writes
+// to t.Log regardless).
+func Logger(t testing.TB, opts ...LoggerOption) *slog.Logger {
 	w := &endingWriter{t: t}
 	t.Cleanup(w.end)
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	o := &slog.HandlerOptions{Level: slog.LevelDebug}
+	for _, opt := range opts {
+		opt(o)
+	}
+	return slog.New(slog.NewTextHandler(w, o))
 }
 
 // endingWriter writes each line to t's log until t ends.

@@ -49,6 +49,8 @@ func commands() []*command {
 		{name: "token", summary: "print a join token that dispatches an agent deployment, or decode one", run: runToken},
 		{name: "server", summary: "run a local LiveKit server for development in the foreground", run: runServer},
 		{name: "bench", summary: "measure latency, throughput, memory per job and routing against a LiveKit server", run: runBench},
+		{name: "dev", summary: "build and run an agent package against a local server, and reload it on every source change", run: runDev},
+		{name: "console", summary: "dispatch an agent into a room and chat with it from the terminal", run: runConsole},
 		{name: "worker", summary: "run the example echo agent as a worker of an agent name and deployment", run: runWorker},
 		{name: "guard", summary: "restart agents that failed in rooms still in use, driven by the server's webhooks", run: runGuard},
 	}

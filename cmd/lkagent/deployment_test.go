@@ -70,6 +70,9 @@ func TestDeploymentTrapsRefused(t *testing.T) {
 // the value from the environment is noted.
 func TestLookAlikeDeploymentWarned(t *testing.T) {
 	t.Parallel()
+	if testing.Short() {
+		t.Skip("needs the real server")
+	}
 	room, agent := uniq("room"), uniq("agent")
 	r := cli(t, srvEnv("LIVEKIT_AGENT_DEPLOYMENT=st\u0430ging"), "dispatch", "create", "--room", room, "--agent-name", agent)
 	if r.code != 0 {
@@ -87,6 +90,9 @@ func TestLookAlikeDeploymentWarned(t *testing.T) {
 // row in two.
 func TestDispatchListEscapesNames(t *testing.T) {
 	t.Parallel()
+	if testing.Short() {
+		t.Skip("needs the real server")
+	}
 	room := uniq("room")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -47,6 +47,10 @@ func (j *Job) clients() (*API, error) {
 			if n := len(missing); n > 1 {
 				list = strings.Join(missing[:n-1], ", ") + " or " + missing[n-1]
 			}
+			if j.origin != "" {
+				j.apiErr = fmt.Errorf("%w: %s gave this job no %s (set its APIKey and APISecret, and URL or APIURL)", ErrNoCredentials, j.origin, list)
+				return
+			}
 			j.apiErr = fmt.Errorf("%w: the runtime gave this job no %s", ErrNoCredentials, list)
 			return
 		}

@@ -88,6 +88,10 @@ type Params struct {
 	// Timing carries the instants the runtime already recorded (offer
 	// received, accepted, assignment received, launched).
 	Timing Timing
+	// Origin, if set, names what the job was created from, for errors
+	// about settings it lacks ("jobtest.Options": Connect then says to set
+	// jobtest.Options.URL and Token).
+	Origin string
 	// OnConnected, if set, is called once [Job.Connect] joined the room,
 	// with the timing so far (runtimes report it to the server).
 	OnConnected func(Timing)
@@ -160,6 +164,7 @@ type Job struct {
 	ctx      context.Context // the handler's context
 	cancel   context.CancelCauseFunc
 	onConn   func(Timing)
+	origin   string
 
 	connMu sync.Mutex // serializes Connect
 
@@ -220,6 +225,7 @@ func New(parent context.Context, p Params) (*Job, *Control) {
 		ctx:      ctx,
 		cancel:   cancel,
 		onConn:   p.OnConnected,
+		origin:   p.Origin,
 		timing:   p.Timing,
 	}
 	return j, &Control{job: j, ctx: ctx}
@@ -278,6 +284,9 @@ func (j *Job) Connect(ctx context.Context, cb *lksdk.RoomCallback, opts ...lksdk
 	}
 	if j.url == "" || j.secrets.token == "" {
 		j.mu.Unlock()
+		if j.origin != "" {
+			return nil, fmt.Errorf("job: Connect needs a URL and a token: set %s.URL and %s.Token (a LiveKit URL, and a join token for the job's identity and room)", j.origin, j.origin)
+		}
 		return nil, errors.New("job: Connect needs a URL and a token; this job was created without them")
 	}
 	j.timing.ConnectCalled = time.Now()

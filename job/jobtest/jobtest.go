@@ -89,7 +89,7 @@ func New(o Options) *Job {
 		id = jobrt.DefaultIdentity(info.GetId())
 	}
 	j, ctl := jobrt.New(context.Background(), jobrt.Params{Info: info, Identity: id, URL: o.URL, Token: o.Token,
-		APIURL: o.APIURL, APIKey: o.APIKey, APISecret: o.APISecret, Logger: o.Logger})
+		APIURL: o.APIURL, APIKey: o.APIKey, APISecret: o.APISecret, Logger: o.Logger, Origin: "jobtest.Options"})
 	timeout := o.ShutdownTimeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livekit/protocol/livekit"
+	lksdk "github.com/livekit/server-sdk-go/v2"
+
+	"github.com/lkagent/lkagent/livekittest"
+)
+
+// devAgentSource is a small agent answering chat with its version.
+const devAgentSource = `package main
+
+import (
+	"context"
+	"log"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/lkagent/lkagent/job"
+	"github.com/lkagent/lkagent/worker"
+)
+
+const version = "v1"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	w, err := worker.New(worker.Options{AgentName: os.Getenv("DEVAGENT_NAME"), DrainTimeout: 2 * time.Second},
+		func(ctx context.Context, j *job.Job) error {
+			chat := j.Chat()
+			if _, err := j.Connect(ctx, nil); err != nil {
+				return err
+			}
+			for m := range chat.Messages(ctx) {
+				_ = j.ReplyChat(ctx, m, version+": "+m.Text)
+			}
+			return nil
+		})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := w.Run(ctx); err != nil {
+		log.Fatal(err)
+	}
+}
+`
+
+// devModule writes the agent into a module of its own in a new directory,
+// which uses this module's code and its go.sum.
+func devModule(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	sum, err := os.ReadFile(filepath.Join(root, "go.sum"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod := "module devagent\n\ngo 1.26\n\nrequire github.com/lkagent/lkagent v0.0.0\n\nreplace github.com/lkagent/lkagent => " + root + "\n"
+	for name, body := range map[string]string{"go.mod": mod, "go.sum": string(sum), "main.go": devAgentSource} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// dispatchUntilJoined dispatches agent to room until an agent participant
+// of it is in the room (a dispatch made before the worker registered is
+// dropped by the server).
+func dispatchUntilJoined(t *testing.T, room, agent string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	api := lksdk.NewAgentDispatchServiceClient(srv.URL(), srv.APIKey(), srv.APISecret())
+	rooms := lksdk.NewRoomServiceClient(srv.URL(), srv.APIKey(), srv.APISecret())
+	for ctx.Err() == nil {
+		d, err := api.CreateDispatch(ctx, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agent})
+		if err != nil {
+			t.Fatal(err)
+		}
+		joined := waitUntil(3*time.Second, func() bool {
+			ps, err := rooms.ListParticipants(ctx, &livekit.ListParticipantsRequest{Room: room})
+			return err == nil && slices.ContainsFunc(ps.GetParticipants(), func(p *livekit.ParticipantInfo) bool {
+				return p.GetKind() == livekit.ParticipantInfo_AGENT
+			})
+		})
+		if joined {
+			return
+		}
+		_, _ = api.DeleteDispatch(ctx, &livekit.DeleteAgentDispatchRequest{Room: room, DispatchId: d.GetId()})
+	}
+	t.Fatalf("agent %s never joined room %s", agent, room)
+}
+
+// lkagent dev in a real terminal: it builds and runs an agent; while a
+// caller talks to it, its source changes; dev rebuilds it, and the
+// caller's next message is answered by the new version, in the same room.
+func TestDevReloadsDuringACall(t *testing.T) {
+	t.Parallel()
+	agent, room := uniq("devagent"), uniq("room")
+	dir := devModule(t)
+	env := srvEnv("DEVAGENT_NAME="+agent, "GOFLAGS=-mod=mod", "GOPROXY=off")
+	s := startTmux(t, env, dir, lkagentBin+" dev . --agent-name "+agent)
+	s.waitFor(3*time.Minute, "", "dev: started agent v1")
+
+	dispatchUntilJoined(t, room, agent)
+	lt := &livekittest.Server{URL: srv.URL(), APIKey: srv.APIKey(), APISecret: srv.APISecret()}
+	caller := lt.Join(t, room, "caller")
+	if got := caller.Chat(t, "hello", nil); got != "v1: hello" {
+		t.Fatalf("v1 answered %q", got)
+	}
+
+	src := strings.Replace(devAgentSource, `"v1"`, `"v2"`, 1)
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.waitFor(3*time.Minute, "", "dev: changed: main.go; rebuilding")
+	s.waitFor(3*time.Minute, "", "is in a call; it moves to v2")
+	s.waitFor(3*time.Minute, "", "v2 joined as")
+	if got := caller.Chat(t, "again", func(s string) bool { return strings.HasSuffix(s, "again") }); got != "v2: again" {
+		t.Fatalf("after the reload, the reply is %q, want v2's", got)
+	}
+	s.waitFor(time.Minute, "v2 joined as", "dev: agent v1 ")
+	s.send("C-c")
+	s.waitFor(time.Minute, "", "dev: stopping")
+	t.Logf("screen:\n%s", s.waitFor(time.Minute, "dev: stopping", "dev: agent v2 "))
+}
