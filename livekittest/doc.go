@@ -56,5 +56,11 @@
 // called lksdk.SetLogger itself (in TestMain). [Logger] gives it the
 // test's log: what is logged after the test ended, which the SDK's
 // goroutines do, is dropped instead of failing the test under -race.
-
+//
+// # The inner loop: go test -short
+//
+// Under go test -short, [Start], [StartWithOptions] and [Shared.Server]
+// skip the test that asks for a server, so -short runs only the tests that
+// need none (unit tests, tests against a fake). A test gets this without a
+// line of its own; the full run, without -short, runs everything.
 package livekittest

@@ -73,6 +73,9 @@ type Server struct {
 // ends. It fails the test if the server cannot be started; if the test
 // failed, the end of the server's output is logged when it stops. The
 // server binary is built on first use, with the progress in the test log.
+//
+// Under go test -short, Start skips the test instead: -short is the inner
+// loop, and the tests that need a real server run without it.
 func Start(t testing.TB) *Server {
 	t.Helper()
 	return StartWithOptions(t, Options{})
@@ -81,6 +84,7 @@ func Start(t testing.TB) *Server {
 // StartWithOptions is [Start] with options.
 func StartWithOptions(t testing.TB, o Options) *Server {
 	t.Helper()
+	lkserver.SkipShort(t)
 	s, err := start(t.Context(), testLog{t}, o)
 	if err != nil {
 		t.Fatalf("livekittest: start livekit-server: %v", err)

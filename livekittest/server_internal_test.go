@@ -10,11 +10,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lkagent/lkagent/internal/lkserver"
 )
 
 // The server started by Start is stopped, its process gone and its port
 // closed, once the test's cleanups have run.
 func TestStartStopsServerAtCleanup(t *testing.T) {
+	lkserver.SkipShort(t) // the subtest's Start would skip, not this test
 	t.Parallel()
 	var pid int
 	var hostPort string

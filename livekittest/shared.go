@@ -6,6 +6,8 @@ import (
 	"os"
 	"sync"
 	"testing"
+
+	"github.com/lkagent/lkagent/internal/lkserver"
 )
 
 // Shared is one server shared by the tests of a package. The first test
@@ -39,9 +41,10 @@ type Shared struct {
 // Server returns the shared server, starting it on the first call. It
 // fails the test if the server could not be started (then and on every
 // later call). If the test fails, the end of the server's output is logged
-// when it ends.
+// when it ends. Under go test -short it skips the test, as [Start] does.
 func (sh *Shared) Server(t testing.TB) *Server {
 	t.Helper()
+	lkserver.SkipShort(t)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	switch {

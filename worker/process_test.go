@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -79,6 +80,7 @@ func misbehave(ctx context.Context, j *job.Job) error {
 				b[i] = 1
 			}
 			keep = append(keep, b)
+			runtime.KeepAlive(keep)
 			time.Sleep(10 * time.Millisecond)
 		}
 	case "grow": // until its resident set passes 112 MiB, then hold

@@ -36,6 +36,10 @@ var (
 
 func TestMain(m *testing.M) {
 	lksdk.SetLogger(lklogger.GetDiscardLogger())
+	if lkserver.Short() {
+		// Every test runs the lkagent binary, most against the server.
+		os.Exit(lkserver.RunMain(m, lkserver.Options{}, nil))
+	}
 	dir, err := os.MkdirTemp("", "lkagent-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

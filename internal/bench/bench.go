@@ -234,7 +234,6 @@ type run struct {
 	worker     string        // deployment of the worker
 	offerAt    time.Time
 	startAt    time.Time
-	visibleAt  time.Time
 	deployment string
 }
 
@@ -247,7 +246,6 @@ type bench struct {
 	hold    atomic.Bool          // handlers wait for release
 	join    atomic.Bool          // handlers join their room
 	release chan struct{}
-	joined  sync.WaitGroup
 	workers []*worker.Worker // guarded by mu
 	joinedN atomic.Int64     // jobs in job processes that joined their room
 	// Jobs in job processes that could not join their room, and the

@@ -32,6 +32,10 @@ var serverLog = &syncbuf.Buffer{}
 func TestMain(m *testing.M) {
 	// Before any test runs: the SDK's process-wide logger is set once.
 	sdklog.Install(slog.New(slog.DiscardHandler))
+	if lkserver.Short() {
+		fmt.Println(lkserver.ShortSkipReason + " (every test of this package)")
+		os.Exit(0)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	s, err := lkserver.Start(ctx, lkserver.Options{Logs: serverLog})
 	cancel()

@@ -12,19 +12,21 @@ import (
 	"github.com/livekit/protocol/livekit"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/lkagent/lkagent/internal/jobproc/jobprocpb"
 )
 
 // ProtocolVersion is the version of the protocol between a pool and its job
 // processes. The parent passes it in the child's environment and the child
 // answers with its own in its hello; a process that speaks another version
 // (a binary replaced on disk by another build) is not used.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // Frames: a 4-byte big-endian length n, then n bytes: one byte of frame
-// type and the payload. The payloads of the types that carry the protocol
-// module's messages are those messages in protobuf; the others are small
-// protobuf-encoded envelopes of this package's own (fields listed with each
-// type). Unknown fields are skipped.
+// type and the payload, a protobuf message: one of package jobprocpb's
+// (generated from jobprocpb/jobproc.proto), or a livekit.UpdateJobStatus.
+// Fields of numbers the reader does not know are skipped.
 const (
 	headerLen = 5       // length and type
 	maxFrame  = 8 << 20 // the largest n a reader accepts
@@ -33,29 +35,23 @@ const (
 type frameType byte
 
 const (
-	// child → parent: 1 version (varint), 2 pid (varint). The child is
-	// ready for a job.
+	// child → parent, jobprocpb.Hello: the child is ready for a job.
 	frameHello frameType = 1
-	// parent → child: 1 job (livekit.Job), 2 identity, 3 url, 4 token,
-	// 5 timing (livekit.JobJoinTiming), 6 age of the timing's base in
-	// nanoseconds + 1 (varint; 0: no base), 7 extra (bytes), 8 lowest log
-	// level the parent emits (zigzag).
+	// parent → child, jobprocpb.Job: the job to run.
 	frameJob frameType = 2
-	// parent → child: 1 code, 2 text. Cancel the job's context.
+	// parent → child, jobprocpb.Cancel: cancel the job's context.
 	frameCancel frameType = 3
-	// parent → child: 1 sequence number (varint).
+	// parent → child, jobprocpb.Ping.
 	framePing frameType = 4
-	// child → parent: 1 the ping's sequence number (varint).
+	// child → parent, jobprocpb.Ping: the ping's sequence number.
 	framePong frameType = 5
 	// child → parent, no payload: the job's function is being called.
 	frameStarted frameType = 6
 	// child → parent: a livekit.UpdateJobStatus.
 	frameStatus frameType = 7
-	// child → parent: 1 time (unix ns, zigzag), 2 level (zigzag),
-	// 3 message, 4 attribute (repeated, see appendAttr).
+	// child → parent, jobprocpb.Log: a record of the job's log.
 	frameLog frameType = 8
-	// child → parent: 1 kind (varint: 1 success, 2 failure, 3 panic),
-	// 2 error or panic value, 3 stack, 4 timing (livekit.JobJoinTiming).
+	// child → parent, jobprocpb.End: how the job's function ended.
 	frameEnd frameType = 9
 )
 
@@ -90,15 +86,35 @@ func malformed(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errMalformed, fmt.Sprintf(format, args...))
 }
 
-// newFrame returns a frame of type t whose payload enc appends.
-func newFrame(t frameType, enc func([]byte) []byte) []byte {
+// newFrame returns a frame of type t whose payload is m (none if m is nil).
+//
+// Encoding cannot fail for this package's messages: their text is bytes,
+// and the only strings are in the livekit messages they carry, which were
+// decoded from protobuf (that refuses strings that are not UTF-8) or built
+// by this program. Should it fail, the payload is left empty, and the
+// receiver refuses the frame (a job without a job, an end without a kind)
+// or reads zero values.
+func newFrame(t frameType, m proto.Message) []byte {
+	b, err := encodeFrame(t, m)
+	if err != nil {
+		b, _ = encodeFrame(t, nil)
+	}
+	return b
+}
+
+// encodeFrame returns a frame of type t whose payload is m (none if m is
+// nil), or the error encoding m.
+func encodeFrame(t frameType, m proto.Message) ([]byte, error) {
 	b := make([]byte, headerLen, 64)
 	b[4] = byte(t)
-	if enc != nil {
-		b = enc(b)
+	if m != nil {
+		var err error
+		if b, err = (proto.MarshalOptions{}).MarshalAppend(b, m); err != nil {
+			return nil, err
+		}
 	}
 	binary.BigEndian.PutUint32(b, uint32(len(b)-4))
-	return b
+	return b, nil
 }
 
 // frameReader reads frames from a stream.
@@ -156,97 +172,56 @@ func unexpected(err error) error {
 	return err
 }
 
-// Envelope fields.
+// Decoding.
 
-func appendStringField(b []byte, num protowire.Number, s string) []byte {
-	if s == "" {
-		return b
+// maxDepth bounds the nesting of groups in a log record, when encoding and
+// decoding.
+const maxDepth = 16
+
+// unmarshal decodes p into m. Besides what protobuf refuses, it refuses a
+// field of a known number that came with another wire type (protobuf would
+// keep it as an unknown field and read the field as unset): that is a
+// corrupt frame, not a newer sender.
+func unmarshal(p []byte, m proto.Message) error {
+	// Every group level is two messages deep (Attr, Group), below Log.
+	opts := proto.UnmarshalOptions{RecursionLimit: 2*maxDepth + 8}
+	if err := opts.Unmarshal(p, m); err != nil {
+		return malformed("%s: %v", m.ProtoReflect().Descriptor().Name(), err)
 	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, s)
+	return checkWireTypes(m.ProtoReflect())
 }
 
-func appendBytesField(b []byte, num protowire.Number, v []byte) []byte {
-	if len(v) == 0 {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendBytes(b, v)
-}
-
-func appendVarintField(b []byte, num protowire.Number, v uint64) []byte {
-	if v == 0 {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.VarintType)
-	return protowire.AppendVarint(b, v)
-}
-
-func appendSintField(b []byte, num protowire.Number, v int64) []byte {
-	return appendVarintField(b, num, protowire.EncodeZigZag(v))
-}
-
-// appendProtoField appends m, even empty, unless it is nil.
-func appendProtoField(b []byte, num protowire.Number, m proto.Message) []byte {
-	if m == nil || !m.ProtoReflect().IsValid() {
-		return b
-	}
-	enc, err := proto.Marshal(m)
-	if err != nil {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendBytes(b, enc)
-}
-
-// field is one decoded envelope field: v for bytes, x for varint and
-// fixed64.
-type field struct {
-	num protowire.Number
-	typ protowire.Type
-	v   []byte
-	x   uint64
-}
-
-// fields calls fn with each field of b, in order.
-func fields(b []byte, fn func(f field) error) error {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+// checkWireTypes walks m and this package's messages within it (not the
+// livekit ones, which are read as protobuf reads them).
+func checkWireTypes(m protoreflect.Message) error {
+	fields := m.Descriptor().Fields()
+	for b := m.GetUnknown(); len(b) > 0; {
+		num, typ, n := protowire.ConsumeField(b)
 		if n < 0 {
-			return malformed("tag: %v", protowire.ParseError(n))
+			return malformed("%s: %v", m.Descriptor().Name(), protowire.ParseError(n))
+		}
+		if fields.ByNumber(num) != nil {
+			return malformed("%s field %d: wire type %d", m.Descriptor().Name(), num, typ)
 		}
 		b = b[n:]
-		f := field{num: num, typ: typ}
-		switch typ {
-		case protowire.VarintType:
-			f.x, n = protowire.ConsumeVarint(b)
-		case protowire.Fixed64Type:
-			f.x, n = protowire.ConsumeFixed64(b)
-		case protowire.Fixed32Type:
-			var x uint32
-			x, n = protowire.ConsumeFixed32(b)
-			f.x = uint64(x)
-		case protowire.BytesType:
-			f.v, n = protowire.ConsumeBytes(b)
-		default:
-			return malformed("field %d: wire type %d", num, typ)
-		}
-		if n < 0 {
-			return malformed("field %d: %v", num, protowire.ParseError(n))
-		}
-		b = b[n:]
-		if err := fn(f); err != nil {
-			return err
-		}
 	}
-	return nil
-}
-
-func (f field) want(typ protowire.Type) error {
-	if f.typ != typ {
-		return malformed("field %d: wire type %d, want %d", f.num, f.typ, typ)
-	}
-	return nil
+	var err error
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Message() == nil || fd.Message().ParentFile().Package() != m.Descriptor().ParentFile().Package() {
+			return true
+		}
+		if fd.IsList() {
+			for i := range v.List().Len() {
+				if err = checkWireTypes(v.List().Get(i).Message()); err != nil {
+					return false
+				}
+			}
+			return true
+		}
+		err = checkWireTypes(v.Message())
+		return err == nil
+	})
+	return err
 }
 
 // Messages.
@@ -257,28 +232,18 @@ type helloMsg struct {
 }
 
 func (m helloMsg) frame() []byte {
-	return newFrame(frameHello, func(b []byte) []byte {
-		b = appendVarintField(b, 1, m.version)
-		return appendVarintField(b, 2, uint64(m.pid))
-	})
+	return newFrame(frameHello, &jobprocpb.Hello{Version: m.version, Pid: uint64(m.pid)})
 }
 
-func decodeHello(p []byte) (m helloMsg, err error) {
-	err = fields(p, func(f field) error {
-		switch f.num {
-		case 1:
-			m.version = f.x
-			return f.want(protowire.VarintType)
-		case 2:
-			if f.x > math.MaxInt32 {
-				return malformed("pid %d", f.x)
-			}
-			m.pid = int(f.x)
-			return f.want(protowire.VarintType)
-		}
-		return nil
-	})
-	return m, err
+func decodeHello(p []byte) (helloMsg, error) {
+	var h jobprocpb.Hello
+	if err := unmarshal(p, &h); err != nil {
+		return helloMsg{}, err
+	}
+	if h.GetPid() > math.MaxInt32 {
+		return helloMsg{}, malformed("pid %d", h.GetPid())
+	}
+	return helloMsg{version: h.GetVersion(), pid: int(h.GetPid())}, nil
 }
 
 type jobMsg struct {
@@ -294,72 +259,43 @@ type jobMsg struct {
 }
 
 func (m *jobMsg) frame() []byte {
-	return newFrame(frameJob, func(b []byte) []byte {
-		b = appendProtoField(b, 1, m.job)
-		b = appendStringField(b, 2, m.identity)
-		b = appendStringField(b, 3, m.url)
-		b = appendStringField(b, 4, m.token)
-		b = appendProtoField(b, 5, m.timing)
-		if m.hasBase {
-			b = appendVarintField(b, 6, uint64(max(m.baseAge, 0))+1)
-		}
-		b = appendBytesField(b, 7, m.extra)
-		return appendSintField(b, 8, int64(m.logLevel))
-	})
+	j := &jobprocpb.Job{
+		Job:      m.job,
+		Identity: []byte(m.identity),
+		Url:      []byte(m.url),
+		Token:    []byte(m.token),
+		Timing:   m.timing,
+		Extra:    m.extra,
+		LogLevel: int64(m.logLevel),
+	}
+	if m.hasBase {
+		j.BaseAgeNs = proto.Int64(int64(max(m.baseAge, 0)))
+	}
+	return newFrame(frameJob, j)
 }
 
 func decodeJob(p []byte) (*jobMsg, error) {
-	m := &jobMsg{}
-	err := fields(p, func(f field) error {
-		switch f.num {
-		case 1, 5:
-			if err := f.want(protowire.BytesType); err != nil {
-				return err
-			}
-			var msg proto.Message
-			if f.num == 1 {
-				m.job = &livekit.Job{}
-				msg = m.job
-			} else {
-				m.timing = &livekit.JobJoinTiming{}
-				msg = m.timing
-			}
-			if err := proto.Unmarshal(f.v, msg); err != nil {
-				return malformed("field %d: %v", f.num, err)
-			}
-		case 2, 3, 4:
-			if err := f.want(protowire.BytesType); err != nil {
-				return err
-			}
-			s := string(f.v)
-			switch f.num {
-			case 2:
-				m.identity = s
-			case 3:
-				m.url = s
-			default:
-				m.token = s
-			}
-		case 6:
-			if f.x == 0 || f.x-1 > math.MaxInt64 {
-				return malformed("base age %d", f.x)
-			}
-			m.hasBase, m.baseAge = true, time.Duration(f.x-1)
-			return f.want(protowire.VarintType)
-		case 7:
-			m.extra = append([]byte(nil), f.v...)
-			return f.want(protowire.BytesType)
-		case 8:
-			m.logLevel = slog.Level(clampInt(protowire.DecodeZigZag(f.x)))
-			return f.want(protowire.VarintType)
-		}
-		return nil
-	})
-	if err != nil {
+	var j jobprocpb.Job
+	if err := unmarshal(p, &j); err != nil {
 		return nil, err
 	}
-	if m.job == nil {
+	if j.GetJob() == nil {
 		return nil, malformed("job frame without a job")
+	}
+	m := &jobMsg{
+		job:      j.GetJob(),
+		identity: string(j.GetIdentity()),
+		url:      string(j.GetUrl()),
+		token:    string(j.GetToken()),
+		timing:   j.GetTiming(),
+		extra:    j.GetExtra(),
+		logLevel: slog.Level(clampInt(j.GetLogLevel())),
+	}
+	if j.BaseAgeNs != nil {
+		if j.GetBaseAgeNs() < 0 {
+			return nil, malformed("base age %d", j.GetBaseAgeNs())
+		}
+		m.hasBase, m.baseAge = true, time.Duration(j.GetBaseAgeNs())
 	}
 	return m, nil
 }
@@ -367,49 +303,34 @@ func decodeJob(p []byte) (*jobMsg, error) {
 type cancelMsg struct{ code, text string }
 
 func (m cancelMsg) frame() []byte {
-	return newFrame(frameCancel, func(b []byte) []byte {
-		b = appendStringField(b, 1, m.code)
-		return appendStringField(b, 2, m.text)
-	})
+	return newFrame(frameCancel, &jobprocpb.Cancel{Code: []byte(m.code), Text: []byte(m.text)})
 }
 
-func decodeCancel(p []byte) (m cancelMsg, err error) {
-	err = fields(p, func(f field) error {
-		switch f.num {
-		case 1:
-			m.code = string(f.v)
-			return f.want(protowire.BytesType)
-		case 2:
-			m.text = string(f.v)
-			return f.want(protowire.BytesType)
-		}
-		return nil
-	})
-	return m, err
+func decodeCancel(p []byte) (cancelMsg, error) {
+	var c jobprocpb.Cancel
+	if err := unmarshal(p, &c); err != nil {
+		return cancelMsg{}, err
+	}
+	return cancelMsg{code: string(c.GetCode()), text: string(c.GetText())}, nil
 }
 
 // pingFrame is a ping or a pong.
 func pingFrame(t frameType, seq uint64) []byte {
-	return newFrame(t, func(b []byte) []byte { return appendVarintField(b, 1, seq) })
+	return newFrame(t, &jobprocpb.Ping{Seq: seq})
 }
 
-func decodePing(p []byte) (seq uint64, err error) {
-	err = fields(p, func(f field) error {
-		if f.num == 1 {
-			seq = f.x
-			return f.want(protowire.VarintType)
-		}
-		return nil
-	})
-	return seq, err
-}
-
-func statusFrame(u *livekit.UpdateJobStatus) ([]byte, error) {
-	enc, err := proto.Marshal(u)
-	if err != nil {
-		return nil, err
+func decodePing(p []byte) (uint64, error) {
+	var m jobprocpb.Ping
+	if err := unmarshal(p, &m); err != nil {
+		return 0, err
 	}
-	return newFrame(frameStatus, func(b []byte) []byte { return append(b, enc...) }), nil
+	return m.GetSeq(), nil
+}
+
+// statusFrame encodes u, whose error text is the job's: unlike this
+// package's messages, it can fail to encode (text that is not UTF-8).
+func statusFrame(u *livekit.UpdateJobStatus) ([]byte, error) {
+	return encodeFrame(frameStatus, u)
 }
 
 func decodeStatus(p []byte) (*livekit.UpdateJobStatus, error) {
@@ -420,70 +341,42 @@ func decodeStatus(p []byte) (*livekit.UpdateJobStatus, error) {
 	return u, nil
 }
 
-// Kinds of an outcome on the wire.
-const (
-	outcomeSuccess = 1
-	outcomeFailure = 2
-	outcomePanic   = 3
-)
-
 func (o Outcome) frame() []byte {
-	kind := uint64(outcomeSuccess)
+	e := &jobprocpb.End{
+		Kind:   jobprocpb.End_KIND_SUCCESS,
+		Error:  []byte(truncate(o.Error, maxText)),
+		Stack:  o.Stack[:min(len(o.Stack), maxText)],
+		Timing: o.Timing,
+	}
 	switch {
 	case o.Panicked:
-		kind = outcomePanic
+		e.Kind = jobprocpb.End_KIND_PANIC
 	case o.Error != "":
-		kind = outcomeFailure
+		e.Kind = jobprocpb.End_KIND_FAILURE
 	}
-	return newFrame(frameEnd, func(b []byte) []byte {
-		b = appendVarintField(b, 1, kind)
-		b = appendStringField(b, 2, truncate(o.Error, maxText))
-		b = appendBytesField(b, 3, o.Stack[:min(len(o.Stack), maxText)])
-		return appendProtoField(b, 4, o.Timing)
-	})
+	return newFrame(frameEnd, e)
 }
 
 // maxText bounds an end's error text and stack on the wire.
 const maxText = 64 << 10
 
-func decodeEnd(p []byte) (o Outcome, err error) {
-	var kind uint64
-	err = fields(p, func(f field) error {
-		switch f.num {
-		case 1:
-			kind = f.x
-			return f.want(protowire.VarintType)
-		case 2:
-			o.Error = string(f.v)
-			return f.want(protowire.BytesType)
-		case 3:
-			o.Stack = append([]byte(nil), f.v...)
-			return f.want(protowire.BytesType)
-		case 4:
-			if err := f.want(protowire.BytesType); err != nil {
-				return err
-			}
-			o.Timing = &livekit.JobJoinTiming{}
-			if err := proto.Unmarshal(f.v, o.Timing); err != nil {
-				return malformed("end timing: %v", err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return o, err
+func decodeEnd(p []byte) (Outcome, error) {
+	var e jobprocpb.End
+	if err := unmarshal(p, &e); err != nil {
+		return Outcome{}, err
 	}
-	switch kind {
-	case outcomeSuccess:
+	o := Outcome{Error: string(e.GetError()), Stack: e.GetStack(), Timing: e.GetTiming()}
+	switch e.GetKind() {
+	case jobprocpb.End_KIND_SUCCESS:
 		o.Error, o.Stack = "", nil
-	case outcomeFailure:
+	case jobprocpb.End_KIND_FAILURE:
 		if o.Error == "" {
 			o.Error = "job failed"
 		}
-	case outcomePanic:
+	case jobprocpb.End_KIND_PANIC:
 		o.Panicked = true
 	default:
-		return o, malformed("end kind %d", kind)
+		return o, malformed("end kind %d", e.GetKind())
 	}
 	return o, nil
 }
@@ -497,84 +390,50 @@ type logMsg struct {
 	attrs []slog.Attr
 }
 
-// Kinds of an attribute's value on the wire. Values of other kinds travel
-// as text.
-const (
-	attrString   = 1
-	attrInt      = 2
-	attrUint     = 3
-	attrFloat    = 4
-	attrBool     = 5
-	attrDuration = 6
-	attrTime     = 7 // RFC 3339 text
-	attrGroup    = 8
-)
-
-// maxDepth bounds the nesting of groups, when encoding and decoding.
-const maxDepth = 16
-
 func (m *logMsg) frame() []byte {
-	return newFrame(frameLog, func(b []byte) []byte {
-		if !m.time.IsZero() {
-			b = appendSintField(b, 1, m.time.UnixNano())
-		}
-		b = appendSintField(b, 2, int64(m.level))
-		b = appendStringField(b, 3, m.msg)
-		for _, a := range m.attrs {
-			b = appendAttrField(b, 4, a, 0)
-		}
-		return b
-	})
+	l := &jobprocpb.Log{Level: int64(m.level), Message: []byte(m.msg), Attrs: make([]*jobprocpb.Attr, len(m.attrs))}
+	if !m.time.IsZero() {
+		l.TimeUnixNano = proto.Int64(m.time.UnixNano())
+	}
+	for i, a := range m.attrs {
+		l.Attrs[i] = attrToWire(a, 0)
+	}
+	return newFrame(frameLog, l)
 }
 
-// appendAttrField appends a as field num: 1 key, 2 kind (varint),
-// 3 text, 4 number (varint; zigzag for ints and durations, 0/1 for bools),
-// 5 float (fixed64), 6 member of a group (repeated, nested).
-func appendAttrField(b []byte, num protowire.Number, a slog.Attr, depth int) []byte {
-	var body []byte
-	body = appendStringField(body, 1, a.Key)
+// attrToWire converts a; groups deeper than maxDepth travel as text.
+func attrToWire(a slog.Attr, depth int) *jobprocpb.Attr {
+	w := &jobprocpb.Attr{Key: []byte(a.Key)}
 	v := a.Value.Resolve()
 	switch v.Kind() {
 	case slog.KindString:
-		body = appendVarintField(body, 2, attrString)
-		body = appendStringField(body, 3, v.String())
+		w.Value = &jobprocpb.Attr_Text{Text: []byte(v.String())}
 	case slog.KindInt64:
-		body = appendVarintField(body, 2, attrInt)
-		body = appendSintField(body, 4, v.Int64())
+		w.Value = &jobprocpb.Attr_Int{Int: v.Int64()}
 	case slog.KindUint64:
-		body = appendVarintField(body, 2, attrUint)
-		body = appendVarintField(body, 4, v.Uint64())
+		w.Value = &jobprocpb.Attr_Uint{Uint: v.Uint64()}
 	case slog.KindFloat64:
-		body = appendVarintField(body, 2, attrFloat)
-		body = protowire.AppendTag(body, 5, protowire.Fixed64Type)
-		body = protowire.AppendFixed64(body, math.Float64bits(v.Float64()))
+		w.Value = &jobprocpb.Attr_Float{Float: v.Float64()}
 	case slog.KindBool:
-		body = appendVarintField(body, 2, attrBool)
-		if v.Bool() {
-			body = appendVarintField(body, 4, 1)
-		}
+		w.Value = &jobprocpb.Attr_Bool{Bool: v.Bool()}
 	case slog.KindDuration:
-		body = appendVarintField(body, 2, attrDuration)
-		body = appendSintField(body, 4, int64(v.Duration()))
+		w.Value = &jobprocpb.Attr_DurationNs{DurationNs: int64(v.Duration())}
 	case slog.KindTime:
-		body = appendVarintField(body, 2, attrTime)
-		body = appendStringField(body, 3, v.Time().Format(time.RFC3339Nano))
+		w.Value = &jobprocpb.Attr_Time{Time: v.Time().Format(time.RFC3339Nano)}
 	case slog.KindGroup:
 		if depth >= maxDepth {
-			body = appendVarintField(body, 2, attrString)
-			body = appendStringField(body, 3, v.String())
+			w.Value = &jobprocpb.Attr_Text{Text: []byte(v.String())}
 			break
 		}
-		body = appendVarintField(body, 2, attrGroup)
-		for _, m := range v.Group() {
-			body = appendAttrField(body, 6, m, depth+1)
+		g := &jobprocpb.Group{Attrs: make([]*jobprocpb.Attr, len(v.Group()))}
+		for i, m := range v.Group() {
+			g.Attrs[i] = attrToWire(m, depth+1)
 		}
+		w.Value = &jobprocpb.Attr_Group{Group: g}
 	default:
-		body = appendVarintField(body, 2, attrString)
-		body = appendStringField(body, 3, anyText(v.Any()))
+		w.Value = &jobprocpb.Attr_Text{Text: []byte(anyText(v.Any()))}
 	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendBytes(b, body)
+	return w
 }
 
 // anyText is how a value of no other kind travels.
@@ -591,98 +450,57 @@ func anyText(v any) (s string) {
 }
 
 func decodeLog(p []byte) (*logMsg, error) {
-	m := &logMsg{}
-	err := fields(p, func(f field) error {
-		switch f.num {
-		case 1:
-			m.time = time.Unix(0, protowire.DecodeZigZag(f.x))
-			return f.want(protowire.VarintType)
-		case 2:
-			m.level = slog.Level(clampInt(protowire.DecodeZigZag(f.x)))
-			return f.want(protowire.VarintType)
-		case 3:
-			m.msg = string(f.v)
-			return f.want(protowire.BytesType)
-		case 4:
-			if err := f.want(protowire.BytesType); err != nil {
-				return err
-			}
-			a, err := decodeAttr(f.v, 0)
-			if err != nil {
-				return err
-			}
-			m.attrs = append(m.attrs, a)
-		}
-		return nil
-	})
-	if err != nil {
+	var l jobprocpb.Log
+	if err := unmarshal(p, &l); err != nil {
 		return nil, err
+	}
+	m := &logMsg{level: slog.Level(clampInt(l.GetLevel())), msg: string(l.GetMessage())}
+	if l.TimeUnixNano != nil {
+		m.time = time.Unix(0, l.GetTimeUnixNano())
+	}
+	for _, w := range l.GetAttrs() {
+		a, err := attrFromWire(w, 0)
+		if err != nil {
+			return nil, err
+		}
+		m.attrs = append(m.attrs, a)
 	}
 	return m, nil
 }
 
-func decodeAttr(p []byte, depth int) (slog.Attr, error) {
+func attrFromWire(w *jobprocpb.Attr, depth int) (slog.Attr, error) {
 	if depth > maxDepth {
 		return slog.Attr{}, malformed("attributes nested deeper than %d", maxDepth)
 	}
-	var (
-		key, text string
-		kind, num uint64
-		float     float64
-		members   []slog.Attr
-	)
-	err := fields(p, func(f field) error {
-		switch f.num {
-		case 1:
-			key = string(f.v)
-			return f.want(protowire.BytesType)
-		case 2:
-			kind = f.x
-			return f.want(protowire.VarintType)
-		case 3:
-			text = string(f.v)
-			return f.want(protowire.BytesType)
-		case 4:
-			num = f.x
-			return f.want(protowire.VarintType)
-		case 5:
-			float = math.Float64frombits(f.x)
-			return f.want(protowire.Fixed64Type)
-		case 6:
-			if err := f.want(protowire.BytesType); err != nil {
-				return err
-			}
-			a, err := decodeAttr(f.v, depth+1)
+	key := string(w.GetKey())
+	switch v := w.GetValue().(type) {
+	case *jobprocpb.Attr_Int:
+		return slog.Int64(key, v.Int), nil
+	case *jobprocpb.Attr_Uint:
+		return slog.Uint64(key, v.Uint), nil
+	case *jobprocpb.Attr_Float:
+		return slog.Float64(key, v.Float), nil
+	case *jobprocpb.Attr_Bool:
+		return slog.Bool(key, v.Bool), nil
+	case *jobprocpb.Attr_DurationNs:
+		return slog.Duration(key, time.Duration(v.DurationNs)), nil
+	case *jobprocpb.Attr_Time:
+		if t, err := time.Parse(time.RFC3339Nano, v.Time); err == nil {
+			return slog.Time(key, t), nil
+		}
+		return slog.String(key, v.Time), nil
+	case *jobprocpb.Attr_Group:
+		members := make([]slog.Attr, 0, len(v.Group.GetAttrs()))
+		for _, mw := range v.Group.GetAttrs() {
+			a, err := attrFromWire(mw, depth+1)
 			if err != nil {
-				return err
+				return slog.Attr{}, err
 			}
 			members = append(members, a)
 		}
-		return nil
-	})
-	if err != nil {
-		return slog.Attr{}, err
-	}
-	switch kind {
-	case attrInt:
-		return slog.Int64(key, protowire.DecodeZigZag(num)), nil
-	case attrUint:
-		return slog.Uint64(key, num), nil
-	case attrFloat:
-		return slog.Float64(key, float), nil
-	case attrBool:
-		return slog.Bool(key, num != 0), nil
-	case attrDuration:
-		return slog.Duration(key, time.Duration(protowire.DecodeZigZag(num))), nil
-	case attrTime:
-		if t, err := time.Parse(time.RFC3339Nano, text); err == nil {
-			return slog.Time(key, t), nil
-		}
-		return slog.String(key, text), nil
-	case attrGroup:
 		return slog.Attr{Key: key, Value: slog.GroupValue(members...)}, nil
 	}
-	return slog.String(key, text), nil
+	return slog.String(key, string(w.GetText())), nil
 }
 
 func clampInt(v int64) int {

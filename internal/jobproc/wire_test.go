@@ -215,3 +215,55 @@ func same(a, b any) bool {
 	}
 	return reflect.DeepEqual(a, b)
 }
+
+// Text travels byte for byte, valid UTF-8 or not; fields of unknown numbers
+// are skipped; a known field with another wire type is refused, at any
+// depth of this package's messages.
+func TestFrameDecodeRules(t *testing.T) {
+	bad := "caf\xe9 \xff"
+	b := (&logMsg{level: slog.LevelInfo, msg: bad, attrs: []slog.Attr{
+		slog.String(bad, bad), slog.Group("g", slog.String("k", bad)),
+	}}).frame()
+	typ, p, err := newFrameReader(bytes.NewReader(b)).next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := decodeFrame(typ, p)
+	if err != nil {
+		t.Fatalf("log with text that is not UTF-8: %v", err)
+	}
+	l := m.(*logMsg)
+	if l.msg != bad || l.attrs[0].Key != bad || l.attrs[0].Value.String() != bad ||
+		l.attrs[1].Value.Group()[0].Value.String() != bad {
+		t.Errorf("log %+v: text changed on the way", l)
+	}
+	b = Outcome{Error: bad}.frame()
+	typ, p, _ = newFrameReader(bytes.NewReader(b)).next()
+	if m, err := decodeFrame(typ, p); err != nil || m.(Outcome).Error != bad {
+		t.Errorf("end with an error that is not UTF-8: %+v, %v", m, err)
+	}
+
+	for _, tc := range []struct {
+		name    string
+		typ     frameType
+		payload []byte
+		ok      bool
+	}{
+		// hello: field 1 version 2, then field 9 (unknown) varint 5.
+		{"unknown field skipped", frameHello, []byte{0x08, 0x02, 0x48, 0x05}, true},
+		// hello: field 1 as bytes.
+		{"known field, other wire type", frameHello, []byte{0x0a, 0x00}, false},
+		// log: field 4 (attr) holding field 3 (int) as bytes.
+		{"nested known field, other wire type", frameLog, []byte{0x22, 0x02, 0x1a, 0x00}, false},
+		// log: field 4 (attr) holding field 20 (unknown) varint.
+		{"nested unknown field skipped", frameLog, []byte{0x22, 0x03, 0xa0, 0x01, 0x01}, true},
+	} {
+		_, err := decodeFrame(tc.typ, tc.payload)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: error %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, errMalformed) {
+			t.Errorf("%s: error %v does not wrap errMalformed", tc.name, err)
+		}
+	}
+}

@@ -27,6 +27,10 @@
 //
 // To share one server between the tests of a package, see [RunMain] and
 // [Shared].
+//
+// Under go test -short (the inner loop) nothing here starts a server:
+// [StartTB], [StartRedisTB] and [Shared.Server] skip the test, and [RunMain]
+// runs no test of its package (see [SkipShort]).
 package lkserver
 
 import "time"

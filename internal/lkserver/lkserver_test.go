@@ -28,10 +28,60 @@ var mainSrv *Server
 func TestMain(m *testing.M) {
 	// The SDK logs every WebRTC state change; the tests assert on results.
 	lksdk.SetLogger(logger.GetDiscardLogger())
+	if Short() && os.Getenv(envRunMainUnderShort) == "" {
+		os.Exit(m.Run()) // RunMain would run none; the tests without a server run
+	}
 	os.Exit(RunMain(m, Options{}, func(s *Server) { mainSrv = s }))
 }
 
+// envRunMainUnderShort makes TestMain call RunMain even under -short, for
+// TestShortStartsNoServer.
+const envRunMainUnderShort = "LKSERVER_TEST_RUNMAIN_UNDER_SHORT"
+
+// Under -short, the helpers that start a server skip the test that asks for
+// one, and RunMain runs no test at all: each case runs this test binary
+// again with -test.short and reads what it reports.
+func TestShortStartsNoServer(t *testing.T) {
+	SkipShort(t) // the cases run with -short themselves
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		test    string // -test.run pattern
+		env     string // extra environment
+		want    []string
+		notWant string
+	}{
+		{name: "StartTB", test: "^TestStartServesHTTPWebSocketAndWebRTC$",
+			want: []string{"--- SKIP: TestStartServesHTTPWebSocketAndWebRTC", ShortSkipReason}},
+		{name: "Shared", test: "^TestSharedStartsOnceAndCloses$",
+			want: []string{"--- SKIP: TestSharedStartsOnceAndCloses", ShortSkipReason}},
+		{name: "StartRedisTB", test: "^TestTwoNodesShareRedis$",
+			want: []string{"--- SKIP: TestTwoNodesShareRedis", ShortSkipReason}},
+		{name: "RunMain", test: "^TestBinaryFromEnv$", env: envRunMainUnderShort + "=1",
+			want: []string{ShortSkipReason + " (every test of this package)"}, notWant: "TestBinaryFromEnv"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.short", "-test.v", "-test.count=1", "-test.run", tc.test)
+			cmd.Env = append(os.Environ(), tc.env)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("test binary with -short: %v\n%s", err, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			if tc.notWant != "" && strings.Contains(string(out), tc.notWant) {
+				t.Errorf("output mentions %q, which should not have run:\n%s", tc.notWant, out)
+			}
+		})
+	}
+}
+
 func TestRunMainServer(t *testing.T) {
+	SkipShort(t)
 	t.Parallel()
 	if mainSrv == nil || mainSrv.PID() == 0 {
 		t.Fatal("RunMain did not provide a running server")
@@ -310,6 +360,7 @@ func TestStopReportsCrash(t *testing.T) {
 }
 
 func TestStartFailureIncludesServerLog(t *testing.T) {
+	SkipShort(t)
 	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -289,12 +289,10 @@ func waitHealthy(ctx context.Context, url string, proc *process) error {
 	client := &http.Client{Timeout: time.Second}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	last := errors.New("not polled yet")
 	for {
-		if err := checkHealth(ctx, client, url); err == nil {
+		last := checkHealth(ctx, client, url)
+		if last == nil {
 			return nil
-		} else {
-			last = err
 		}
 		select {
 		case <-proc.done:

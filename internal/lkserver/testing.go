@@ -3,6 +3,7 @@ package lkserver
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -10,13 +11,41 @@ import (
 	"testing"
 )
 
+// ShortSkipReason is why a test that needs a real server does not run under
+// go test -short.
+const ShortSkipReason = "skipping under -short: needs a real LiveKit server"
+
+// Short reports whether the tests run with -short, the inner loop in which
+// nothing starts a real server. Unlike [testing.Short] it may be called from
+// TestMain before m.Run: it parses the command line first if that has not
+// been done.
+func Short() bool {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	return testing.Short()
+}
+
+// SkipShort skips tb under go test -short. Every helper of this package
+// that starts a server calls it, so a test that gets its server from one of
+// them is skipped without a line of its own; a test that needs a server by
+// other means calls it first.
+func SkipShort(tb testing.TB) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip(ShortSkipReason)
+	}
+}
+
 // StartTB starts a server for the test or benchmark tb and stops it in
 // tb.Cleanup. It fails tb at once if the server cannot be started. When tb
-// has failed, the cleanup also logs the end of the server's output.
+// has failed, the cleanup also logs the end of the server's output. Under
+// go test -short it skips tb instead (see [SkipShort]).
 //
 // If the binary has to be built first, build progress goes to the test log.
 func StartTB(tb testing.TB, o Options) *Server {
 	tb.Helper()
+	SkipShort(tb)
 	s, err := startForTest(tb.Context(), tb, o)
 	if err != nil {
 		tb.Fatalf("start livekit-server: %v", err)
@@ -32,10 +61,11 @@ func StartTB(tb testing.TB, o Options) *Server {
 }
 
 // StartRedisTB starts a Redis for tb and stops it in tb.Cleanup. It skips
-// the test when redis-server is not installed and fails it on any other
-// error.
+// the test when redis-server is not installed or under go test -short, and
+// fails it on any other error.
 func StartRedisTB(tb testing.TB) *Redis {
 	tb.Helper()
+	SkipShort(tb)
 	r, err := StartRedis(tb.Context())
 	if errors.Is(err, ErrRedisNotInstalled) {
 		tb.Skipf("skipping: %v", err)
@@ -64,7 +94,15 @@ func StartRedisTB(tb testing.TB) *Redis {
 //
 // The server is stopped even when tests fail; if the test binary crashes or
 // is killed, the kernel kills the server with it (on Linux).
+//
+// Every test of a package using RunMain is taken to need the server: under
+// go test -short RunMain starts nothing, runs no test and returns 0. A
+// package that also has tests without a server uses [Shared] instead.
 func RunMain(m *testing.M, o Options, use func(*Server)) int {
+	if Short() {
+		fmt.Println(ShortSkipReason + " (every test of this package)")
+		return 0
+	}
 	ctx := context.Background()
 	if o.Binary == "" {
 		bin, err := Binary(ctx, os.Stderr)
@@ -119,8 +157,10 @@ type Shared struct {
 
 // Server returns the shared server, starting it on the first call. It fails
 // tb if the server could not be started (then and on every later call).
+// Under go test -short it skips tb instead (see [SkipShort]).
 func (sh *Shared) Server(tb testing.TB) *Server {
 	tb.Helper()
+	SkipShort(tb)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	switch {

@@ -414,11 +414,3 @@ func (s *Server) register(c *Conn, req *livekit.RegisterWorkerRequest) bool {
 	s.mu.Unlock()
 	return true
 }
-
-func mustMarshal(m proto.Message) []byte {
-	b, err := proto.Marshal(m)
-	if err != nil {
-		panic(fmt.Sprintf("workertest: marshal %T: %v", m, err))
-	}
-	return b
-}

@@ -32,6 +32,9 @@ import (
 // them and cleans up. It returns the exit code for os.Exit.
 func Main(m *testing.M, bin *string, srv **lkserver.Server) int {
 	lksdk.SetLogger(lklogger.GetDiscardLogger())
+	if lkserver.Short() {
+		return lkserver.RunMain(m, lkserver.Options{}, nil) // runs no test
+	}
 	dir, err := os.MkdirTemp("", "example-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "extest:", err)
