@@ -264,9 +264,12 @@ func processFailure(end jobproc.End) string {
 // serveJobProcess serves the one job handed to this job process, then
 // exits the process.
 func (w *Worker) serveJobProcess(ctx context.Context) {
-	err := jobproc.Serve(ctx, func(ctx context.Context, s jobproc.Spec, r *jobproc.Reporter) jobproc.Outcome {
+	err := jobproc.ServeOptions{Prepare: w.prewarm}.Serve(ctx, func(ctx context.Context, s jobproc.Spec, r *jobproc.Reporter) jobproc.Outcome {
 		return w.runInJobProcess(ctx, s, r)
 	})
+	if errors.Is(err, ErrPrewarm) {
+		fmt.Fprintln(os.Stderr, err) // the worker reports it with the failed start
+	}
 	if err != nil {
 		w.log.Error("job process ended badly", slog.Any("error", err))
 		os.Exit(1)
@@ -301,7 +304,7 @@ func (w *Worker) runInJobProcess(ctx context.Context, s jobproc.Spec, r *jobproc
 		// process that is this job's, whose records reach the worker.
 		sdklog.Install(log.With(slog.String("component", "livekit-sdk")))
 	}
-	_, ctl := jobrt.New(jobCtx, jobrt.Params{
+	_, ctl := jobrt.New(w.withPrewarmed(jobCtx), jobrt.Params{
 		Info: s.Job, Identity: s.Identity, URL: s.URL, Token: s.Token, Logger: log,
 		Timing: timingFrom(s.Base, s.Timing), APIURL: w.o.URL, APIKey: w.o.APIKey, APISecret: w.o.APISecret,
 		OnConnected: func(t jobrt.Timing) {

@@ -467,7 +467,7 @@ func (w *Worker) newJob(a *activeJob) *jobrt.Control {
 	p.OnConnected = func(t jobrt.Timing) {
 		w.report(&a.line, &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_RUNNING, JoinTiming: t.Proto(w.base)})
 	}
-	j, ctl := jobrt.New(a.ctx, p)
+	j, ctl := jobrt.New(w.withPrewarmed(a.ctx), p)
 	j.Logger().Info("job started", slog.String("identity", p.Identity))
 	return ctl
 }

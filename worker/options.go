@@ -165,6 +165,11 @@ type Options struct {
 	// died, as `lkagent guard` does. Off by default.
 	Webhook bool
 
+	// Prewarm, if set, runs once per process before it takes jobs, and
+	// its value reaches every job's context: see [Prewarm] and
+	// [NewPrewarm]. Default none.
+	Prewarm Prewarmer
+
 	// Executor decides where jobs run: InProcess() (default) runs each on
 	// a goroutine of the worker's process; Processes(...) runs each in a
 	// process of its own, so that a job that crashes ends only itself.
