@@ -15,6 +15,7 @@ import (
 	"github.com/livekit/protocol/agent"
 	"github.com/livekit/protocol/livekit"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/lkagent/lkagent/internal/cpuload"
 	"github.com/lkagent/lkagent/internal/lkurl"
@@ -192,6 +193,15 @@ type Options struct {
 	// OnStateChange, if set, is called (from the worker's own goroutine,
 	// keep it quick) on every connection state change.
 	OnStateChange func(StateChange)
+
+	// TracerProvider makes the span of each job (see docs/tracing.md);
+	// default OpenTelemetry's global provider (otel.GetTracerProvider),
+	// read at each job. The handler's context carries the job's span.
+	// In a job process (Processes), the job continues the worker's trace,
+	// and the provider (this one, or the global one that the program set
+	// in the job process too, before Run) is flushed before the process
+	// exits if it has a ForceFlush method, as the SDK's does.
+	TracerProvider trace.TracerProvider
 
 	// Registerer receives the worker's Prometheus collectors; nil = a
 	// registry of the worker's own (see [Worker.Gatherer]). The worker never

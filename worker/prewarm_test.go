@@ -34,11 +34,13 @@ var childPrewarm = worker.NewPrewarm(func(context.Context) (string, error) {
 
 // configureTestChild adds what the environment asks for to the options of
 // a job process of these tests, and returns its handler: jobs with
-// metadata "prewarm" check the prewarmed value; others go to next.
+// metadata "prewarm" check the prewarmed value, "trace" and "trace-join"
+// make spans (trace_test.go); others go to next.
 func configureTestChild(o *worker.Options, next job.Handler) job.Handler {
 	if os.Getenv(envChildPrewarm) != "" {
 		o.Prewarm = childPrewarm
 	}
+	configureTestChildTracing()
 	return func(ctx context.Context, j *job.Job) error {
 		switch j.Metadata() {
 		case "prewarm":
@@ -47,6 +49,8 @@ func configureTestChild(o *worker.Options, next job.Handler) job.Handler {
 				return fmt.Errorf("prewarmed value %q, %v; want %q made in this process", v, ok, want)
 			}
 			return nil
+		case "trace", "trace-join":
+			return traceInChild(ctx, j)
 		}
 		return next(ctx, j)
 	}
