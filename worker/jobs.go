@@ -416,6 +416,7 @@ func (w *Worker) failQueued(aj *activeJob, reason error, status string) {
 	w.report(&aj.line, &livekit.UpdateJobStatus{JobId: aj.info.GetId(), Status: livekit.JobStatus_JS_FAILED, Error: reason.Error()})
 	w.obs.queueLeft(status, waited)
 	w.obs.setQueued(w.queued())
+	w.traceUnlaunched(aj, status, reason.Error())
 	aj.cancel(errJobEnded)
 	w.later(func() {
 		w.log.Warn("queued job failed", jobAttrs(aj.info, aj.line.sess.workerID(),

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/livekit/protocol/livekit"
 
@@ -237,4 +238,47 @@ func TestPrewarmFailsJobProcess(t *testing.T) {
 	eventually(t, "the failed start logged with the prewarm's error", func() bool {
 		return r.logs.count(slog.LevelWarn, "the model would not load") > 0
 	})
+}
+
+// A prewarm hook loads what every job uses once per process, before the
+// worker takes jobs; each job reads it from its context. With
+// worker.Processes, each job process runs the hook before it is ready.
+func ExampleNewPrewarm() {
+	srv := workertest.NewServer(nil)
+	defer srv.Close()
+
+	type model struct{ name string }
+	warm := worker.NewPrewarm(func(ctx context.Context) (*model, error) {
+		fmt.Println("loading the model")
+		return &model{name: "vad-v5"}, nil
+	})
+	done := make(chan struct{})
+	w, err := worker.New(worker.Options{
+		URL: srv.URL(), APIKey: "key", APISecret: "secret", AgentName: "support-bot",
+		Prewarm: warm,
+		Logger:  slog.New(slog.DiscardHandler),
+	}, func(ctx context.Context, j *job.Job) error {
+		defer close(done)
+		m, ok := warm.Value(ctx)
+		fmt.Println("job uses the prewarmed model:", ok, m.name)
+		return nil
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := w.Start(ctx); err != nil { // runs the hook, then registers
+		fmt.Println(err)
+		return
+	}
+	conn, _ := srv.WaitWorker(ctx)
+	_, _ = conn.Dispatch(ctx, workertest.NewJob("support-bot", ""))
+	<-done
+	fmt.Println("Stop:", w.Stop(ctx))
+	// Output:
+	// loading the model
+	// job uses the prewarmed model: true vad-v5
+	// Stop: <nil>
 }

@@ -61,9 +61,13 @@ func (w *Worker) startSpan(a *activeJob) context.Context {
 	if w.useProcs {
 		executor = "processes"
 	}
+	launched := a.started
+	if launched.IsZero() { // never launched: it left the queue now
+		launched = time.Now()
+	}
 	start := t.OfferReceived
 	if start.IsZero() {
-		start = a.started
+		start = launched
 	}
 	ctx, span := w.tracerProvider().Tracer(TracerName, trace.WithInstrumentationVersion(Version)).Start(a.ctx, SpanName,
 		trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindConsumer), trace.WithTimestamp(start),
@@ -92,10 +96,17 @@ func (w *Worker) startSpan(a *activeJob) context.Context {
 	event("accept", t.Accepted)
 	event("assignment", t.AssignmentReceived)
 	if !a.queuedAt.IsZero() {
-		event("queue_wait", a.queuedAt, attrQueueWait.Float64(a.started.Sub(a.queuedAt).Seconds()))
+		event("queue_wait", a.queuedAt, attrQueueWait.Float64(launched.Sub(a.queuedAt).Seconds()))
 	}
 	event("launch", t.Launched)
 	return ctx
+}
+
+// traceUnlaunched records the span of a queued job that failed before it
+// started: it left the queue (QueueTimeout, a drain) and ends now.
+func (w *Worker) traceUnlaunched(a *activeJob, outcome, failure string) {
+	w.startSpan(a)
+	a.endSpan(outcome, failure)
 }
 
 // traceJoined records that the job joined its room, at the instant at.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -372,4 +373,83 @@ func TestTraceRealServer(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A queued job that never starts (QueueTimeout) is a span too: it ends
+// with the queue wait, failed.
+func TestTraceQueueTimeout(t *testing.T) {
+	tp, sr := newRecorderProvider(t)
+	srv := workertest.NewServer(t)
+	o := testOptions(srv, "trace-bot", "staging")
+	o.TracerProvider = tp
+	o.MaxJobs, o.MaxQueued, o.QueueTimeout = 1, 1, 200*time.Millisecond
+	rec := newRecorder()
+	defer rec.releaseAll()
+	startWorker(t, o, rec.handle)
+	c := mustConn(t, srv)
+	held, queued := workertest.NewJob("trace-bot", "staging"), workertest.NewJob("trace-bot", "staging")
+	dispatch(t, c, held)
+	rec.waitStarted(t)
+	dispatch(t, c, queued)
+	waitStatus(t, c, queued.Id, livekit.JobStatus_JS_FAILED)
+	s := jobSpan(t, sr, queued.Id)
+	checkJobSpan(t, s, queued, "queue_timeout", []string{"offer", "accept", "assignment", "queue_wait", "end"})
+	if s.Status().Code != codes.Error || !strings.Contains(s.Status().Description, "QueueTimeout") {
+		t.Errorf("span status %v, want Error saying why", s.Status())
+	}
+	rec.releaseAll()
+}
+
+// Every job is a span of the worker's TracerProvider (here the SDK's, with
+// a recorder; by default OpenTelemetry's global provider), and the
+// handler's context carries it: the handler's own spans are its children.
+func ExampleOptions_tracerProvider() {
+	srv := workertest.NewServer(nil)
+	defer srv.Close()
+
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	defer tp.Shutdown(context.Background())
+
+	w, err := worker.New(worker.Options{
+		URL: srv.URL(), APIKey: "key", APISecret: "secret", AgentName: "support-bot", Deployment: "staging",
+		TracerProvider: tp,
+		Logger:         slog.New(slog.DiscardHandler),
+	}, func(ctx context.Context, j *job.Job) error {
+		// Usually otel.Tracer(name), from the global provider the program
+		// set; here the provider of the job's span.
+		_, span := trace.SpanFromContext(ctx).TracerProvider().Tracer("support-bot").Start(ctx, "answer")
+		defer span.End()
+		return nil
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := w.Start(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	conn, _ := srv.WaitWorker(ctx)
+	j := workertest.NewJob("support-bot", "staging")
+	_, _ = conn.Dispatch(ctx, j)
+	_, _ = conn.WaitJobStatus(ctx, j.Id, livekit.JobStatus_JS_SUCCESS)
+	_ = w.Stop(ctx)
+
+	var jobSpan, answer sdktrace.ReadOnlySpan
+	for _, s := range spans.Ended() {
+		switch s.Name() {
+		case worker.SpanName:
+			jobSpan = s
+		case "answer":
+			answer = s
+		}
+	}
+	fmt.Println(jobSpan.Name(), attr(jobSpan, "lkagent.deployment"), attr(jobSpan, "lkagent.job.outcome"), eventNames(jobSpan))
+	fmt.Println("answer is its child:", answer.Parent().SpanID() == jobSpan.SpanContext().SpanID())
+	// Output:
+	// lkagent.job staging success [offer accept assignment launch end]
+	// answer is its child: true
 }
