@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lkagent/lkagent/guard"
+	"github.com/lkagent/lkagent/internal/wait"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -59,7 +60,7 @@ func TestHeldGaugeAndServe(t *testing.T) {
 	}
 
 	s.createDispatch(t, &livekit.CreateAgentDispatchRequest{AgentName: agent, Room: room, Deployment: "canary", Metadata: "m"})
-	waitFor(t, 30*time.Second, "unserved gauge at 1 for canary", func() bool { sweep(); return gauge() == 1 })
+	wait.Until(t, 30*time.Second, "unserved gauge at 1 for canary", func() bool { sweep(); return gauge() == 1 })
 
 	var mu sync.Mutex
 	runs := 0
@@ -89,7 +90,7 @@ func TestHeldGaugeAndServe(t *testing.T) {
 	if gauge() != 1 {
 		t.Fatalf("gauge = %v before the guard served the dispatch", gauge())
 	}
-	waitFor(t, 60*time.Second, "unserved gauge back at 0", func() bool { sweep(); return gauge() == 0 })
+	wait.Until(t, 60*time.Second, "unserved gauge back at 0", func() bool { sweep(); return gauge() == 0 })
 	mu.Lock()
 	defer mu.Unlock()
 	if runs != 1 {

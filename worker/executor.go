@@ -171,6 +171,7 @@ func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
 	})
 	p := a.params
 	spec := jobproc.Spec{Job: p.Info, Identity: p.Identity, URL: p.URL, Token: p.Token, Base: w.base, Timing: p.Timing.Proto(w.base)}
+	spec.TraceParent, spec.TraceState = traceHeaders(w.startSpan(a)) // the job process continues the job's trace
 	pr, err := pool.Start(a.ctx, spec, log)
 	if err != nil {
 		var ee *jobproc.EndError
@@ -192,6 +193,7 @@ func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
 			switch ev.Kind {
 			case jobproc.EventStatus:
 				ev.Status.JobId = a.info.GetId()
+				w.traceStatus(a, ev.Status)
 				w.report(&a.line, ev.Status)
 			case jobproc.EventMemoryWarn: // logged by the pool
 				w.obs.memoryWarning()
@@ -251,6 +253,7 @@ func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) 
 			slog.String("signal", end.Signal), slog.Int64("max_rss", end.MaxRSS), slog.String("stderr", end.Stderr),
 			slog.Duration("took", took))
 	}
+	a.endSpan(string(status), upd.GetError())
 	if !terminated {
 		w.report(&a.line, upd)
 	}
@@ -327,9 +330,12 @@ func processFailure(end jobproc.End) string {
 // serveJobProcess serves the one job handed to this job process, then
 // exits the process.
 func (w *Worker) serveJobProcess(ctx context.Context) {
-	err := jobproc.Serve(ctx, func(ctx context.Context, s jobproc.Spec, r *jobproc.Reporter) jobproc.Outcome {
+	err := jobproc.ServeOptions{Prepare: w.prewarm}.Serve(ctx, func(ctx context.Context, s jobproc.Spec, r *jobproc.Reporter) jobproc.Outcome {
 		return w.runInJobProcess(ctx, s, r)
 	})
+	if errors.Is(err, ErrPrewarm) {
+		fmt.Fprintln(os.Stderr, err) // the worker reports it with the failed start
+	}
 	if err != nil {
 		w.log.Error("job process ended badly", slog.Any("error", err))
 		os.Exit(1)
@@ -364,7 +370,7 @@ func (w *Worker) runInJobProcess(ctx context.Context, s jobproc.Spec, r *jobproc
 		// process that is this job's, whose records reach the worker.
 		sdklog.Install(log.With(slog.String("component", "livekit-sdk")))
 	}
-	_, ctl := jobrt.New(jobCtx, jobrt.Params{
+	_, ctl := jobrt.New(w.withPrewarmed(withRemoteSpan(jobCtx, s.TraceParent, s.TraceState)), jobrt.Params{
 		Info: s.Job, Identity: s.Identity, URL: s.URL, Token: s.Token, Logger: log,
 		Timing: timingFrom(s.Base, s.Timing), APIURL: w.o.URL, APIKey: w.o.APIKey, APISecret: w.o.APISecret,
 		OnConnected: func(t jobrt.Timing) {
@@ -375,6 +381,7 @@ func (w *Worker) runInJobProcess(ctx context.Context, s jobproc.Spec, r *jobproc
 	hctx, hcancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
 	outcome := ctl.Finish(hctx, err)
 	hcancel()
+	w.flushTraces(log) // the process exits once the job's end is sent
 	var out jobproc.Outcome
 	var pe *jobrt.PanicError
 	switch {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/livekit/protocol/livekit"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/lkagent/lkagent/internal/jobproc"
 	"github.com/lkagent/lkagent/internal/jobrt"
@@ -50,6 +51,7 @@ type activeJob struct {
 	queueTimer *time.Timer
 	started    time.Time     // when the handler was launched; zero while queued
 	proc       *jobproc.Proc // the job's process (Processes executor)
+	span       trace.Span    // the job's span (trace.go); set and used on the job's goroutine
 	stuck      *time.Timer   // set when the server terminated the job
 	ignoring   bool          // still running ShutdownTimeout after its termination
 }
@@ -420,6 +422,7 @@ func (w *Worker) failQueued(aj *activeJob, reason error, status EndStatus) {
 	w.obs.setQueued(w.queued())
 	w.events.emit(Event{Kind: EventEnded, JobID: aj.info.GetId(), Room: aj.info.GetRoom().GetName(),
 		Status: status, Err: reason, Cause: context.Cause(aj.ctx), Took: waited})
+	w.traceUnlaunched(aj, string(status), reason.Error())
 	aj.cancel(errJobEnded)
 	w.later(func() {
 		w.log.Warn("queued job failed", jobAttrs(aj.info, aj.line.sess.workerID(),
@@ -471,9 +474,10 @@ func (w *Worker) newJob(a *activeJob) *jobrt.Control {
 	p := a.params
 	p.Logger = w.o.Logger.With(slog.String("worker_id", a.line.sess.workerID()))
 	p.OnConnected = func(t jobrt.Timing) {
+		a.traceJoined(t.Connected)
 		w.report(&a.line, &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_RUNNING, JoinTiming: t.Proto(w.base)})
 	}
-	j, ctl := jobrt.New(a.ctx, p)
+	j, ctl := jobrt.New(w.withPrewarmed(w.startSpan(a)), p)
 	j.Logger().Info("job started", slog.String("identity", p.Identity))
 	return ctl
 }
@@ -511,6 +515,7 @@ func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
 		log.Info("job finished", slog.Duration("took", time.Since(a.started)))
 		warnQuickReturn(log, ctl, onItsOwn, err)
 	}
+	a.endSpan(string(status), upd.GetError())
 	// A job the server terminated is already over for the server: it
 	// recorded the end when it sent the termination and would drop a
 	// status as one of an unknown job.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/lkagent/lkagent/internal/cpuload"
 	"github.com/lkagent/lkagent/internal/deploy"
@@ -178,6 +179,11 @@ type Options struct {
 	// died, as `lkagent guard` does. Off by default.
 	Webhook bool
 
+	// Prewarm, if set, runs once per process before it takes jobs, and
+	// its value reaches every job's context: see [Prewarm] and
+	// [NewPrewarm]. Default none.
+	Prewarm Prewarmer
+
 	// Executor decides where jobs run: InProcess() (default) runs each on
 	// a goroutine of the worker's process; Processes(...) runs each in a
 	// process of its own, so that a job that crashes ends only itself.
@@ -200,6 +206,15 @@ type Options struct {
 	// OnStateChange, if set, is called (from the worker's own goroutine,
 	// keep it quick) on every connection state change.
 	OnStateChange func(StateChange)
+
+	// TracerProvider makes the span of each job (see docs/tracing.md);
+	// default OpenTelemetry's global provider (otel.GetTracerProvider),
+	// read at each job. The handler's context carries the job's span.
+	// In a job process (Processes), the job continues the worker's trace,
+	// and the provider (this one, or the global one that the program set
+	// in the job process too, before Run) is flushed before the process
+	// exits if it has a ForceFlush method, as the SDK's does.
+	TracerProvider trace.TracerProvider
 
 	// Registerer receives the worker's Prometheus collectors; nil = a
 	// registry of the worker's own (see [Worker.Gatherer]). The worker never

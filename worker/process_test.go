@@ -43,8 +43,10 @@ func serveTestJobProcess() {
 		fmt.Fprintln(os.Stderr, "this job process cannot start")
 		os.Exit(1)
 	}
-	w, err := worker.New(worker.Options{URL: "ws://127.0.0.1:1", APIKey: "k", APISecret: "s", AgentName: "proc-bot",
-		Executor: worker.Processes(worker.ProcessOptions{}), ShutdownTimeout: 2 * time.Second}, misbehave)
+	o := worker.Options{URL: "ws://127.0.0.1:1", APIKey: "k", APISecret: "s", AgentName: "proc-bot",
+		Executor: worker.Processes(worker.ProcessOptions{}), ShutdownTimeout: 2 * time.Second}
+	handler := configureTestChild(&o, misbehave) // prewarm_test.go
+	w, err := worker.New(o, handler)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

@@ -56,6 +56,7 @@ type Worker struct {
 	useProcs  bool                          // jobs run in job processes
 	pool      atomic.Pointer[jobproc.Pool]  // the current run's job processes
 	poolErr   atomic.Pointer[error]         // why job processes cannot start, nil when they can
+	warm      warmState                     // what Options.Prewarm made (prewarm.go)
 	// statusDelay is StatusDelay; tests against a fake without the
 	// server's race set it to 0.
 	statusDelay time.Duration
@@ -222,6 +223,12 @@ func (w *Worker) startRun(ctx context.Context, stop func()) error {
 	}
 	if !w.runMu.TryLock() {
 		return ErrAlreadyRunning
+	}
+	if !w.useProcs { // Options.Prewarm; job processes run it themselves
+		if err := w.prewarm(ctx); err != nil {
+			w.runMu.Unlock()
+			return err
+		}
 	}
 	rs, err := w.begin(ctx)
 	if err != nil {

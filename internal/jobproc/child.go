@@ -84,7 +84,21 @@ var served atomic.Bool
 // and if run has not returned 10 seconds later the process exits with
 // code 1. Serve returns ctx.Err() if ctx is done before a job came. It may
 // be called once per process.
-func Serve(ctx context.Context, run RunFunc) error {
+func Serve(ctx context.Context, run RunFunc) error { return ServeOptions{}.Serve(ctx, run) }
+
+// ServeOptions add to what [Serve] does.
+type ServeOptions struct {
+	// Prepare, if set, runs once before the process reports ready, with a
+	// context that ends with Serve's ctx or when the parent goes away: it
+	// makes what every job of the process uses (the runtime's prewarm
+	// hook). The parent's StartTimeout bounds it. If it fails, Serve
+	// returns its error without reporting ready; the process should then
+	// exit with a non-zero code, which the parent counts as a failed start.
+	Prepare func(ctx context.Context) error
+}
+
+// Serve is [Serve] with o.
+func (o ServeOptions) Serve(ctx context.Context, run RunFunc) error {
 	if !childEnv.ok {
 		return errors.New("jobproc: Serve in a process that is not a job process")
 	}
@@ -109,6 +123,11 @@ func Serve(ctx context.Context, run RunFunc) error {
 	}()
 	go c.read()
 	warmUp()
+	if o.Prepare != nil {
+		if err := c.prepare(ctx, o.Prepare); err != nil {
+			return err
+		}
+	}
 	if err := c.write(helloMsg{version: ProtocolVersion, pid: os.Getpid()}.frame()); err != nil {
 		return ErrParentGone
 	}
@@ -120,7 +139,8 @@ func Serve(ctx context.Context, run RunFunc) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	spec := Spec{Job: m.job, Identity: m.identity, URL: m.url, Token: m.token, Timing: m.timing, Extra: m.extra}
+	spec := Spec{Job: m.job, Identity: m.identity, URL: m.url, Token: m.token, Timing: m.timing, Extra: m.extra,
+		TraceParent: m.trace[0], TraceState: m.trace[1]}
 	if m.hasBase {
 		spec.Base = time.Now().Add(-m.baseAge)
 	}
@@ -133,14 +153,14 @@ func Serve(ctx context.Context, run RunFunc) error {
 	if err := c.write(newFrame(frameStarted, nil)); err != nil {
 		return ErrParentGone
 	}
-	o := call(jobCtx, run, spec, r)
+	out := call(jobCtx, run, spec, r)
 	c.mu.Lock()
 	c.finished = true
 	if c.orphan != nil {
 		c.orphan.Stop()
 	}
 	c.mu.Unlock()
-	if err := c.write(o.frame()); err != nil {
+	if err := c.write(out.frame()); err != nil {
 		return ErrParentGone
 	}
 	return nil
@@ -173,6 +193,22 @@ func warmUp() {
 	}
 	walk((&livekit.Job{}).ProtoReflect().Descriptor())
 	walk((&livekit.UpdateJobStatus{}).ProtoReflect().Descriptor())
+}
+
+// prepare runs fn with a context that also ends when the parent goes away.
+func (c *child) prepare(ctx context.Context, fn func(ctx context.Context) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-c.gone:
+			cancel(ErrParentGone)
+		case <-stop:
+		}
+	}()
+	return fn(ctx)
 }
 
 // call runs run, turning a panic into an outcome.

@@ -165,8 +165,8 @@ func testJob(ctx context.Context, s Spec, r *Reporter) Outcome {
 		}
 		return Failure(errors.New("wrote to stderr"))
 	case "echo":
-		return Failure(fmt.Errorf("identity=%s url=%s token=%s room=%s extra=%s accepted=%d base_age_ms=%d",
-			s.Identity, s.URL, s.Token, s.Job.GetRoom().GetName(), s.Extra, s.Timing.GetAcceptedUs(),
+		return Failure(fmt.Errorf("identity=%s url=%s token=%s room=%s extra=%s traceparent=%s tracestate=%s accepted=%d base_age_ms=%d",
+			s.Identity, s.URL, s.Token, s.Job.GetRoom().GetName(), s.Extra, s.TraceParent, s.TraceState, s.Timing.GetAcceptedUs(),
 			time.Since(s.Base).Milliseconds()))
 	case "parentgone":
 		<-ctx.Done()
@@ -191,15 +191,19 @@ func testJob(ctx context.Context, s Spec, r *Reporter) Outcome {
 
 const secretToken = "secret-token-4f7a"
 
+const testTraceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
 func spec(behaviour string) Spec {
 	return Spec{
-		Job:      &livekit.Job{Id: "AJ_test", Room: &livekit.Room{Name: "room-1"}, Metadata: behaviour},
-		Identity: "agent-1",
-		URL:      "ws://127.0.0.1:7880",
-		Token:    secretToken,
-		Base:     time.Now().Add(-time.Second),
-		Timing:   &livekit.JobJoinTiming{AcceptedUs: 1234},
-		Extra:    []byte("xtra"),
+		Job:         &livekit.Job{Id: "AJ_test", Room: &livekit.Room{Name: "room-1"}, Metadata: behaviour},
+		Identity:    "agent-1",
+		URL:         "ws://127.0.0.1:7880",
+		Token:       secretToken,
+		Base:        time.Now().Add(-time.Second),
+		Timing:      &livekit.JobJoinTiming{AcceptedUs: 1234},
+		Extra:       []byte("xtra"),
+		TraceParent: testTraceParent,
+		TraceState:  "vendor=x",
 	}
 }
 

@@ -582,7 +582,7 @@ func (pr *Proc) Wait() End {
 func (pr *Proc) sendJob(s Spec, log *slog.Logger) error {
 	pr.logger.Store(log)
 	m := &jobMsg{job: s.Job, identity: s.Identity, url: s.URL, token: s.Token, timing: s.Timing,
-		extra: s.Extra, logLevel: lowestLevel(log)}
+		extra: s.Extra, logLevel: lowestLevel(log), trace: [2]string{s.TraceParent, s.TraceState}}
 	if !s.Base.IsZero() {
 		m.hasBase, m.baseAge = true, time.Since(s.Base)
 	}

@@ -130,7 +130,7 @@ func TestSpecReachesChild(t *testing.T) {
 	p := newPool(t, testOptions(nil))
 	e := wait(t, start(t, p, "echo", nil), 60*time.Second)
 	for _, want := range []string{"identity=agent-1", "url=ws://127.0.0.1:7880", "token=" + secretToken,
-		"room=room-1", "extra=xtra", "accepted=1234", "base_age_ms="} {
+		"room=room-1", "extra=xtra", "traceparent=" + testTraceParent, "tracestate=vendor=x", "accepted=1234", "base_age_ms="} {
 		if !strings.Contains(e.Error, want) {
 			t.Errorf("child saw %q; want %q", e.Error, want)
 		}

@@ -35,6 +35,11 @@ type Spec struct {
 	// Extra is opaque to this package: whatever else the runtime wants
 	// the child to have.
 	Extra []byte
+	// TraceParent and TraceState are the job's trace context as W3C Trace
+	// Context headers, so that the child continues the parent's trace;
+	// empty when the job is not traced. Opaque to this package.
+	TraceParent string
+	TraceState  string
 }
 
 // String describes s without its token.

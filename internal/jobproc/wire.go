@@ -256,6 +256,7 @@ type jobMsg struct {
 	hasBase  bool
 	extra    []byte
 	logLevel slog.Level
+	trace    [2]string // traceparent, tracestate
 }
 
 func (m *jobMsg) frame() []byte {
@@ -267,6 +268,9 @@ func (m *jobMsg) frame() []byte {
 		Timing:   m.timing,
 		Extra:    m.extra,
 		LogLevel: int64(m.logLevel),
+	}
+	if m.trace != [2]string{} {
+		j.Traceparent, j.Tracestate = []byte(m.trace[0]), []byte(m.trace[1])
 	}
 	if m.hasBase {
 		j.BaseAgeNs = proto.Int64(int64(max(m.baseAge, 0)))
@@ -290,6 +294,7 @@ func decodeJob(p []byte) (*jobMsg, error) {
 		timing:   j.GetTiming(),
 		extra:    j.GetExtra(),
 		logLevel: slog.Level(clampInt(j.GetLogLevel())),
+		trace:    [2]string{string(j.GetTraceparent()), string(j.GetTracestate())},
 	}
 	if j.BaseAgeNs != nil {
 		if j.GetBaseAgeNs() < 0 {

@@ -22,7 +22,8 @@ func seedFrames() [][]byte {
 		helloMsg{version: ProtocolVersion, pid: 4242}.frame(),
 		(&jobMsg{job: &livekit.Job{Id: "AJ_1", Metadata: "m", Room: &livekit.Room{Name: "r"}}, identity: "i",
 			url: "ws://x", token: "t", timing: &livekit.JobJoinTiming{AcceptedUs: 3}, hasBase: true,
-			baseAge: time.Second, extra: []byte{1, 2}, logLevel: slog.LevelDebug}).frame(),
+			baseAge: time.Second, extra: []byte{1, 2}, logLevel: slog.LevelDebug,
+			trace: [2]string{"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "k=v"}}).frame(),
 		cancelMsg{code: "terminated", text: "by server"}.frame(),
 		pingFrame(framePing, 7),
 		pingFrame(framePong, 7),
@@ -69,7 +70,8 @@ func TestFrameRoundTrip(t *testing.T) {
 	}
 	j := got[1].(*jobMsg)
 	if j.job.GetId() != "AJ_1" || j.identity != "i" || j.url != "ws://x" || j.token != "t" || j.timing.GetAcceptedUs() != 3 ||
-		!j.hasBase || j.baseAge != time.Second || !bytes.Equal(j.extra, []byte{1, 2}) || j.logLevel != slog.LevelDebug {
+		!j.hasBase || j.baseAge != time.Second || !bytes.Equal(j.extra, []byte{1, 2}) || j.logLevel != slog.LevelDebug ||
+		j.trace != [2]string{"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "k=v"} {
 		t.Errorf("job %+v", j)
 	}
 	if c := got[2].(cancelMsg); c.code != "terminated" || c.text != "by server" {
@@ -206,7 +208,7 @@ func same(a, b any) bool {
 		b := b.(*jobMsg)
 		return proto.Equal(a.job, b.job) && proto.Equal(a.timing, b.timing) && a.identity == b.identity &&
 			a.url == b.url && a.token == b.token && a.hasBase == b.hasBase && a.baseAge == b.baseAge &&
-			bytes.Equal(a.extra, b.extra) && a.logLevel == b.logLevel
+			bytes.Equal(a.extra, b.extra) && a.logLevel == b.logLevel && a.trace == b.trace
 	case *livekit.UpdateJobStatus:
 		return proto.Equal(a, b.(*livekit.UpdateJobStatus))
 	case Outcome:

@@ -153,7 +153,12 @@ type Job struct {
 	BaseAgeNs *int64 `protobuf:"varint,6,opt,name=base_age_ns,json=baseAgeNs,proto3,oneof" json:"base_age_ns,omitempty"`
 	Extra     []byte `protobuf:"bytes,7,opt,name=extra,proto3" json:"extra,omitempty"`
 	// The lowest slog level the parent emits.
-	LogLevel      int64 `protobuf:"zigzag64,8,opt,name=log_level,json=logLevel,proto3" json:"log_level,omitempty"`
+	LogLevel int64 `protobuf:"zigzag64,8,opt,name=log_level,json=logLevel,proto3" json:"log_level,omitempty"`
+	// The job's trace context as W3C Trace Context headers (traceparent,
+	// tracestate), so that the job process continues the parent's trace;
+	// empty when the job is not traced.
+	Traceparent   []byte `protobuf:"bytes,9,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	Tracestate    []byte `protobuf:"bytes,10,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -242,6 +247,20 @@ func (x *Job) GetLogLevel() int64 {
 		return x.LogLevel
 	}
 	return 0
+}
+
+func (x *Job) GetTraceparent() []byte {
+	if x != nil {
+		return x.Traceparent
+	}
+	return nil
+}
+
+func (x *Job) GetTracestate() []byte {
+	if x != nil {
+		return x.Tracestate
+	}
+	return nil
 }
 
 // Cancel: parent to child, cancel the job's context with this cause.
@@ -729,7 +748,7 @@ const file_jobproc_proto_rawDesc = "" +
 	"\rjobproc.proto\x12\x0flkagent.jobproc\x1a\x13livekit_agent.proto\"3\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x10\n" +
-	"\x03pid\x18\x02 \x01(\x04R\x03pid\"\x81\x02\n" +
+	"\x03pid\x18\x02 \x01(\x04R\x03pid\"\xc3\x02\n" +
 	"\x03Job\x12\x1e\n" +
 	"\x03job\x18\x01 \x01(\v2\f.livekit.JobR\x03job\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\fR\bidentity\x12\x10\n" +
@@ -738,7 +757,12 @@ const file_jobproc_proto_rawDesc = "" +
 	"\x06timing\x18\x05 \x01(\v2\x16.livekit.JobJoinTimingR\x06timing\x12#\n" +
 	"\vbase_age_ns\x18\x06 \x01(\x03H\x00R\tbaseAgeNs\x88\x01\x01\x12\x14\n" +
 	"\x05extra\x18\a \x01(\fR\x05extra\x12\x1b\n" +
-	"\tlog_level\x18\b \x01(\x12R\blogLevelB\x0e\n" +
+	"\tlog_level\x18\b \x01(\x12R\blogLevel\x12 \n" +
+	"\vtraceparent\x18\t \x01(\fR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\n" +
+	" \x01(\fR\n" +
+	"tracestateB\x0e\n" +
 	"\f_base_age_ns\"0\n" +
 	"\x06Cancel\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\fR\x04code\x12\x12\n" +
