@@ -45,6 +45,9 @@ func serveTestJobProcess() {
 		fmt.Fprintln(os.Stderr, "this job process cannot start")
 		os.Exit(1)
 	}
+	// A program's own log line before it builds its worker: it reaches the
+	// worker's logger as this record (TestJobProcessLogsBeforeNew).
+	slog.New(slog.NewTextHandler(os.Stderr, nil)).Info("job process program starting", "step", "before worker.New")
 	w, err := worker.New(worker.Options{URL: "ws://127.0.0.1:1", APIKey: "k", APISecret: "s", AgentName: "proc-bot",
 		Executor: worker.Processes(worker.ProcessOptions{}), ShutdownTimeout: 2 * time.Second}, misbehave)
 	if err != nil {
@@ -308,6 +311,33 @@ func TestProcessMemoryLimitOvershoot(t *testing.T) {
 		seen[0], seen[len(seen)-1], seen)
 	if over := seen[len(seen)-1] - limit>>20; over > 30 {
 		t.Errorf("killed %.0f MiB past the limit: the poll near the limit is too slow", over)
+	}
+}
+
+// What a job process's program logs before worker.New reaches the
+// worker's logger as the record it was, not as a line of stderr text.
+func TestJobProcessLogsBeforeNew(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServer(t)
+	r := startWorker(t, processOptions(srv, worker.ProcessOptions{}), misbehave)
+	sub := r.w.Subscribe(worker.EventEnded)
+	defer sub.Close()
+	c := mustConn(t, srv)
+	j := procJob("ok")
+	dispatch(t, c, j)
+	nextEvent(t, sub, "ended", ended(j.GetId()))
+	eventually(t, "the program's line", func() bool {
+		for _, e := range r.logs.entries() {
+			if e.Msg == "job process program starting" && e.Level == slog.LevelInfo && strings.Contains(e.Text, "step=before worker.New") {
+				return true
+			}
+		}
+		return false
+	})
+	for _, e := range r.logs.entries() {
+		if e.Msg == "job process stderr" && strings.Contains(e.Text, "job process program starting") {
+			t.Fatalf("the program's record reached the worker as stderr text: %s", e.Text)
+		}
 	}
 }
 

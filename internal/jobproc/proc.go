@@ -347,7 +347,8 @@ func (pr *Proc) relay(m *logMsg) {
 }
 
 // stderrLoop keeps the tail of the child's stderr and forwards its lines:
-// at Info, and at Warn from the line on where the Go runtime announced a
+// a line log/slog wrote as the record it was (see parseLogLine), others at
+// Info, and at Warn from the line on where the Go runtime announced a
 // crash.
 func (pr *Proc) stderrLoop() {
 	defer pr.pool.wg.Done()
@@ -362,7 +363,14 @@ func (pr *Proc) stderrLoop() {
 			if pr.tail.add(line) {
 				level = slog.LevelWarn
 			}
-			if strings.TrimSpace(line) != "" {
+			if rec, ok := parseLogLine(line); ok && level == slog.LevelInfo {
+				// A record the program logged to its stderr (before it
+				// built its worker, say) goes on as the record it was.
+				rec.AddAttrs(slog.Int("pid", pr.pid))
+				if h := pr.logger.Load().Handler(); h.Enabled(context.Background(), rec.Level) {
+					_ = h.Handle(context.Background(), rec)
+				}
+			} else if strings.TrimSpace(line) != "" {
 				pr.logger.Load().LogAttrs(context.Background(), level, "job process stderr",
 					slog.String("line", line), slog.Int("pid", pr.pid))
 			}
