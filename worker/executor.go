@@ -46,7 +46,13 @@ type ProcessOptions struct {
 	// logged at Warn, once; 0 = no warning.
 	MemoryWarn int64
 	// MemoryLimit: a job process whose RSS passes it is killed, and its
-	// job reported failed saying so; 0 = no limit.
+	// job reported failed saying so; 0 = no limit. It is a poll of the
+	// resident set (every second, every 50 ms above half the limit), not a
+	// hard cap: a job that grows fast is seen a little past it (200.2–202.4
+	// MiB for a 200 MiB limit, measured; see docs/job-processes.md). Job
+	// processes also get GOMEMLIMIT at 90% of it (unless the environment
+	// sets GOMEMLIMIT), so that their Go heap is collected harder near it.
+	// Linux only.
 	MemoryLimit int64
 	// StartTimeout bounds a job process's start; default 10s. A process
 	// that does not become ready in time is killed. Starts that keep

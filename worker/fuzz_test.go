@@ -190,6 +190,8 @@ func fuzzWorker(t *testing.T, frames [][]byte) {
 		return connect()
 	}
 
+	sub := w.Subscribe()
+	defer sub.Close()
 	jobCtx, cancel := context.WithCancelCause(context.Background())
 	s := connect()
 	for _, b := range frames {
@@ -242,9 +244,62 @@ func fuzzWorker(t *testing.T, frames [][]byte) {
 	if peak > maxJobs {
 		t.Fatalf("%d handlers ran at once, MaxJobs is %d", peak, maxJobs)
 	}
+	checkEvents(t, sub, seen)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.jobs) != 0 || len(w.reserved) != 0 || len(w.queue) != 0 {
 		t.Fatalf("%d jobs, %d queued and %d reservations left after every handler returned", len(w.jobs), len(w.queue), len(w.reserved))
+	}
+}
+
+// checkEvents checks the job events of a run against a job's states: every
+// job was offered before anything else happened to it; it was queued,
+// started and ended at most once each, in that order; ended only after it
+// was queued or started, and every queued or started job ended; declines
+// say why; the jobs started are those whose handler ran; nothing dropped.
+func checkEvents(t *testing.T, sub *Subscription, ran map[string]bool) {
+	t.Helper()
+	if n := sub.Dropped(); n != 0 {
+		t.Fatalf("%d events dropped", n)
+	}
+	type state struct{ offered, queued, started, ended bool }
+	jobs := map[string]*state{}
+	for len(sub.C) > 0 {
+		e := <-sub.C
+		st := jobs[e.JobID]
+		if st == nil {
+			st = &state{}
+			jobs[e.JobID] = st
+		}
+		if e.Kind != EventOffered && !st.offered {
+			t.Fatalf("job %s: %s before it was offered", e.JobID, e.Kind)
+		}
+		bad := false
+		switch e.Kind {
+		case EventOffered:
+			st.offered = true
+		case EventDeclined:
+			bad = e.Reason == ""
+		case EventQueued:
+			bad = st.queued || st.started || st.ended
+			st.queued = true
+		case EventStarted:
+			bad = st.started || st.ended
+			st.started = true
+		case EventEnded:
+			bad = st.ended || !(st.queued || st.started) || e.Status == ""
+			st.ended = true
+		}
+		if bad {
+			t.Fatalf("job %s: %+v in state %+v", e.JobID, e, *st)
+		}
+	}
+	for id, st := range jobs {
+		if (st.queued || st.started) && !st.ended {
+			t.Fatalf("job %s was queued or started and never ended", id)
+		}
+		if st.started != ran[id] {
+			t.Fatalf("job %s: started event %v, handler ran %v", id, st.started, ran[id])
+		}
 	}
 }

@@ -312,7 +312,6 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 	if start {
 		w.start(aj)
 	} else {
-		w.events.emit(Event{Kind: EventQueued, JobID: id, Room: info.GetRoom().GetName()})
 		// The server shows the job pending until it starts.
 		w.report(&aj.line, &livekit.UpdateJobStatus{JobId: id, Status: livekit.JobStatus_JS_PENDING})
 		w.obs.setQueued(w.queued())
@@ -350,6 +349,9 @@ func (w *Worker) start(aj *activeJob) {
 func (w *Worker) enqueueLocked(aj *activeJob) {
 	aj.queued, aj.queuedAt = true, time.Now()
 	w.queue = append(w.queue, aj)
+	// Under w.mu: a slot freeing at once must not start the job (and say
+	// so) before it was said to be queued.
+	w.events.emit(Event{Kind: EventQueued, Time: aj.queuedAt, JobID: aj.info.GetId(), Room: aj.info.GetRoom().GetName()})
 	aj.queueTimer = time.AfterFunc(w.o.QueueTimeout, func() { w.queueTimeout(aj) })
 }
 

@@ -97,6 +97,10 @@ func TestExecutorParity(t *testing.T) {
 		if !procs {
 			o.Executor = nil
 		}
+		// A job process that was told to stop may take seconds to end on
+		// a loaded machine: its end must still come before the worker
+		// gives up on it.
+		o.ShutdownTimeout = patience / 2
 		r := startWorker(t, o, misbehave)
 		sub := r.w.Subscribe(worker.EventEnded)
 		defer sub.Close()

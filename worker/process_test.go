@@ -9,7 +9,10 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -43,6 +46,9 @@ func serveTestJobProcess() {
 		fmt.Fprintln(os.Stderr, "this job process cannot start")
 		os.Exit(1)
 	}
+	// A program's own log line before it builds its worker: it reaches the
+	// worker's logger as this record (TestJobProcessLogsBeforeNew).
+	slog.New(slog.NewTextHandler(os.Stderr, nil)).Info("job process program starting", "step", "before worker.New")
 	o := worker.Options{URL: "ws://127.0.0.1:1", APIKey: "k", APISecret: "s", AgentName: "proc-bot",
 		Executor: worker.Processes(worker.ProcessOptions{}), ShutdownTimeout: 2 * time.Second}
 	handler := configureTestChild(&o, misbehave) // prewarm_test.go
@@ -266,6 +272,76 @@ func TestProcessMemoryLimit(t *testing.T) {
 	}
 	if err := c.Terminate(grower.GetId()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// MemoryLimit is a poll of the resident set, faster near the limit: a job
+// that allocates and keeps 16 MiB chunks as fast as it can is killed soon
+// after it passes a 200 MiB limit. With a 1 s poll the same job was seen
+// up to 54 MiB past it (in a test binary built with -race). The figures
+// are logged for docs/job-processes.md.
+func TestProcessMemoryLimitOvershoot(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("allocates hundreds of MiB")
+	}
+	const limit = 200 << 20
+	srv := workertest.NewServer(t)
+	r := startWorker(t, processOptions(srv, worker.ProcessOptions{MemoryLimit: limit}), misbehave)
+	sub := r.w.Subscribe(worker.EventEnded)
+	defer sub.Close()
+	c := mustConn(t, srv)
+	seenRE := regexp.MustCompile(`resident set, ([0-9.]+) MiB`)
+	var seen []float64
+	for range 5 {
+		j := procJob("alloc")
+		dispatch(t, c, j)
+		e, _ := nextEvent(t, sub, "ended", ended(j.GetId()))
+		if e.Status != worker.StatusMemoryLimit {
+			t.Fatalf("job ended %s (%v), want %s", e.Status, e.Err, worker.StatusMemoryLimit)
+		}
+		m := seenRE.FindStringSubmatch(e.Err.Error())
+		if m == nil {
+			t.Fatalf("the error %q does not say the resident set seen", e.Err)
+		}
+		v, err := strconv.ParseFloat(m[1], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen = append(seen, v)
+	}
+	slices.Sort(seen)
+	t.Logf("MemoryLimit 200 MiB, a job allocating as fast as it can: resident set seen at the kill %.1f–%.1f MiB (%v)",
+		seen[0], seen[len(seen)-1], seen)
+	if over := seen[len(seen)-1] - limit>>20; over > 30 {
+		t.Errorf("killed %.0f MiB past the limit: the poll near the limit is too slow", over)
+	}
+}
+
+// What a job process's program logs before worker.New reaches the
+// worker's logger as the record it was, not as a line of stderr text.
+func TestJobProcessLogsBeforeNew(t *testing.T) {
+	t.Parallel()
+	srv := workertest.NewServer(t)
+	r := startWorker(t, processOptions(srv, worker.ProcessOptions{}), misbehave)
+	sub := r.w.Subscribe(worker.EventEnded)
+	defer sub.Close()
+	c := mustConn(t, srv)
+	j := procJob("ok")
+	dispatch(t, c, j)
+	nextEvent(t, sub, "ended", ended(j.GetId()))
+	eventually(t, "the program's line", func() bool {
+		for _, e := range r.logs.entries() {
+			if e.Msg == "job process program starting" && e.Level == slog.LevelInfo && strings.Contains(e.Text, "step=before worker.New") {
+				return true
+			}
+		}
+		return false
+	})
+	for _, e := range r.logs.entries() {
+		if e.Msg == "job process stderr" && strings.Contains(e.Text, "job process program starting") {
+			t.Fatalf("the program's record reached the worker as stderr text: %s", e.Text)
+		}
 	}
 }
 

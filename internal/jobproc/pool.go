@@ -66,7 +66,12 @@ type Options struct {
 	MemoryWarn int64
 	// MemoryLimit, in bytes of resident set: a process past it is killed
 	// and ends with EndMemoryLimit. 0: off. Both are checked every
-	// MemoryInterval (default 1s), on Linux only.
+	// MemoryInterval (default 1s), on Linux only, and every
+	// MemoryInterval/20 (at least 10ms) while a process's resident set is
+	// above half the limit. It is a poll: a process that grows fast passes
+	// the limit by what it allocates in one interval before it is killed.
+	// With a limit, the child also gets GOMEMLIMIT (softMemoryLimit of it)
+	// unless the environment sets one: a soft limit for its Go heap.
 	MemoryLimit    int64
 	MemoryInterval time.Duration
 	// PingInterval is how often each process is pinged (default 2s);
@@ -179,6 +184,12 @@ func New(o Options) (*Pool, error) {
 	}
 	env := append(os.Environ(), o.Env...)
 	env = slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, envChild+"=") })
+	if o.MemoryLimit > 0 && !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "GOMEMLIMIT=") }) {
+		// A soft limit below the hard one: the child's Go runtime collects
+		// garbage harder as its heap nears it, so that a job whose memory
+		// is mostly garbage stays under the limit instead of being killed.
+		env = append(env, "GOMEMLIMIT="+strconv.FormatInt(softMemoryLimit(o.MemoryLimit), 10))
+	}
 	env = append(env, envChild+"="+strconv.Itoa(ProtocolVersion)+":"+strconv.Itoa(childFD))
 	p := &Pool{
 		o:       o,

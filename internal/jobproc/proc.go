@@ -347,7 +347,8 @@ func (pr *Proc) relay(m *logMsg) {
 }
 
 // stderrLoop keeps the tail of the child's stderr and forwards its lines:
-// at Info, and at Warn from the line on where the Go runtime announced a
+// a line log/slog wrote as the record it was (see parseLogLine), others at
+// Info, and at Warn from the line on where the Go runtime announced a
 // crash.
 func (pr *Proc) stderrLoop() {
 	defer pr.pool.wg.Done()
@@ -362,7 +363,14 @@ func (pr *Proc) stderrLoop() {
 			if pr.tail.add(line) {
 				level = slog.LevelWarn
 			}
-			if strings.TrimSpace(line) != "" {
+			if rec, ok := parseLogLine(line); ok && level == slog.LevelInfo {
+				// A record the program logged to its stderr (before it
+				// built its worker, say) goes on as the record it was.
+				rec.AddAttrs(slog.Int("pid", pr.pid))
+				if h := pr.logger.Load().Handler(); h.Enabled(context.Background(), rec.Level) {
+					_ = h.Handle(context.Background(), rec)
+				}
+			} else if strings.TrimSpace(line) != "" {
 				pr.logger.Load().LogAttrs(context.Background(), level, "job process stderr",
 					slog.String("line", line), slog.Int("pid", pr.pid))
 			}
@@ -382,8 +390,9 @@ func (pr *Proc) monitor() {
 	ping := time.NewTicker(o.PingInterval)
 	defer ping.Stop()
 	var memC <-chan time.Time
+	var mem *time.Timer
 	if o.MemoryLimit > 0 || o.MemoryWarn > 0 {
-		mem := time.NewTicker(o.MemoryInterval)
+		mem = time.NewTimer(o.MemoryInterval)
 		defer mem.Stop()
 		memC = mem.C
 	}
@@ -403,20 +412,37 @@ func (pr *Proc) monitor() {
 			seq++
 			_ = pr.write(pingFrame(framePing, seq))
 		case <-memC:
-			pr.checkMemory()
+			mem.Reset(memoryPoll(o.MemoryInterval, o.MemoryLimit, pr.checkMemory()))
 		}
 	}
 }
 
-func (pr *Proc) checkMemory() {
+// memoryPoll is how long until the next look at a process's memory: every
+// interval, and every interval/20 (at least 10ms) once its resident set is
+// above half the limit, where a fast-growing job would otherwise pass the
+// limit by what it allocates in a whole interval.
+func memoryPoll(interval time.Duration, limit, rss int64) time.Duration {
+	if limit > 0 && rss > limit/2 {
+		return max(interval/20, 10*time.Millisecond)
+	}
+	return interval
+}
+
+// softMemoryLimit is the GOMEMLIMIT a child with a hard MemoryLimit gets:
+// 90% of it, leaving room for what is not Go heap.
+func softMemoryLimit(limit int64) int64 { return limit / 10 * 9 }
+
+// checkMemory looks at the process's resident set once, kills it past the
+// limit, warns past MemoryWarn, and returns what it saw (0: unknown).
+func (pr *Proc) checkMemory() int64 {
 	rss := readRSS(pr.pid)
 	if rss == 0 {
-		return
+		return 0
 	}
 	o := &pr.pool.o
 	if o.MemoryLimit > 0 && rss > o.MemoryLimit {
 		pr.kill(EndMemoryLimit, fmt.Sprintf("its resident set, %s, passed the memory limit of %s", mib(rss), mib(o.MemoryLimit)), rss)
-		return
+		return rss
 	}
 	if o.MemoryWarn > 0 && rss > o.MemoryWarn && pr.hasJob.Load() {
 		pr.mu.Lock()
@@ -429,6 +455,7 @@ func (pr *Proc) checkMemory() {
 			pr.emit(Event{Kind: EventMemoryWarn, At: time.Now(), RSS: rss})
 		}
 	}
+	return rss
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
