@@ -645,11 +645,14 @@ func (x *Group) GetAttrs() []*Attr {
 
 // End: child to parent, how the job's function ended.
 type End struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          End_Kind               `protobuf:"varint,1,opt,name=kind,proto3,enum=lkagent.jobproc.End_Kind" json:"kind,omitempty"`
-	Error         []byte                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"` // the error, or the panic's value
-	Stack         []byte                 `protobuf:"bytes,3,opt,name=stack,proto3" json:"stack,omitempty"` // of a panic
-	Timing        *livekit.JobJoinTiming `protobuf:"bytes,4,opt,name=timing,proto3" json:"timing,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Kind   End_Kind               `protobuf:"varint,1,opt,name=kind,proto3,enum=lkagent.jobproc.End_Kind" json:"kind,omitempty"`
+	Error  []byte                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"` // the error, or the panic's value
+	Stack  []byte                 `protobuf:"bytes,3,opt,name=stack,proto3" json:"stack,omitempty"` // of a panic
+	Timing *livekit.JobJoinTiming `protobuf:"bytes,4,opt,name=timing,proto3" json:"timing,omitempty"`
+	// The code of the cause the job's context was cancelled with before the
+	// job ended; empty when the job ended on its own.
+	Cause         []byte `protobuf:"bytes,5,opt,name=cause,proto3" json:"cause,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -712,6 +715,13 @@ func (x *End) GetTiming() *livekit.JobJoinTiming {
 	return nil
 }
 
+func (x *End) GetCause() []byte {
+	if x != nil {
+		return x.Cause
+	}
+	return nil
+}
+
 var File_jobproc_proto protoreflect.FileDescriptor
 
 const file_jobproc_proto_rawDesc = "" +
@@ -754,12 +764,13 @@ const file_jobproc_proto_rawDesc = "" +
 	"\x05group\x18\t \x01(\v2\x16.lkagent.jobproc.GroupH\x00R\x05groupB\a\n" +
 	"\x05value\"4\n" +
 	"\x05Group\x12+\n" +
-	"\x05attrs\x18\x01 \x03(\v2\x15.lkagent.jobproc.AttrR\x05attrs\"\xe2\x01\n" +
+	"\x05attrs\x18\x01 \x03(\v2\x15.lkagent.jobproc.AttrR\x05attrs\"\xf8\x01\n" +
 	"\x03End\x12-\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x19.lkagent.jobproc.End.KindR\x04kind\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\fR\x05error\x12\x14\n" +
 	"\x05stack\x18\x03 \x01(\fR\x05stack\x12.\n" +
-	"\x06timing\x18\x04 \x01(\v2\x16.livekit.JobJoinTimingR\x06timing\"P\n" +
+	"\x06timing\x18\x04 \x01(\v2\x16.livekit.JobJoinTimingR\x06timing\x12\x14\n" +
+	"\x05cause\x18\x05 \x01(\fR\x05cause\"P\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fKIND_SUCCESS\x10\x01\x12\x10\n" +
