@@ -27,7 +27,7 @@ import (
 )
 
 // What a draining worker needs after DrainTimeout and ShutdownTimeout
-// (README of the repository, "Lifecycle and Kubernetes"), and the least
+// (docs/operating.md, "Draining and Kubernetes"), and the least
 // margin terminationGracePeriodSeconds must leave on top.
 const (
 	finalStatusesBudget = 5 * time.Second

@@ -5,19 +5,14 @@ import (
 	"strings"
 	"testing"
 
-	lklogger "github.com/livekit/protocol/logger"
-	lksdk "github.com/livekit/server-sdk-go/v2"
-
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
 	"github.com/lkagent/lkagent/livekittest"
 )
 
 var shared livekittest.Shared
 
-func TestMain(m *testing.M) {
-	lksdk.SetLogger(lklogger.GetDiscardLogger())
-	os.Exit(shared.Run(m))
-}
+// TestMain stops the shared server after the last test.
+func TestMain(m *testing.M) { os.Exit(shared.Run(m)) }
 
 // The same binary runs as production (no deployment) and as staging (from
 // LIVEKIT_AGENT_DEPLOYMENT, or --deployment); each takes only the jobs of

@@ -7,8 +7,6 @@ import (
 	"testing"
 
 	"github.com/livekit/protocol/livekit"
-	lklogger "github.com/livekit/protocol/logger"
-	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
 	"github.com/lkagent/lkagent/livekittest"
@@ -16,10 +14,8 @@ import (
 
 var shared livekittest.Shared
 
-func TestMain(m *testing.M) {
-	lksdk.SetLogger(lklogger.GetDiscardLogger()) // the caller's WebRTC lines
-	os.Exit(shared.Run(m))
-}
+// TestMain stops the shared server after the last test.
+func TestMain(m *testing.M) { os.Exit(shared.Run(m)) }
 
 // The echo program takes a dispatch of its own deployment, joins the room
 // with the identity and attributes its OnRequest chose, answers data and

@@ -670,7 +670,7 @@ type End struct {
 	Stack  []byte                 `protobuf:"bytes,3,opt,name=stack,proto3" json:"stack,omitempty"` // of a panic
 	Timing *livekit.JobJoinTiming `protobuf:"bytes,4,opt,name=timing,proto3" json:"timing,omitempty"`
 	// The code of the cause the job's context was cancelled with before the
-	// job ended; empty when it ended on its own.
+	// job ended; empty when the job ended on its own.
 	Cause         []byte `protobuf:"bytes,5,opt,name=cause,proto3" json:"cause,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
