@@ -37,12 +37,13 @@ type benchFlags struct {
 	lostAfter                 *time.Duration
 	via                       *string
 	settle                    *time.Duration
+	noHeld                    *bool
 }
 
 // Flags of one mode only, for the usage errors.
 var (
 	regularOnlyFlags = []string{"jobs", "concurrency", "memory-jobs", "job-type", "no-join", "processes", "idle"}
-	burstOnlyFlags   = []string{"max-jobs", "max-queued", "hold", "queue-timeout", "lost-after", "via", "settle"}
+	burstOnlyFlags   = []string{"max-jobs", "max-queued", "hold", "queue-timeout", "lost-after", "via", "settle", "no-held"}
 )
 
 func newBenchFlags() *benchFlags {
@@ -79,6 +80,7 @@ func newBenchFlags() *benchFlags {
 	b.queueTimeout = f.fs.Duration("queue-timeout", 0, "with --burst: the workers' QueueTimeout (0 = the worker's default, 30s)")
 	b.via = f.fs.String("via", bench.ViaCreateDispatch, "with --burst: how dispatches are created: "+bench.ViaCreateDispatch+" (the server's CreateDispatch), "+bench.ViaClient+" (dispatch.Client: a new room is created with its dispatch), or "+viaBoth+" (one then the other, on one server)")
 	b.settle = f.fs.Duration("settle", 0, "with --burst: wait this long after the workers registered (0 = 500ms); above 5s the server's cache of agent names, rebuilt after every registration, is warm")
+	b.noHeld = f.fs.Bool("no-held", false, "with --burst: the workers do not serve held dispatches (jobs the server dropped stay lost)")
 	b.lostAfter = f.fs.Duration("lost-after", 0, "with --burst: a job not started this long after the last dispatch is lost (0 = queue timeout + hold + 1m)")
 	return b
 }
@@ -230,7 +232,7 @@ func (b *benchFlags) burstMode(e *env, deps []string) (func(context.Context, str
 	}
 	cfg := bench.BurstConfig{Deployments: deps, WorkersPerDeployment: *b.workers, Jobs: *b.burst,
 		MaxJobs: *b.maxJobs, MaxQueued: *b.maxQueued, QueueTimeout: *b.queueTimeout, Hold: *b.hold,
-		LostAfter: *b.lostAfter, Via: *b.via, Settle: *b.settle, Progress: &prefixWriter{w: e.stderr, prefix: "bench: "}}
+		LostAfter: *b.lostAfter, Via: *b.via, Settle: *b.settle, NoHeld: *b.noHeld, Progress: &prefixWriter{w: e.stderr, prefix: "bench: "}}
 	return func(ctx context.Context, url, key, secret string) (benchReport, error) {
 		cfg.URL, cfg.APIKey, cfg.APISecret = url, key, secret
 		if cfg.Via != viaBoth {

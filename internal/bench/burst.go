@@ -53,6 +53,10 @@ type BurstConfig struct {
 	// long (no offer, no handler start) and no job waits in a queue, no
 	// more jobs are coming. Default 15s.
 	Quiet time.Duration
+	// NoHeld turns the workers' held dispatches off (worker.Options.Held):
+	// a job the server dropped then stays lost, as with a worker of
+	// another SDK.
+	NoHeld bool
 	// Settle is how long the burst waits after the workers registered;
 	// default lkserver.RegistrationSettle. After a worker registers, the
 	// server rebuilds its cache of agent names, which holds every job
@@ -360,6 +364,7 @@ func (b *burst) startWorkers(ctx, runCtx context.Context, wg *sync.WaitGroup) er
 				// Jobs still held when the wait ends finish; so may late ones.
 				DrainTimeout: c.Hold + 10*time.Second,
 				OnRequest:    b.onRequest,
+				Held:         worker.HeldOptions{Disabled: c.NoHeld},
 			}, b.handler(i))
 			if err != nil {
 				return err
