@@ -65,19 +65,20 @@ func (w *Worker) Handler() http.Handler {
 		s := w.Snapshot()
 		rw.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(rw).Encode(workerInfo{
-			AgentName:           s.AgentName,
-			WorkerType:          w.o.JobType.String(),
-			ActiveJobs:          len(s.Jobs) - s.Queued,
-			QueuedJobs:          s.Queued,
-			SDKVersion:          Version,
-			WorkerLoad:          s.Load,
-			ProtocolVersion:     ProtocolVersion,
-			Deployment:          s.Deployment,
-			WorkerID:            s.WorkerID,
-			Registered:          s.Registered,
-			Draining:            s.Draining,
-			Jobs:                s.Jobs,
-			DispatchesRecovered: w.HeldRecovered(),
+			DispatchesRecovered: w.HeldRecovered(), // held dispatches (held.go)
+
+			AgentName:       s.AgentName,
+			WorkerType:      w.o.JobType.String(),
+			ActiveJobs:      len(s.Jobs) - s.Queued,
+			QueuedJobs:      s.Queued,
+			SDKVersion:      Version,
+			WorkerLoad:      s.Load,
+			ProtocolVersion: ProtocolVersion,
+			Deployment:      s.Deployment,
+			WorkerID:        s.WorkerID,
+			Registered:      s.Registered,
+			Draining:        s.Draining,
+			Jobs:            s.Jobs,
 		})
 	})
 	return mux
@@ -96,6 +97,7 @@ type workerInfo struct {
 	Registered      bool          `json:"registered"`
 	Draining        bool          `json:"draining"`
 	Jobs            []JobSnapshot `json:"jobs"`
+
 	// DispatchesRecovered: held dispatches this worker served (held.go).
 	DispatchesRecovered int64 `json:"dispatches_recovered"`
 }
