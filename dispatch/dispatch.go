@@ -285,21 +285,6 @@ func follow(ds []*livekit.AgentDispatch, d *livekit.AgentDispatch) *livekit.Agen
 	return best
 }
 
-func (c *Client) roomExists(ctx context.Context, room string) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	res, err := c.rooms.ListRooms(ctx, &livekit.ListRoomsRequest{Names: []string{room}})
-	if err != nil {
-		return false, wrap(fmt.Sprintf("look up room %q", room), err)
-	}
-	for _, r := range res.GetRooms() {
-		if r.GetName() == room {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
 // wrap says what failed and wraps err, and ErrUnauthorized or ErrNotFound
 // when the server said so.
 func wrap(what string, err error) error {

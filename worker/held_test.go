@@ -1,7 +1,10 @@
 package worker
 
 import (
+	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -66,5 +69,25 @@ func TestHeldAfterForAvailability(t *testing.T) {
 	}
 	if got := w.heldSweep.heldAfterFor(w.o.Held.After, registered.Add(time.Second)); got != heldBusyFactor*DefaultHeldAfter {
 		t.Fatalf("a dispatch made while the worker was available: held after %s, want %s", got, heldBusyFactor*DefaultHeldAfter)
+	}
+}
+
+// /worker shows how many held dispatches the worker served.
+func TestHeldInWorkerEndpoint(t *testing.T) {
+	t.Parallel()
+	w, err := newWorker(Options{URL: "ws://127.0.0.1:7880", APIKey: "k", APISecret: optSecret, AgentName: "bot"}, noop,
+		func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.heldSweep.total.Add(2)
+	rec := httptest.NewRecorder()
+	w.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/worker", nil))
+	var info map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &info); err != nil {
+		t.Fatalf("/worker: %v\n%s", err, rec.Body)
+	}
+	if got := info["dispatches_recovered"]; got != float64(2) {
+		t.Fatalf("/worker dispatches_recovered = %v, want 2\n%s", got, rec.Body)
 	}
 }

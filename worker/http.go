@@ -101,6 +101,7 @@ type workerInfo struct {
 	Registered      bool          `json:"registered"`
 	Draining        bool          `json:"draining"`
 	Jobs            []JobSnapshot `json:"jobs"`
+
 	// DispatchesRecovered: held dispatches this worker served (held.go).
 	DispatchesRecovered int64 `json:"dispatches_recovered"`
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -35,12 +36,14 @@ type benchFlags struct {
 	hold, queueTimeout        *time.Duration
 	lostAfter                 *time.Duration
 	via                       *string
+	settle                    *time.Duration
+	noHeld                    *bool
 }
 
 // Flags of one mode only, for the usage errors.
 var (
 	regularOnlyFlags = []string{"jobs", "concurrency", "memory-jobs", "job-type", "no-join", "processes", "idle"}
-	burstOnlyFlags   = []string{"max-jobs", "max-queued", "hold", "queue-timeout", "lost-after", "via"}
+	burstOnlyFlags   = []string{"max-jobs", "max-queued", "hold", "queue-timeout", "lost-after", "via", "settle", "no-held"}
 )
 
 func newBenchFlags() *benchFlags {
@@ -75,7 +78,9 @@ func newBenchFlags() *benchFlags {
 	b.maxQueued = f.fs.Int("max-queued", 0, "with --burst: the workers' MaxQueued, jobs waiting for a slot (0 = as many as --max-jobs, -1 = no queue)")
 	b.hold = f.fs.Duration("hold", bench.DefaultBurstHold, "with --burst: how long each job runs")
 	b.queueTimeout = f.fs.Duration("queue-timeout", 0, "with --burst: the workers' QueueTimeout (0 = the worker's default, 30s)")
-	b.via = f.fs.String("via", bench.ViaCreateDispatch, "with --burst: how dispatches are created: "+bench.ViaCreateDispatch+" (the server's CreateDispatch) or "+bench.ViaClient+" (dispatch.Client: a new room is created with its dispatch)")
+	b.via = f.fs.String("via", bench.ViaCreateDispatch, "with --burst: how dispatches are created: "+bench.ViaCreateDispatch+" (the server's CreateDispatch), "+bench.ViaClient+" (dispatch.Client: a new room is created with its dispatch), or "+viaBoth+" (one then the other, on one server)")
+	b.settle = f.fs.Duration("settle", 0, "with --burst: wait this long after the workers registered (0 = 500ms); above 5s the server's cache of agent names, rebuilt after every registration, is warm")
+	b.noHeld = f.fs.Bool("no-held", false, "with --burst: the workers do not serve held dispatches (jobs the server dropped stay lost)")
 	b.lostAfter = f.fs.Duration("lost-after", 0, "with --burst: a job not started this long after the last dispatch is lost (0 = queue timeout + hold + 1m)")
 	return b
 }
@@ -220,18 +225,72 @@ func (b *benchFlags) burstMode(e *env, deps []string) (func(context.Context, str
 		return nil, usagef(name, "--max-queued must be at least -1 (0 = as many as --max-jobs, -1 = no queue)")
 	case *b.hold <= 0:
 		return nil, usagef(name, "--hold must be positive")
-	case *b.queueTimeout < 0 || *b.lostAfter < 0:
-		return nil, usagef(name, "--queue-timeout and --lost-after must not be negative")
-	case *b.via != bench.ViaCreateDispatch && *b.via != bench.ViaClient:
-		return nil, usagef(name, "--via must be %s or %s", bench.ViaCreateDispatch, bench.ViaClient)
+	case *b.queueTimeout < 0 || *b.lostAfter < 0 || *b.settle < 0:
+		return nil, usagef(name, "--queue-timeout, --lost-after and --settle must not be negative")
+	case *b.via != bench.ViaCreateDispatch && *b.via != bench.ViaClient && *b.via != viaBoth:
+		return nil, usagef(name, "--via must be %s, %s or %s", bench.ViaCreateDispatch, bench.ViaClient, viaBoth)
 	}
 	cfg := bench.BurstConfig{Deployments: deps, WorkersPerDeployment: *b.workers, Jobs: *b.burst,
 		MaxJobs: *b.maxJobs, MaxQueued: *b.maxQueued, QueueTimeout: *b.queueTimeout, Hold: *b.hold,
-		LostAfter: *b.lostAfter, Via: *b.via, Progress: &prefixWriter{w: e.stderr, prefix: "bench: "}}
+		LostAfter: *b.lostAfter, Via: *b.via, Settle: *b.settle, NoHeld: *b.noHeld, Progress: &prefixWriter{w: e.stderr, prefix: "bench: "}}
 	return func(ctx context.Context, url, key, secret string) (benchReport, error) {
 		cfg.URL, cfg.APIKey, cfg.APISecret = url, key, secret
-		return bench.RunBurst(ctx, cfg)
+		if cfg.Via != viaBoth {
+			return bench.RunBurst(ctx, cfg)
+		}
+		// One after the other on one server, each with workers of its own.
+		var pair burstPair
+		for _, via := range []string{bench.ViaCreateDispatch, bench.ViaClient} {
+			c := cfg
+			c.Via, c.AgentName = via, ""
+			rep, err := bench.RunBurst(ctx, c)
+			if err != nil {
+				return nil, err
+			}
+			pair.Runs = append(pair.Runs, rep)
+		}
+		return pair, nil
 	}, nil
+}
+
+// viaBoth is --via both: the burst through CreateDispatch, then through
+// dispatch.Client, on one server.
+const viaBoth = "both"
+
+// burstPair is the report of --via both.
+type burstPair struct {
+	Runs []*bench.BurstReport `json:"runs"`
+}
+
+func (p burstPair) WriteTable(out io.Writer) error {
+	for _, r := range p.Runs {
+		if err := r.WriteTable(out); err != nil {
+			return err
+		}
+		fmt.Fprintln(out)
+	}
+	if len(p.Runs) == 2 {
+		a, b := p.Runs[0].DispatchToStart, p.Runs[1].DispatchToStart
+		ratio := func(x, y float64) string {
+			if y <= 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.1f×", x/y)
+		}
+		fmt.Fprintf(out, "dispatch → handler start, CreateDispatch vs dispatch.Client: p50 %.0f vs %.0f ms (%s), p99 %.0f vs %.0f ms (%s)\n",
+			a.P50, b.P50, ratio(a.P50, b.P50), a.P99, b.P99, ratio(a.P99, b.P99))
+	}
+	return nil
+}
+
+func (p burstPair) Failed() error {
+	var errs []error
+	for _, r := range p.Runs {
+		if err := r.Failed(); err != nil {
+			errs = append(errs, fmt.Errorf("via %s: %w", r.Via, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // server is the server to measure against: the one the connection flags

@@ -155,7 +155,8 @@ func TestBenchBurstTableTwoWorkers(t *testing.T) {
 // drops what the full worker declines): the bench says so and exits 1.
 func TestBenchBurstLostJobsExit1(t *testing.T) {
 	t.Parallel()
-	r := cli(t, srvEnv(), "bench", "--burst", "10", "--max-jobs", "2", "--max-queued", "-1", "--hold", "3s", "--json")
+	// Without held dispatches: the jobs the server dropped stay lost.
+	r := cli(t, srvEnv(), "bench", "--burst", "10", "--max-jobs", "2", "--max-queued", "-1", "--hold", "3s", "--no-held", "--json")
 	if r.code != exitFailure {
 		t.Fatalf("exit %d, want 1\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}
@@ -169,6 +170,20 @@ func TestBenchBurstLostJobsExit1(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
 	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "lkagent: bench: ") || !strings.Contains(last, "jobs lost") {
 		t.Errorf("last line of stderr: %q", last)
+	}
+}
+
+// The same burst with held dispatches (the default): the workers serve the
+// jobs the server dropped while they were full, once each.
+func TestBenchBurstHeldNoneLost(t *testing.T) {
+	t.Parallel()
+	r := cli(t, srvEnv(), "bench", "--burst", "10", "--max-jobs", "2", "--max-queued", "-1", "--hold", "3s", "--json")
+	var rep burstJSON
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("bench --burst --json does not parse: %v\n%s\n%s", err, r.stdout, r.stderr)
+	}
+	if r.code != 0 || rep.Lost != 0 || rep.Ran != 10 || rep.RunTwice != 0 || rep.Workers[0].PeakRunning > 2 {
+		t.Fatalf("exit %d, report %+v\nstderr:\n%s", r.code, rep, r.stderr)
 	}
 }
 
@@ -187,6 +202,8 @@ func TestBenchBurstUsage(t *testing.T) {
 		{[]string{"--burst", "10", "--hold", "0s"}, []string{"--hold must be positive"}},
 		{[]string{"--burst", "10", "--deployments", "prod_us"}, []string{"not a valid deployment"}},
 		{[]string{"--burst", "10", "--workers", "0"}, []string{"--workers must be at least 1"}},
+		{[]string{"--burst", "10", "--via", "fax"}, []string{"--via must be"}},
+		{[]string{"--via", "client"}, []string{"--via needs --burst"}},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			t.Parallel()

@@ -195,11 +195,11 @@ func runDispatchCreate(ctx context.Context, e *env, args []string) error {
 		defer cancel()
 		j, err := dc.Wait(wctx, d)
 		if err != nil {
-			_ = printDispatches(e.stdout, *asJSON, true, d)
 			if ctx.Err() != nil {
 				return interrupted(ctx)
 			}
-			return fmt.Errorf("no worker of agent %q, deployment %q, took the job within --wait %s: %v", *agentName, deploymentLabel(*deployment), *wait, err)
+			return fmt.Errorf("dispatch %s created in room %q, but no worker of agent %q, deployment %s, took the job within --wait %s: %v",
+				d.GetId(), *room, *agentName, deploymentLabel(*deployment), *wait, err)
 		}
 		// The dispatch as listed now, with its job (a held dispatch's
 		// replacement, if a worker's sweep served it).

@@ -176,3 +176,21 @@ func TestDeploymentFromTheWorkersVariable(t *testing.T) {
 		t.Fatalf("token with LIVEKIT_AGENT_DEPLOYMENT=canary decodes as:\n%s", out)
 	}
 }
+
+// A new room is created with its dispatch only (no automatic agent's); with
+// --wait, a dispatch no worker takes is an error that says so.
+func TestDispatchCreateNewRoomAndWait(t *testing.T) {
+	t.Parallel()
+	room, agent := uniq("room"), uniq("agent")
+	cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent, "--deployment", "canary",
+		"--wait", "2s").mustFail(t, exitFailure, "took the job within --wait 2s")
+	var list []dispatchJSON
+	out := cli(t, srvEnv(), "dispatch", "list", "--room", room, "--json").mustOK(t).stdout
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("list --json does not parse: %v\n%s", err, out)
+	}
+	if len(list) != 1 || list[0].AgentName != agent || list[0].Deployment != "canary" {
+		t.Fatalf("the new room has %+v, want only the canary dispatch of %s", list, agent)
+	}
+	cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent, "--wait", "-1s").mustFail(t, exitUsage, "--wait must not be negative")
+}

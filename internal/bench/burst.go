@@ -53,6 +53,17 @@ type BurstConfig struct {
 	// long (no offer, no handler start) and no job waits in a queue, no
 	// more jobs are coming. Default 15s.
 	Quiet time.Duration
+	// NoHeld turns the workers' held dispatches off (worker.Options.Held):
+	// a job the server dropped then stays lost, as with a worker of
+	// another SDK.
+	NoHeld bool
+	// Settle is how long the burst waits after the workers registered;
+	// default lkserver.RegistrationSettle. After a worker registers, the
+	// server rebuilds its cache of agent names, which holds every job
+	// request made meanwhile for up to 5 s (each waits in the server's
+	// pool of 50): a Settle above 5 s measures dispatching with a warm
+	// cache.
+	Settle time.Duration
 	// Via is how the dispatches are created: ViaCreateDispatch (default),
 	// the server's CreateDispatch, which creates a new room with the
 	// default configuration (and so an automatic agent job too), or
@@ -293,7 +304,11 @@ func RunBurst(ctx context.Context, cfg BurstConfig) (*BurstReport, error) {
 	if err := b.startWorkers(ctx, wctx, &wg); err != nil {
 		return nil, err
 	}
-	if err := sleep(ctx, lkserver.RegistrationSettle); err != nil {
+	settle := cfg.Settle
+	if settle <= 0 {
+		settle = lkserver.RegistrationSettle
+	}
+	if err := sleep(ctx, settle); err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(cfg.Progress, "burst: %d dispatches at once…\n", cfg.Jobs)
@@ -349,6 +364,7 @@ func (b *burst) startWorkers(ctx, runCtx context.Context, wg *sync.WaitGroup) er
 				// Jobs still held when the wait ends finish; so may late ones.
 				DrainTimeout: c.Hold + 10*time.Second,
 				OnRequest:    b.onRequest,
+				Held:         worker.HeldOptions{Disabled: c.NoHeld},
 			}, b.handler(i))
 			if err != nil {
 				return err
