@@ -192,7 +192,7 @@ func console(ctx context.Context, out io.Writer, in io.Reader, c *conn, t consol
 		}
 	}()
 
-		// Lines typed: read on a goroutine of their own, which ends at the end
+	// Lines typed: read on a goroutine of their own, which ends at the end
 	// of input (a terminal's read cannot be interrupted; the process
 	// exits right after the console returns).
 	lines := make(chan string)

@@ -412,4 +412,3 @@ func (d *devLoop) fingerprint(ctx context.Context) fileSet {
 	fs.sum = sum.String()
 	return fs
 }
-
