@@ -141,3 +141,14 @@ func TestLongRunningCommandsNoteTheEnvironment(t *testing.T) {
 		}
 	}
 }
+
+func TestDevUsage(t *testing.T) {
+	t.Parallel()
+	cli(t, cleanEnv(), "dev").mustFail(t, exitUsage, "missing PACKAGE")
+	cli(t, cleanEnv(), "dev", "--agent-name", "a").mustFail(t, exitUsage, "missing PACKAGE")
+	cli(t, srvEnv(), "dev", ".").mustFail(t, exitUsage, "give --agent-name", "LIVEKIT_URL")
+	cli(t, srvEnv(), "dev", ".", "--agent-name", "bot\n").mustFail(t, exitUsage, `--agent-name="bot\n" is not a valid agent name`)
+	if out := cli(t, cleanEnv(), "dev", "--help").mustOK(t).stdout; !strings.Contains(out, "Usage: lkagent dev PACKAGE") {
+		t.Errorf("help:\n%s", out)
+	}
+}

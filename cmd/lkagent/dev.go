@@ -34,7 +34,7 @@ func runDev(ctx context.Context, e *env, args []string) error {
 			"that fails leaves the running version as it is. The agent gets LIVEKIT_URL, LIVEKIT_API_KEY and\n"+
 			"LIVEKIT_API_SECRET in its environment.")
 	c := addConn(f)
-	agentName := f.fs.String("agent-name", "", "agent name whose dispatches move to each new version; empty: every agent's")
+	agentName := f.fs.String("agent-name", "", "agent name whose dispatches move to each new version; required with --url, else empty means every agent's")
 	drain := f.fs.Duration("drain-timeout", 3*time.Second, "how long an old version may drain after SIGTERM before it is killed")
 	poll := f.fs.Duration("poll", 500*time.Millisecond, "how often source files are checked for changes")
 	f.env("agent-name", "LKAGENT_AGENT_NAME")
@@ -72,6 +72,11 @@ func runDev(ctx context.Context, e *env, args []string) error {
 	} else {
 		if err := c.check(name); err != nil {
 			return err
+		}
+		if *agentName == "" {
+			// Another's server: moving every agent of every room to this
+			// build would take over other people's calls.
+			return usagef(name, "with a server of your own (%s), give --agent-name or $LKAGENT_AGENT_NAME: the agent whose calls move to each new version", f.source("url"))
 		}
 		d.say("LiveKit server: %s (from %s)", c.url, f.source("url"))
 	}
