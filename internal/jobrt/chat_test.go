@@ -60,7 +60,7 @@ func TestChatInboxOverflow(t *testing.T) {
 		}
 	default:
 	}
-		// Data packets other than chat do not reach the inbox.
+	// Data packets other than chat do not reach the inbox.
 	j.chatPacket(&lksdk.UserDataPacket{Payload: []byte("x")}, lksdk.DataReceiveParams{})
 	select {
 	case m := <-chat.C():
