@@ -308,7 +308,7 @@ func (d *devLoop) agentIdentities(ctx context.Context, room, agentName string) [
 }
 
 // redispatch replaces dispatch old by a new one of the same agent,
-// deployment and metadata, until an agent other than the ones in the room
+// deployment, metadata and attributes, until an agent other than the ones in the room
 // now joins: a dispatch made before the new version registered is dropped
 // by the server, never to be retried.
 func (d *devLoop) redispatch(ctx context.Context, old *livekit.AgentDispatch) {
@@ -323,6 +323,7 @@ func (d *devLoop) redispatch(ctx context.Context, old *livekit.AgentDispatch) {
 		}
 		nd, err := d.dispatches.CreateDispatch(rctx, &livekit.CreateAgentDispatchRequest{
 			Room: room, AgentName: name, Deployment: old.GetDeployment(), Metadata: old.GetMetadata(),
+			Attributes: old.GetAttributes(), RestartPolicy: old.GetRestartPolicy(), ThreadId: old.GetThreadId(),
 		})
 		cancel()
 		if err != nil {
