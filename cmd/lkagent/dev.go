@@ -68,7 +68,11 @@ func runDev(ctx context.Context, e *env, args []string) error {
 		}
 		defer srv.Stop()
 		c.url, c.apiKey, c.apiSecret = srv.URL(), srv.APIKey(), srv.APISecret()
-		d.say("started a local LiveKit server %s at %s (API key %s)", lkserver.Version, c.url, c.apiKey)
+		d.say("started a local LiveKit server %s at %s; to talk to the agent, in another shell:", lkserver.Version, c.url)
+		// As 'lkagent server' does: this server's key pair was made for
+		// this run, on loopback, and the other shell needs it.
+		d.say("  export LIVEKIT_URL=%s LIVEKIT_API_KEY=%s LIVEKIT_API_SECRET=%s", shellQuote(c.url), shellQuote(c.apiKey), shellQuote(c.apiSecret))
+		d.say("  lkagent console --agent-name <the agent's name>")
 	} else {
 		if err := c.check(name); err != nil {
 			return err

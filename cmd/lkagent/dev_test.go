@@ -167,3 +167,17 @@ func TestDevReloadsDuringACall(t *testing.T) {
 	s.waitFor(time.Minute, "", "dev: stopping")
 	t.Logf("screen:\n%s", s.waitFor(time.Minute, "dev: stopping", "dev: agent v2 "))
 }
+
+// Without LIVEKIT_URL, lkagent dev starts a local server and runs the
+// agent against it; Ctrl-C stops both.
+func TestDevWithALocalServer(t *testing.T) {
+	t.Parallel()
+	dir := devModule(t)
+	s := startTmux(t, cleanEnv("DEVAGENT_NAME="+uniq("devagent"), "GOFLAGS=-mod=mod", "GOPROXY=off"), dir, lkagentBin+" dev .")
+	s.waitFor(3*time.Minute, "", "dev: started a local LiveKit server")
+	s.waitFor(time.Minute, "", "dev:   export LIVEKIT_URL=ws://127.0.0.1:")
+	s.waitFor(3*time.Minute, "", "dev: started agent v1")
+	s.waitFor(time.Minute, "dev: started agent v1", "agent v1 | ")
+	s.send("C-c")
+	t.Logf("screen:\n%s", s.waitFor(time.Minute, "", "dev: agent v1 "))
+}
