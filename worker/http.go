@@ -86,16 +86,14 @@ func (w *Worker) Handler() http.Handler {
 }
 
 type workerInfo struct {
-	AgentName       string  `json:"agent_name"`
-	WorkerType      string  `json:"worker_type"`
-	ActiveJobs      int     `json:"active_jobs"`
-	QueuedJobs      int     `json:"queued_jobs"`
-	SDKVersion      string  `json:"sdk_version"`
-	WorkerLoad      float64 `json:"worker_load"`
-	ProtocolVersion int     `json:"protocol_version"`
-	Deployment      string  `json:"deployment"`
-	// DeploymentLabel is Deployment as the metrics label it: "_production"
-	// for production.
+	AgentName       string        `json:"agent_name"`
+	WorkerType      string        `json:"worker_type"`
+	ActiveJobs      int           `json:"active_jobs"`
+	QueuedJobs      int           `json:"queued_jobs"`
+	SDKVersion      string        `json:"sdk_version"`
+	WorkerLoad      float64       `json:"worker_load"`
+	ProtocolVersion int           `json:"protocol_version"`
+	Deployment      string        `json:"deployment"`
 	DeploymentLabel string        `json:"deployment_label"`
 	WorkerID        string        `json:"worker_id"`
 	Registered      bool          `json:"registered"`

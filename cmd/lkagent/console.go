@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/livekit/protocol/auth"
@@ -83,15 +84,29 @@ func console(ctx context.Context, out io.Writer, in io.Reader, c *conn, t consol
 	}
 
 	gone := make(chan string, 1)
-	cb := lksdk.NewRoomCallback()
-	cb.OnParticipantConnected = func(p *lksdk.RemoteParticipant) {
-		if p.Kind() == lksdk.ParticipantAgent {
-			say("* agent %s joined (agent name %s)", deploy.Escape(p.Identity()), deploy.Escape(p.Attributes()["lk.agent_name"]))
+	// The server tells participants about an agent that publishes no
+	// tracks ~3 s after it joined; the room service knows at once. Both
+	// are watched, and each arrival is shown once.
+	seen := &presence{in: map[string]bool{}}
+	agentHere := make(chan struct{}) // closed when the first agent joined
+	var agentOnce sync.Once
+	joined := func(identity string, agent bool, agentName string) {
+		if !seen.arrive(identity) {
+			return
+		}
+		if agent {
+			agentOnce.Do(func() { close(agentHere) })
+			say("* agent %s joined (agent name %s)", deploy.Escape(identity), deploy.Escape(agentName))
 		} else {
-			say("* %s joined", deploy.Escape(p.Identity()))
+			say("* %s joined", deploy.Escape(identity))
 		}
 	}
+	cb := lksdk.NewRoomCallback()
+	cb.OnParticipantConnected = func(p *lksdk.RemoteParticipant) {
+		joined(p.Identity(), p.Kind() == lksdk.ParticipantAgent, p.Attributes()["lk.agent_name"])
+	}
 	cb.OnParticipantDisconnected = func(p *lksdk.RemoteParticipant) {
+		seen.leave(p.Identity())
 		what := ""
 		if p.Kind() == lksdk.ParticipantAgent {
 			what = "agent "
@@ -145,6 +160,38 @@ func console(ctx context.Context, out io.Writer, in io.Reader, c *conn, t consol
 		}
 	}()
 
+	// Agents joining, from the room service, once a second until the
+	// console returns.
+	watchDone := make(chan struct{})
+	var watch sync.WaitGroup
+	defer func() { close(watchDone); watch.Wait() }()
+	watch.Add(1)
+	go func() {
+		defer watch.Done()
+		rooms := lksdk.NewRoomServiceClient(c.httpURL(), c.apiKey, c.apiSecret)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			rctx, cancel := context.WithTimeout(ctx, c.timeout)
+			res, err := rooms.ListParticipants(rctx, &livekit.ListParticipantsRequest{Room: t.room})
+			cancel()
+			if err == nil {
+				for _, p := range res.GetParticipants() {
+					if p.GetKind() == livekit.ParticipantInfo_AGENT {
+						joined(p.GetIdentity(), true, p.GetAttributes()["lk.agent_name"])
+					}
+				}
+			}
+			select {
+			case <-watchDone:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+
 	// Lines typed: read on a goroutine of their own, which ends at the end
 	// of input (a terminal's read cannot be interrupted; the process
 	// exits right after the console returns).
@@ -161,8 +208,19 @@ func console(ctx context.Context, out io.Writer, in io.Reader, c *conn, t consol
 		}
 		inDone <- sc.Err()
 	}()
+	// Lines typed before an agent is in the room would reach nobody: they
+	// wait for it.
+	var held []string
+	waitAgent := agentHere
 	for {
 		select {
+		case <-waitAgent:
+			waitAgent = nil
+			for _, line := range held {
+				r.LocalParticipant.SendText(line, lksdk.StreamTextOptions{Topic: job.ChatTopic})
+			}
+			held = nil
+			continue
 		case <-ctx.Done():
 			say("")
 			return nil
@@ -178,9 +236,38 @@ func console(ctx context.Context, out io.Writer, in io.Reader, c *conn, t consol
 			if line == "" {
 				continue
 			}
+			if waitAgent != nil {
+				held = append(held, line)
+				say("(held until the agent joins)")
+				continue
+			}
 			r.LocalParticipant.SendText(line, lksdk.StreamTextOptions{Topic: job.ChatTopic})
 		}
 	}
+}
+
+// presence remembers the participants shown as joined.
+type presence struct {
+	mu sync.Mutex
+	in map[string]bool
+}
+
+// arrive records identity and reports whether it is new.
+func (p *presence) arrive(identity string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.in[identity] {
+		return false
+	}
+	p.in[identity] = true
+	return true
+}
+
+// leave forgets identity.
+func (p *presence) leave(identity string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.in, identity)
 }
 
 // printChat prints a chat message in one write, every line escaped so

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -110,5 +111,44 @@ func TestDispatchListEscapesNames(t *testing.T) {
 	}
 	if len(lines) != 3 || !found || strings.ContainsAny(out, "\t\r") {
 		t.Fatalf("table:\n%s", out)
+	}
+}
+
+// Long-running commands say which values they took from the environment
+// in their output: the worker and guard in their log, the server and
+// console on their screen.
+func TestLongRunningCommandsNoteTheEnvironment(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("needs the real server")
+	}
+	for _, tc := range []struct {
+		env         []string
+		args        []string
+		want, ready string
+	}{
+		{srvEnv("LIVEKIT_AGENT_DEPLOYMENT=staging"), []string{"worker", "--agent-name", uniq("agent"), "--http-addr", ""},
+			`msg="from the environment: deployment: staging (from LIVEKIT_AGENT_DEPLOYMENT)"`, "registered"},
+		{srvEnv("LKAGENT_GUARD_LISTEN=" + closedPort(t)), []string{"guard"}, "from the environment: listen: 127.0.0.1:", "guard listening"},
+		{cleanEnv("LKAGENT_SERVER_PORT=0"), []string{"server"}, "port: 0 (from LKAGENT_SERVER_PORT)", "export LIVEKIT_API_SECRET="},
+	} {
+		p := start(t, tc.env, tc.args...)
+		p.waitFor(p.stdout, time.Minute, tc.want)
+		p.waitFor(p.stdout, time.Minute, tc.ready)
+		p.signal(os.Interrupt)
+		if code := p.wait(time.Minute); code != 0 {
+			t.Errorf("lkagent %s: exit %d after SIGINT", tc.args[0], code)
+		}
+	}
+}
+
+func TestDevUsage(t *testing.T) {
+	t.Parallel()
+	cli(t, cleanEnv(), "dev").mustFail(t, exitUsage, "missing PACKAGE")
+	cli(t, cleanEnv(), "dev", "--agent-name", "a").mustFail(t, exitUsage, "missing PACKAGE")
+	cli(t, srvEnv(), "dev", ".").mustFail(t, exitUsage, "give --agent-name", "LIVEKIT_URL")
+	cli(t, srvEnv(), "dev", ".", "--agent-name", "bot\n").mustFail(t, exitUsage, `--agent-name="bot\n" is not a valid agent name`)
+	if out := cli(t, cleanEnv(), "dev", "--help").mustOK(t).stdout; !strings.Contains(out, "Usage: lkagent dev PACKAGE") {
+		t.Errorf("help:\n%s", out)
 	}
 }

@@ -34,7 +34,7 @@ func runDev(ctx context.Context, e *env, args []string) error {
 			"that fails leaves the running version as it is. The agent gets LIVEKIT_URL, LIVEKIT_API_KEY and\n"+
 			"LIVEKIT_API_SECRET in its environment.")
 	c := addConn(f)
-	agentName := f.fs.String("agent-name", "", "agent name whose dispatches move to each new version; empty: every agent's")
+	agentName := f.fs.String("agent-name", "", "agent name whose dispatches move to each new version; required with --url, else empty means every agent's")
 	drain := f.fs.Duration("drain-timeout", 3*time.Second, "how long an old version may drain after SIGTERM before it is killed")
 	poll := f.fs.Duration("poll", 500*time.Millisecond, "how often source files are checked for changes")
 	f.env("agent-name", "LKAGENT_AGENT_NAME")
@@ -68,10 +68,19 @@ func runDev(ctx context.Context, e *env, args []string) error {
 		}
 		defer srv.Stop()
 		c.url, c.apiKey, c.apiSecret = srv.URL(), srv.APIKey(), srv.APISecret()
-		d.say("started a local LiveKit server %s at %s (API key %s)", lkserver.Version, c.url, c.apiKey)
+		d.say("started a local LiveKit server %s at %s; to talk to the agent, in another shell:", lkserver.Version, c.url)
+		// As 'lkagent server' does: this server's key pair was made for
+		// this run, on loopback, and the other shell needs it.
+		d.say("  export LIVEKIT_URL=%s LIVEKIT_API_KEY=%s LIVEKIT_API_SECRET=%s", shellQuote(c.url), shellQuote(c.apiKey), shellQuote(c.apiSecret))
+		d.say("  lkagent console --agent-name <the agent's name>")
 	} else {
 		if err := c.check(name); err != nil {
 			return err
+		}
+		if *agentName == "" {
+			// Another's server: moving every agent of every room to this
+			// build would take over other people's calls.
+			return usagef(name, "with a server of your own (%s), give --agent-name or $LKAGENT_AGENT_NAME: the agent whose calls move to each new version", f.source("url"))
 		}
 		d.say("LiveKit server: %s (from %s)", c.url, f.source("url"))
 	}
@@ -303,7 +312,7 @@ func (d *devLoop) agentIdentities(ctx context.Context, room, agentName string) [
 }
 
 // redispatch replaces dispatch old by a new one of the same agent,
-// deployment and metadata, until an agent other than the ones in the room
+// deployment, metadata and attributes, until an agent other than the ones in the room
 // now joins: a dispatch made before the new version registered is dropped
 // by the server, never to be retried.
 func (d *devLoop) redispatch(ctx context.Context, old *livekit.AgentDispatch) {
@@ -318,6 +327,7 @@ func (d *devLoop) redispatch(ctx context.Context, old *livekit.AgentDispatch) {
 		}
 		nd, err := d.dispatches.CreateDispatch(rctx, &livekit.CreateAgentDispatchRequest{
 			Room: room, AgentName: name, Deployment: old.GetDeployment(), Metadata: old.GetMetadata(),
+			Attributes: old.GetAttributes(), RestartPolicy: old.GetRestartPolicy(), ThreadId: old.GetThreadId(),
 		})
 		cancel()
 		if err != nil {
@@ -412,4 +422,3 @@ func (d *devLoop) fingerprint(ctx context.Context) fileSet {
 	fs.sum = sum.String()
 	return fs
 }
-

@@ -68,6 +68,9 @@ func runGuard(ctx context.Context, e *env, args []string) error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(&syncWriter{w: e.stdout}, &slog.HandlerOptions{Level: level}))
+	for _, n := range f.envNotes() {
+		log.Info("from the environment: " + n)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r, err := guard.New(guard.Options{

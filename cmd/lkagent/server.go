@@ -61,6 +61,9 @@ func runServer(ctx context.Context, e *env, args []string) error {
 	defer srv.Stop()
 
 	w := e.stdout
+	for _, n := range f.envNotes() {
+		fmt.Fprintln(w, n)
+	}
 	fmt.Fprintf(w, "LiveKit server %s is running (pid %d). Ctrl-C stops it.\n\n", lkserver.Version, srv.PID())
 	tw := newTable(w)
 	fmt.Fprintf(tw, "  URL\t%s\n", srv.URL())

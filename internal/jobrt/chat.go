@@ -81,8 +81,8 @@ func (j *Job) registerChat(r *lksdk.Room) {
 // postChat queues m without blocking.
 func (j *Job) postChat(r *lksdk.Room, m ChatMessage) {
 	c := j.chatOn.Load()
-	if c == nil {
-		return
+	if c == nil || j.ctx.Err() != nil {
+		return // no inbox, or the job is over: nobody will read it
 	}
 	m.Received = time.Now()
 	if r != nil {

@@ -51,6 +51,15 @@ func TestChatInboxOverflow(t *testing.T) {
 	if _, err := chat.Receive(context.Background()); !errors.Is(err, ErrTerminated) {
 		t.Errorf("Receive after the job ended: %v, want ErrTerminated", err)
 	}
+	// Nothing is queued once the job is over.
+	j.postChat(nil, ChatMessage{From: "alice", Text: "late"})
+	select {
+	case m := <-chat.C():
+		if m.Text == "late" {
+			t.Errorf("a message was queued after the job ended")
+		}
+	default:
+	}
 	// Data packets other than chat do not reach the inbox.
 	j.chatPacket(&lksdk.UserDataPacket{Payload: []byte("x")}, lksdk.DataReceiveParams{})
 	select {
