@@ -208,8 +208,9 @@ type Options struct {
 	OnStateChange func(StateChange)
 
 	// TracerProvider makes the span of each job (see docs/tracing.md);
-	// default OpenTelemetry's global provider (otel.GetTracerProvider),
-	// read at each job. The handler's context carries the job's span.
+	// default OpenTelemetry's global provider (otel.GetTracerProvider;
+	// set it before Run, or at least before the first job). The handler's
+	// context carries the job's span.
 	// In a job process (Processes), the job continues the worker's trace,
 	// and the provider (this one, or the global one that the program set
 	// in the job process too, before Run) is flushed before the process

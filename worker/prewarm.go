@@ -64,8 +64,12 @@ func (p *Prewarm[T]) Value(ctx context.Context) (v T, ok bool) {
 }
 
 // WithValue returns a copy of ctx that carries v as p's value: what a job's
-// context carries. Tests of a handler that run it without a worker (package
-// jobtest) give it its prewarmed value this way.
+// context carries. A test that runs a handler without a worker (package
+// jobtest) gives it a value this way:
+//
+//	res := jobtest.New(jobtest.Options{}).Run(func(ctx context.Context, j *job.Job) error {
+//		return handle(models.WithValue(ctx, testModels), j)
+//	})
 func (p *Prewarm[T]) WithValue(ctx context.Context, v T) context.Context {
 	return context.WithValue(ctx, prewarmKey{p}, v)
 }

@@ -16,7 +16,10 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
 	"github.com/lkagent/lkagent/job"
+	"github.com/lkagent/lkagent/livekittest"
 	"github.com/lkagent/lkagent/worker"
 	"github.com/lkagent/lkagent/worker/workertest"
 )
@@ -281,4 +284,55 @@ func ExampleNewPrewarm() {
 	// loading the model
 	// job uses the prewarmed model: true vad-v5
 	// Stop: <nil>
+}
+
+// Against the real server, in both executors: a dispatched job reads the
+// value its process prewarmed (its outcome is read from its span).
+func TestPrewarmRealServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a LiveKit server")
+	}
+	srv := livekittest.Start(t)
+	for _, procs := range []bool{false, true} {
+		t.Run(fmt.Sprintf("processes=%v", procs), func(t *testing.T) {
+			tp, sr := newRecorderProvider(t)
+			agent := livekittest.UniqueName("warm-bot")
+			o := worker.Options{URL: srv.URL, APIKey: srv.APIKey, APISecret: srv.APISecret, AgentName: agent,
+				TracerProvider: tp, Logger: livekittest.Logger(t), KeepSDKLogger: true}
+			if procs {
+				// The job processes prewarm childPrewarm (configureTestChild).
+				o.Executor = worker.Processes(worker.ProcessOptions{Env: []string{envChildPrewarm + "=ok"}})
+			} else {
+				o.Prewarm = childPrewarm
+			}
+			// In process, the handler is the one job processes run.
+			w, err := worker.New(o, configureTestChild(&worker.Options{}, misbehave))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- w.Run(ctx) }()
+			t.Cleanup(func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			})
+			d := srv.Dispatch(t, livekittest.UniqueName("room"), agent, "", "prewarm")
+			var s sdktrace.ReadOnlySpan
+			eventually(t, "the job's span", func() bool {
+				for _, e := range sr.Ended() {
+					if e.Name() == worker.SpanName && attr(e, "lkagent.dispatch.id") == d.GetId() {
+						s = e
+						return true
+					}
+				}
+				return false
+			})
+			if got := attr(s, "lkagent.job.outcome"); got != "success" {
+				t.Fatalf("job outcome %q (%s), want success: the job saw its prewarmed value", got, s.Status().Description)
+			}
+		})
+	}
 }

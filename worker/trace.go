@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/livekit/protocol/livekit"
@@ -43,13 +44,27 @@ const (
 	attrCause      = attribute.Key("lkagent.job.cause")
 )
 
-// tracerProvider is Options.TracerProvider, else the global one (read
-// when it is used, so that a provider set after New is used).
+// tracerProvider is Options.TracerProvider, else the global one.
 func (w *Worker) tracerProvider() trace.TracerProvider {
 	if w.o.TracerProvider != nil {
 		return w.o.TracerProvider
 	}
 	return otel.GetTracerProvider()
+}
+
+// tracing holds the tracer of the jobs' spans, made at the first job: a
+// tracer of the global provider made before the program set one forwards
+// to the provider set later.
+type tracing struct {
+	once   sync.Once
+	tracer trace.Tracer
+}
+
+func (w *Worker) tracer() trace.Tracer {
+	w.tracing.once.Do(func() {
+		w.tracing.tracer = w.tracerProvider().Tracer(TracerName, trace.WithInstrumentationVersion(Version))
+	})
+	return w.tracing.tracer
 }
 
 // startSpan starts the span of a job that is being launched, dated back
@@ -69,24 +84,24 @@ func (w *Worker) startSpan(a *activeJob) context.Context {
 	if start.IsZero() {
 		start = launched
 	}
-	ctx, span := w.tracerProvider().Tracer(TracerName, trace.WithInstrumentationVersion(Version)).Start(a.ctx, SpanName,
-		trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindConsumer), trace.WithTimestamp(start),
-		trace.WithAttributes(
-			attrJobID.String(info.GetId()),
-			attrDispatchID.String(info.GetDispatchId()),
-			attrJobType.String(info.GetType().String()),
-			attrAgentName.String(info.GetAgentName()),
-			attrDeployment.String(info.GetDeployment()),
-			attrIdentity.String(a.identity),
-			attrWorkerID.String(a.line.sess.workerID()),
-			attrExecutor.String(executor),
-			attrRoom.String(info.GetRoom().GetName()),
-			attrRoomSID.String(info.GetRoom().GetSid()),
-		))
+	ctx, span := w.tracer().Start(a.ctx, SpanName,
+		trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindConsumer), trace.WithTimestamp(start))
 	a.span = span
 	if !span.IsRecording() {
-		return ctx
+		return ctx // not sampled, or no provider: nothing to build
 	}
+	span.SetAttributes(
+		attrJobID.String(info.GetId()),
+		attrDispatchID.String(info.GetDispatchId()),
+		attrJobType.String(info.GetType().String()),
+		attrAgentName.String(info.GetAgentName()),
+		attrDeployment.String(info.GetDeployment()),
+		attrIdentity.String(a.identity),
+		attrWorkerID.String(a.line.sess.workerID()),
+		attrExecutor.String(executor),
+		attrRoom.String(info.GetRoom().GetName()),
+		attrRoomSID.String(info.GetRoom().GetSid()),
+	)
 	event := func(name string, at time.Time, attrs ...attribute.KeyValue) {
 		if !at.IsZero() {
 			span.AddEvent(name, trace.WithTimestamp(at), trace.WithAttributes(attrs...))
@@ -129,6 +144,10 @@ func (w *Worker) traceStatus(a *activeJob, u *livekit.UpdateJobStatus) {
 func (a *activeJob) endSpan(outcome, failure string) {
 	span := a.span
 	if span == nil {
+		return
+	}
+	if !span.IsRecording() {
+		span.End()
 		return
 	}
 	attrs := []attribute.KeyValue{attrOutcome.String(outcome)}

@@ -95,6 +95,21 @@ func readExported(t *testing.T, path string) []exportedSpan {
 	return out
 }
 
+// waitIdle waits for a worker status, sent after the statuses c has now,
+// that counts no job: a job's end is reported before its slot frees.
+func waitIdle(t *testing.T, c *workertest.Conn) {
+	t.Helper()
+	var last uint64
+	for _, u := range c.WorkerStatuses() {
+		last = max(last, u.GetSeq())
+	}
+	if _, err := c.WaitWorkerStatus(waitCtx(t), func(u *livekit.UpdateWorkerStatus) bool {
+		return u.GetSeq() > last && u.GetJobCount() == 0
+	}); err != nil {
+		t.Fatalf("the worker never reported itself idle: %v", err)
+	}
+}
+
 // newRecorderProvider is an SDK TracerProvider whose ended spans the
 // returned recorder keeps.
 func newRecorderProvider(t *testing.T) (*sdktrace.TracerProvider, *tracetest.SpanRecorder) {
@@ -123,7 +138,7 @@ func jobSpan(t *testing.T, sr *tracetest.SpanRecorder, id string) sdktrace.ReadO
 func attr(s sdktrace.ReadOnlySpan, key string) string {
 	for _, kv := range s.Attributes() {
 		if string(kv.Key) == key {
-			return kv.Value.Emit()
+			return kv.Value.String()
 		}
 	}
 	return "(unset)"
@@ -199,8 +214,10 @@ func TestTraceInProcess(t *testing.T) {
 	close(release)
 	waitStatus(t, c, held.Id, livekit.JobStatus_JS_SUCCESS)
 	waitStatus(t, c, queued.Id, livekit.JobStatus_JS_SUCCESS)
+	waitIdle(t, c) // the next jobs find a free slot
 	dispatch(t, c, failed)
 	waitStatus(t, c, failed.Id, livekit.JobStatus_JS_FAILED)
+	waitIdle(t, c)
 	dispatch(t, c, terminated)
 	eventually(t, "the last job running", func() bool { mu.Lock(); defer mu.Unlock(); return len(handlerSpans) == 4 })
 	sendTermination(t, c, terminated.Id)

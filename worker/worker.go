@@ -57,6 +57,7 @@ type Worker struct {
 	pool      atomic.Pointer[jobproc.Pool]  // the current run's job processes
 	poolErr   atomic.Pointer[error]         // why job processes cannot start, nil when they can
 	warm      warmState                     // what Options.Prewarm made (prewarm.go)
+	tracing   tracing                       // the jobs' tracer (trace.go)
 	// statusDelay is StatusDelay; tests against a fake without the
 	// server's race set it to 0.
 	statusDelay time.Duration
