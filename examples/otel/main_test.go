@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,23 +11,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/livekit/protocol/livekit"
-	lksdk "github.com/livekit/server-sdk-go/v2"
 	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/lkagent/lkagent/examples/echo/echoagent"
-	"github.com/lkagent/lkagent/examples/internal/extest"
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/livekittest"
 )
 
-var (
-	bin string
-	srv *lkserver.Server
-)
+var shared livekittest.Shared
 
-func TestMain(m *testing.M) { os.Exit(extest.Main(m, &bin, &srv)) }
+// TestMain stops the shared server after the last test.
+func TestMain(m *testing.M) { os.Exit(shared.Run(m)) }
 
 // collector is an OTLP/HTTP trace receiver: it keeps the spans it is sent
 // with their resource's service.name.
@@ -95,6 +88,8 @@ func attr(s *tracepb.Span, key string) string {
 // room, agent and deployment, and the handler's span as its child (made,
 // with --processes, in the job process, which flushes it before it exits).
 func TestJobsAreTraced(t *testing.T) {
+	srv := shared.Server(t)
+	bin := livekittest.Build(t, ".")
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -103,20 +98,18 @@ func TestJobsAreTraced(t *testing.T) {
 			col := &collector{}
 			hs := httptest.NewServer(col)
 			defer hs.Close()
-			agentName, room := extest.Uniq("traced"), extest.Uniq("room")
-			p := extest.Start(t, "otel", bin, extest.Env(srv, "LIVEKIT_AGENT_DEPLOYMENT=staging",
-				"OTEL_SERVICE_NAME=echo-traced", "OTEL_EXPORTER_OTLP_ENDPOINT="+hs.URL, "OTEL_BSP_SCHEDULE_DELAY=100",
-				"OTEL_TRACES_SAMPLER=always_on"),
+			agentName, room := livekittest.UniqueName("traced"), livekittest.UniqueName("room")
+			p := srv.StartProgram(t, bin, []string{"LIVEKIT_AGENT_DEPLOYMENT=staging",
+				"OTEL_SERVICE_NAME=echo-traced", "OTEL_EXPORTER_OTLP_ENDPOINT=" + hs.URL, "OTEL_BSP_SCHEDULE_DELAY=100",
+				"OTEL_TRACES_SAMPLER=always_on"},
 				append([]string{"--agent-name", agentName}, tc.args...)...)
-			p.WaitLog(30*time.Second, "msg=registered", "deployment=staging")
-			time.Sleep(lkserver.RegistrationSettle)
 
-			extest.Dispatch(t, srv, &livekit.CreateAgentDispatchRequest{AgentName: agentName, Room: room, Deployment: "staging"})
-			waitFor(t, "the agent active in the room", func() bool { return agentActive(srv, room) })
-			extest.DeleteRoom(t, srv, room) // ends the job
+			srv.Dispatch(t, room, agentName, "staging", "")
+			srv.WaitForAgent(t, room, agentName) // joined, its connection up
+			srv.DeleteRoom(t, room)              // ends the job
 
 			var job, session span
-			waitFor(t, "the job's span and its handler's span at the collector", func() bool {
+			livekittest.Eventually(t, time.Minute, "the job's span and its handler's span at the collector", func() bool {
 				var ok bool
 				if job, ok = col.find("lkagent.job", func(s *tracepb.Span) bool { return attr(s, "livekit.room") == room }); !ok {
 					return false
@@ -139,39 +132,10 @@ func TestJobsAreTraced(t *testing.T) {
 			if !bytes.Equal(session.s.GetParentSpanId(), job.s.GetSpanId()) {
 				t.Errorf("echo.session's parent is %x, want the job's span %x", session.s.GetParentSpanId(), job.s.GetSpanId())
 			}
-			p.Signal(os.Interrupt)
-			if code := p.Wait(30 * time.Second); code != 0 {
+			p.Signal(t, os.Interrupt)
+			if code := p.Wait(t); code != 0 {
 				t.Errorf("exit code %d", code)
 			}
 		})
 	}
-}
-
-// waitFor polls cond until it holds, or fails the test after a minute.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
-// agentActive says whether srv lists the echo agent in room as active:
-// joined, and its connection up (a room deleted before that would fail
-// the agent's join).
-func agentActive(srv *lkserver.Server, room string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	res, err := lksdk.NewRoomServiceClient(srv.HTTPURL(), srv.APIKey(), srv.APISecret()).
-		ListParticipants(ctx, &livekit.ListParticipantsRequest{Room: room})
-	if err != nil {
-		return false
-	}
-	for _, p := range res.GetParticipants() {
-		if strings.HasPrefix(p.GetIdentity(), echoagent.IdentityPrefix) && p.GetState() == livekit.ParticipantInfo_ACTIVE {
-			return true
-		}
-	}
-	return false
 }
