@@ -235,8 +235,9 @@ func TestPrewarmFailsJobProcess(t *testing.T) {
 	}
 	rec := httptest.NewRecorder()
 	r.w.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
-	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "job processes cannot start") {
-		t.Fatalf("/readyz = %d %q, want 503 saying job processes cannot start", rec.Code, rec.Body.String())
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "job processes cannot start") ||
+		!strings.Contains(rec.Body.String(), "the model would not load") {
+		t.Fatalf("/readyz = %d %q, want 503 saying job processes cannot start, and the prewarm's error", rec.Code, rec.Body.String())
 	}
 	eventually(t, "the failed start logged with the prewarm's error", func() bool {
 		return r.logs.count(slog.LevelWarn, "the model would not load") > 0

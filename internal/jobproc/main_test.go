@@ -38,7 +38,22 @@ const (
 	envFailFile   = "JOBPROC_TEST_FAIL_FILE"   // if this file exists, exit 1 at once
 	envStartDelay = "JOBPROC_TEST_START_DELAY" // sleep this long before serving
 	envAsParent   = "JOBPROC_TEST_AS_PARENT"   // run a pool, print its pids, wait to be killed
+	envPrepare    = "JOBPROC_TEST_PREPARE"     // "ok": serve with a Prepare hook; "fail": one that fails
 )
+
+// prepared is set by the Prepare hook of a test child.
+var prepared atomic.Bool
+
+// prepareFromEnv is the Prepare hook envPrepare asks for, or nil.
+func prepareFromEnv() func(context.Context) error {
+	switch os.Getenv(envPrepare) {
+	case "ok":
+		return func(context.Context) error { prepared.Store(true); return nil }
+	case "fail":
+		return func(context.Context) error { return errors.New("prepare failed on purpose") }
+	}
+	return nil
+}
 
 // parentMain is a parent of job processes that a test kills: it keeps a
 // warm process and one running a job that ignores cancellation, prints
@@ -81,7 +96,7 @@ func childMain() int {
 	if d, err := time.ParseDuration(os.Getenv(envStartDelay)); err == nil {
 		time.Sleep(d)
 	}
-	err := Serve(context.Background(), testJob)
+	err := ServeOptions{Prepare: prepareFromEnv()}.Serve(context.Background(), testJob)
 	switch {
 	case errors.Is(err, ErrParentGone) && sawParentGone:
 		return 7
@@ -168,6 +183,11 @@ func testJob(ctx context.Context, s Spec, r *Reporter) Outcome {
 		return Failure(fmt.Errorf("identity=%s url=%s token=%s room=%s extra=%s traceparent=%s tracestate=%s accepted=%d base_age_ms=%d",
 			s.Identity, s.URL, s.Token, s.Job.GetRoom().GetName(), s.Extra, s.TraceParent, s.TraceState, s.Timing.GetAcceptedUs(),
 			time.Since(s.Base).Milliseconds()))
+	case "prepared":
+		if !prepared.Load() {
+			return Failure(errors.New("the Prepare hook did not run before the job"))
+		}
+		return Success()
 	case "parentgone":
 		<-ctx.Done()
 		var ce *CauseError

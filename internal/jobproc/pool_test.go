@@ -256,3 +256,27 @@ func TestClose(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 }
+
+// ServeOptions.Prepare runs before the child reports ready; one that fails
+// is a failed start, and the pool's health says why.
+func TestPrepare(t *testing.T) {
+	o := testOptions(nil)
+	o.Env = []string{envPrepare + "=ok"}
+	p := newPool(t, o)
+	if e := wait(t, start(t, p, "prepared", nil), 60*time.Second); e.Kind != EndSucceeded {
+		t.Fatalf("end %v %q", e.Kind, e.Error)
+	}
+
+	o.Env = []string{envPrepare + "=fail"}
+	p = newPool(t, o)
+	_, err := p.Start(context.Background(), spec("prepared"), nil)
+	var ee *EndError
+	if !errors.As(err, &ee) || ee.End.Kind != EndStartFailed || !strings.Contains(ee.End.Stderr, "prepare failed on purpose") {
+		t.Fatalf("Start: %v, want a failed start whose stderr says why", err)
+	}
+	var herr error
+	waitFor(t, 60*time.Second, "the pool to be unhealthy", func() bool { herr = p.Healthy(); return herr != nil })
+	if !strings.Contains(herr.Error(), "prepare failed on purpose") {
+		t.Errorf("Healthy: %v, want the hook's error", herr)
+	}
+}
