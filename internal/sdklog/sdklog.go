@@ -37,8 +37,9 @@ func (g *logger) log(level slog.Level, msg string, err error, kv []any) {
 	if !g.l.Enabled(ctx, level) {
 		return
 	}
+	kv = redactAll(kv)
 	if err != nil {
-		kv = append(kv, slog.Any("error", err))
+		kv = append(kv, slog.Any("error", redact(err)))
 	}
 	if g.name != "" {
 		kv = append(kv, slog.String("sdk", g.name))
@@ -84,7 +85,7 @@ func (g *logger) Errorw(msg string, err error, kv ...any) {
 }
 
 func (g *logger) WithValues(kv ...any) protologger.Logger {
-	return &logger{l: g.l.With(kv...), name: g.name, depth: g.depth}
+	return &logger{l: g.l.With(redactAll(kv)...), name: g.name, depth: g.depth}
 }
 
 func (g *logger) WithUnlikelyValues(kv ...any) protologger.UnlikelyLogger {
