@@ -16,8 +16,11 @@ import (
 // Defaults of [HeldOptions].
 const (
 	// DefaultHeldAfter: a dispatch with no job this long after its
-	// creation is held (dropped by the server).
-	DefaultHeldAfter = held.DefaultHeldAfter
+	// creation is held (dropped by the server). Longer than a worker's
+	// (10s): the guard cannot tell a dispatch the server dropped from one
+	// still in its queue of job requests, which a burst of CreateDispatch
+	// into new rooms backs up for tens of seconds.
+	DefaultHeldAfter = 30 * time.Second
 	// DefaultHeldInterval is how often a [Held] sweeps.
 	DefaultHeldInterval = 10 * time.Second
 )

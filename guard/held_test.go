@@ -30,8 +30,8 @@ func TestHeldGaugeAndServe(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	h, err := guard.NewHeld(guard.HeldOptions{
 		URL: s.srv.URL(), APIKey: s.srv.APIKey(), APISecret: s.srv.APISecret(),
-		AgentNames: []string{agent}, // After: the default; see internal/held on why not less
-		Logger:     slog.New(slog.DiscardHandler), Registerer: reg,
+		AgentNames: []string{agent}, After: 10 * time.Second, // not less: see internal/held
+		Logger: slog.New(slog.DiscardHandler), Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)
