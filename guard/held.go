@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lkagent/lkagent/internal/deploy"
 	"github.com/lkagent/lkagent/internal/held"
 )
 
@@ -155,7 +156,7 @@ func (h *Held) Sweep(ctx context.Context) (HeldResult, error) {
 	res, err := h.sweeper.Sweep(ctx, limit)
 	out := HeldResult{Rooms: res.Rooms, Unserved: map[string]int{}, Recovered: len(res.Recovered), Calls: res.Calls}
 	for _, r := range res.Recovered {
-		h.recovered.WithLabelValues(r.AgentName, r.Deployment).Inc()
+		h.recovered.WithLabelValues(r.AgentName, deploy.Label(r.Deployment)).Inc()
 	}
 	if res.Rooms == 0 && err != nil {
 		return out, err // the rooms could not be listed: the gauge keeps its values
@@ -166,7 +167,7 @@ func (h *Held) Sweep(ctx context.Context) (HeldResult, error) {
 	}
 	for k := range h.known {
 		n := res.Unserved[k]
-		h.unserved.WithLabelValues(k.AgentName, k.Deployment).Set(float64(n))
+		h.unserved.WithLabelValues(k.AgentName, deploy.Label(k.Deployment)).Set(float64(n))
 		if n > 0 {
 			out.Unserved[k.AgentName+"/"+k.Deployment] = n
 		}

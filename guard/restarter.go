@@ -12,6 +12,8 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lkagent/lkagent/internal/deploy"
 )
 
 // ErrUnauthorized: the server rejected the API key or secret.
@@ -175,15 +177,15 @@ func (r *Restarter) restart(ctx context.Context, f Failure, source string) (Deci
 	d, err := r.decide(ctx, f)
 	switch {
 	case err != nil:
-		r.m.errors.WithLabelValues(d.AgentName, d.Deployment).Inc()
+		r.m.errors.WithLabelValues(d.AgentName, deploy.Label(d.Deployment)).Inc()
 		log.Warn("restart failed", slog.String("agent_name", d.AgentName), slog.String("deployment", d.Deployment), slog.Any("error", err))
 		return d, err
 	case d.Outcome == Restarted:
-		r.m.restarts.WithLabelValues(d.AgentName, d.Deployment).Inc()
+		r.m.restarts.WithLabelValues(d.AgentName, deploy.Label(d.Deployment)).Inc()
 		log.Info("agent restarted", slog.String("agent_name", d.AgentName), slog.String("deployment", d.Deployment), slog.String("failed_dispatch", d.FailedDispatch),
 			slog.String("new_dispatch", d.NewDispatch), slog.Int("attempt", d.Attempt), slog.Int("max_restarts", r.o.MaxRestarts))
 	default:
-		r.m.refusals.WithLabelValues(d.AgentName, d.Deployment, string(d.Outcome)).Inc()
+		r.m.refusals.WithLabelValues(d.AgentName, deploy.Label(d.Deployment), string(d.Outcome)).Inc()
 		attrs := []any{slog.String("agent_name", d.AgentName), slog.String("deployment", d.Deployment), slog.String("reason", string(d.Outcome)), slog.String("why", d.Detail)}
 		if d.FailedDispatch != "" {
 			attrs = append(attrs, slog.String("failed_dispatch", d.FailedDispatch))

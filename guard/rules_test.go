@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/livekit/protocol/livekit"
+
+	"github.com/lkagent/lkagent/internal/deploy"
 )
 
 // The reason table, for every DisconnectReason the protocol defines: a new
@@ -178,7 +180,7 @@ func TestDecide(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err = %v, want one with %q", err, tc.err)
 				}
-				if n := count(r.m.errors, f.AgentName, d.Deployment); n != 1 {
+				if n := count(r.m.errors, f.AgentName, deploy.Label(d.Deployment)); n != 1 {
 					t.Errorf("errors counted %d, want 1", n)
 				}
 				return
@@ -200,7 +202,7 @@ func TestDecide(t *testing.T) {
 				if len(api.created) != 0 || len(api.removed) != 0 {
 					t.Errorf("refused, yet created %v and removed %v", api.created, api.removed)
 				}
-				if n := count(r.m.refusals, f.AgentName, d.Deployment, string(tc.want)); n != 1 {
+				if n := count(r.m.refusals, f.AgentName, deploy.Label(d.Deployment), string(tc.want)); n != 1 {
 					t.Errorf("refusal %s counted %d", tc.want, n)
 				}
 			}
@@ -241,7 +243,7 @@ func TestLocalCapAndBackoff(t *testing.T) {
 	if gap := created[1].Sub(created[0]); gap < 140*time.Millisecond {
 		t.Errorf("second restart %s after the first, want at least the backoff (150ms)", gap)
 	}
-	if n := count(r.m.refusals, "bot", "", string(CapReached)); n != 1 {
+	if n := count(r.m.refusals, "bot", deploy.ProductionLabel, string(CapReached)); n != 1 {
 		t.Errorf("cap_reached counted %d", n)
 	}
 }
@@ -346,7 +348,7 @@ func TestSameFailureTwiceWaitsForTheFirstDecision(t *testing.T) {
 		if err1 != nil || err2 != nil || first.Outcome != PolicyNever || second.Outcome != PolicyNever {
 			t.Fatalf("decisions %+v (%v) and %+v (%v), want policy_never twice", first, err1, second, err2)
 		}
-		if n := count(r.m.refusals, "bot", "", string(PolicyNever)); n != 2 {
+		if n := count(r.m.refusals, "bot", deploy.ProductionLabel, string(PolicyNever)); n != 2 {
 			t.Errorf("policy_never refusals %d, want 2", n)
 		}
 	})

@@ -14,6 +14,7 @@ import (
 	"github.com/livekit/protocol/livekit"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lkagent/lkagent/internal/deploy"
 	"github.com/lkagent/lkagent/internal/held"
 )
 
@@ -265,7 +266,7 @@ func (w *Worker) runHeld(ctx context.Context) {
 			w.log.Warn("held dispatches: sweep failed", slog.Any("error", err))
 		}
 		for _, r := range res.Recovered {
-			h.recovered.WithLabelValues(r.AgentName, r.Deployment).Inc()
+			h.recovered.WithLabelValues(r.AgentName, deploy.Label(r.Deployment)).Inc()
 			h.total.Add(1)
 		}
 		h.suspect.Store(len(res.Held) > 0 || !res.NextHeld.IsZero())
