@@ -189,6 +189,8 @@ func TestProcessesContainFailures(t *testing.T) {
 	t.Parallel()
 	srv := workertest.NewServer(t)
 	r := startWorker(t, processOptions(srv, worker.ProcessOptions{Idle: 2}), misbehave)
+	sub := r.w.Subscribe(worker.EventEnded)
+	defer sub.Close()
 	c := mustConn(t, srv)
 	holder := procJob("hold")
 	dispatch(t, c, holder)
@@ -233,10 +235,11 @@ func TestProcessesContainFailures(t *testing.T) {
 	if err := c.Terminate(holder.GetId()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the held job to see its termination", func() bool {
-		return r.logs.count(slog.LevelInfo, "cause=job terminated by server") == 1
-	})
-	eventually(t, "the held job to end", func() bool { return len(r.w.Snapshot().Jobs) == 0 })
+	e, _ := nextEvent(t, sub, "the held job's end", ended(holder.GetId()))
+	if e.Status != worker.StatusTerminated || !errors.Is(e.Cause, job.ErrTerminated) {
+		t.Errorf("the held job ended %+v, want terminated by job.ErrTerminated", e)
+	}
+	eventually(t, "the held job to be gone", func() bool { return len(r.w.Snapshot().Jobs) == 0 })
 }
 
 // A job process past MemoryWarn is logged and counted once; one past
