@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -88,6 +89,7 @@ func misbehave(ctx context.Context, j *job.Job) error {
 				b[i] = 1
 			}
 			keep = append(keep, b)
+			runtime.KeepAlive(keep) // every chunk stays resident
 			time.Sleep(10 * time.Millisecond)
 		}
 	case "grow": // until its resident set passes 112 MiB, then hold
