@@ -193,8 +193,11 @@ func TestDrainKeepsWorkerConnected(t *testing.T) {
 	if err := <-drained; err != nil {
 		t.Fatalf("Drain = %v, want nil", err)
 	}
-	// Still connected and running; only Run's context stops it.
-	time.Sleep(300 * time.Millisecond)
+	// Still connected and running; only Run's context stops it: an offer
+	// after the drain is answered (and declined) on the same connection.
+	if res, err := c.Offer(ctx, workertest.NewJob("keep-bot", "")); err != nil || res.GetAvailable() {
+		t.Fatalf("offer after Drain: %v %v, want declined on the same connection", res, err)
+	}
 	if c.Err() != nil {
 		t.Fatalf("connection ended after Drain: %v", c.Err())
 	}

@@ -91,7 +91,7 @@ func misbehave(ctx context.Context, j *job.Job) error {
 				b[i] = 1
 			}
 			keep = append(keep, b)
-			runtime.KeepAlive(keep)
+			runtime.KeepAlive(keep) // every chunk stays resident
 			time.Sleep(10 * time.Millisecond)
 		}
 	case "grow": // until its resident set passes 112 MiB, then hold
@@ -193,6 +193,8 @@ func TestProcessesContainFailures(t *testing.T) {
 	t.Parallel()
 	srv := workertest.NewServer(t)
 	r := startWorker(t, processOptions(srv, worker.ProcessOptions{Idle: 2}), misbehave)
+	sub := r.w.Subscribe(worker.EventEnded)
+	defer sub.Close()
 	c := mustConn(t, srv)
 	holder := procJob("hold")
 	dispatch(t, c, holder)
@@ -237,10 +239,11 @@ func TestProcessesContainFailures(t *testing.T) {
 	if err := c.Terminate(holder.GetId()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the held job to see its termination", func() bool {
-		return r.logs.count(slog.LevelInfo, "cause=job terminated by server") == 1
-	})
-	eventually(t, "the held job to end", func() bool { return len(r.w.Snapshot().Jobs) == 0 })
+	e, _ := nextEvent(t, sub, "the held job's end", ended(holder.GetId()))
+	if e.Status != worker.StatusTerminated || !errors.Is(e.Cause, job.ErrTerminated) {
+		t.Errorf("the held job ended %+v, want terminated by job.ErrTerminated", e)
+	}
+	eventually(t, "the held job to be gone", func() bool { return len(r.w.Snapshot().Jobs) == 0 })
 }
 
 // A job process past MemoryWarn is logged and counted once; one past
@@ -278,8 +281,8 @@ func TestProcessMemoryLimit(t *testing.T) {
 // MemoryLimit is a poll of the resident set, faster near the limit: a job
 // that allocates and keeps 16 MiB chunks as fast as it can is killed soon
 // after it passes a 200 MiB limit. With a 1 s poll the same job was seen
-// up to 54 MiB past it (in a test binary built with -race). The figures
-// are logged for docs/job-processes.md.
+// up to 54 MiB past it, a median of 14–23 MiB (in a test binary built with
+// -race). The figures are logged for docs/job-processes.md.
 func TestProcessMemoryLimitOvershoot(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
@@ -313,8 +316,12 @@ func TestProcessMemoryLimitOvershoot(t *testing.T) {
 	slices.Sort(seen)
 	t.Logf("MemoryLimit 200 MiB, a job allocating as fast as it can: resident set seen at the kill %.1f–%.1f MiB (%v)",
 		seen[0], seen[len(seen)-1], seen)
-	if over := seen[len(seen)-1] - limit>>20; over > 30 {
-		t.Errorf("killed %.0f MiB past the limit: the poll near the limit is too slow", over)
+	// The median, not the largest: on a loaded machine one look may come
+	// late (284.6 MiB was seen once while the whole suite ran). Medians
+	// measured: 201.0–205.1 MiB with the fast poll, 213.9–222.9 MiB with
+	// the 1 s poll alone.
+	if over := seen[len(seen)/2] - limit>>20; over > 10 {
+		t.Errorf("killed a median %.1f MiB past the limit: the poll near the limit is too slow", over)
 	}
 }
 

@@ -14,7 +14,11 @@
 //
 // Run survives lost connections (reconnecting with backoff, jobs untouched)
 // and, when its context ends, drains: it stops taking offers, lets running
-// jobs finish up to Options.DrainTimeout, then cancels them.
+// jobs finish up to Options.DrainTimeout, then cancels them. A program's
+// main calls [Worker.RunUntilSignal] instead: the first SIGINT or SIGTERM
+// drains, a second cancels the running jobs and still reports their ends.
+// [Worker.Subscribe] delivers what happens to each job as typed events.
+// docs/lifecycle.md describes the states and the stop semantics.
 package worker
 
 import (

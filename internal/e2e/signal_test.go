@@ -58,7 +58,6 @@ func TestSecondSIGTERMCancelsAndReports(t *testing.T) {
 		t.Fatalf("no job_id in the job's line:\n%s", out.String())
 	}
 	jobID := m[1]
-	time.Sleep(2 * worker.StatusDelay) // the running status reaches the server
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -86,7 +86,6 @@ func TestStopAndCancelDuringStop(t *testing.T) {
 	w := stopTestWorker(t, srv, worker.Options{AgentName: agent, DrainTimeout: time.Hour, ShutdownTimeout: shutdown}, h.handle)
 	createDispatch(t, agent, uniq("room"), "")
 	j := h.waitStarted(t)
-	time.Sleep(2 * worker.StatusDelay) // the running status reaches the server
 
 	stopCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
