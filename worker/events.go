@@ -31,10 +31,11 @@ const (
 	// EventRestarted: the agent of a failed job was dispatched to its
 	// room again (Options.Restart); DispatchID is the new dispatch.
 	EventRestarted
-	// EventRecovered: a job this worker kept running across a lost
-	// connection was taken up again by the server, so that its statuses
-	// reach the server once more. No code path emits it yet: the worker
-	// emits it from Worker.recovered, the one place meant for it.
+	// EventRecovered: a dispatch of this worker's agent name and
+	// deployment that the server had dropped (a held dispatch, see
+	// Options.Held) was served by this worker: DispatchID is the dispatch
+	// that replaced it, Room its room, Took how long it had been held.
+	// Its job then comes as an offer like any other.
 	EventRecovered
 )
 
@@ -94,10 +95,11 @@ type Event struct {
 	// nil when the job ended on its own.
 	Cause error
 	// Took is how long the job ran, or waited in the queue when it never
-	// started (EventEnded).
+	// started (EventEnded); how long a held dispatch had waited
+	// (EventRecovered).
 	Took time.Duration
 	// DispatchID is the new dispatch of a restarted agent
-	// (EventRestarted).
+	// (EventRestarted) or of a held dispatch served (EventRecovered).
 	DispatchID string
 }
 
@@ -187,10 +189,7 @@ func (h *eventHub) emit(e Event) {
 	}
 }
 
-// recovered emits EventRecovered for a job this worker kept running
-// across a lost connection, once the server took it up again. It is the
-// one emit point for that event: the code that re-attaches held jobs to a
-// new connection calls it for each job it re-attached.
-func (w *Worker) recovered(jobID, room string) {
-	w.events.emit(Event{Kind: EventRecovered, JobID: jobID, Room: room})
+// recovered emits EventRecovered for a held dispatch this worker served.
+func (w *Worker) recovered(room, dispatchID string, held time.Duration) {
+	w.events.emit(Event{Kind: EventRecovered, Room: room, DispatchID: dispatchID, Took: held})
 }

@@ -36,27 +36,6 @@ func TestEventHubDropsWhenFull(t *testing.T) {
 	}
 }
 
-// recovered is the emit point of EventRecovered.
-func TestRecoveredEmitsEvent(t *testing.T) {
-	t.Parallel()
-	w, err := newWorker(validOptions(), noop, noEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub := w.Subscribe(EventRecovered)
-	defer sub.Close()
-	w.events.emit(Event{Kind: EventOffered}) // not subscribed to
-	w.recovered("AJ_1", "room-1")
-	select {
-	case e := <-sub.C:
-		if e.Kind != EventRecovered || e.JobID != "AJ_1" || e.Room != "room-1" || e.Time.IsZero() {
-			t.Errorf("event %+v, want recovered AJ_1 in room-1", e)
-		}
-	default:
-		t.Fatal("no event")
-	}
-}
-
 func TestEventKindString(t *testing.T) {
 	t.Parallel()
 	for k, want := range map[EventKind]string{EventOffered: "offered", EventDeclined: "declined", EventQueued: "queued",

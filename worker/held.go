@@ -268,6 +268,7 @@ func (w *Worker) runHeld(ctx context.Context) {
 		for _, r := range res.Recovered {
 			h.recovered.WithLabelValues(r.AgentName, deploy.Label(r.Deployment)).Inc()
 			h.total.Add(1)
+			w.recovered(r.Room, r.New, r.Held)
 		}
 		h.suspect.Store(len(res.Held) > 0 || !res.NextHeld.IsZero())
 		if !res.NextHeld.IsZero() {

@@ -113,9 +113,30 @@ func heldScenario(t *testing.T, via, on *lkserver.Server) {
 	}
 	started := time.Now()
 	var workers []*worker.Worker
+	recoveries := make(chan worker.Event, 16)
 	for range 2 {
 		o := worker.Options{AgentName: agent, Deployment: "canary", URL: on.URL(), APIKey: on.APIKey(), APISecret: on.APISecret()}
-		workers = append(workers, startWorkerAt(t, o, handle))
+		testDefaults(t, &o)
+		w, err := worker.New(o, handle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub := w.Subscribe(worker.EventRecovered) // before it starts: its first sweep follows its registration
+		t.Cleanup(sub.Close)
+		go func() {
+			for e := range sub.C {
+				recoveries <- e
+			}
+		}()
+		if err := w.Start(ctx); err != nil {
+			t.Fatalf("worker did not register: %v", err)
+		}
+		t.Cleanup(func() {
+			sctx, cancel := context.WithTimeout(context.Background(), o.DrainTimeout)
+			defer cancel()
+			_ = w.Stop(sctx)
+		})
+		workers = append(workers, w)
 	}
 
 	want := map[string]bool{apiRoom: true, tokenRoom: true}
@@ -152,6 +173,25 @@ func heldScenario(t *testing.T, via, on *lkserver.Server) {
 	if recovered != 2 {
 		t.Fatalf("the workers recovered %d held dispatches, want 2", recovered)
 	}
+	// Each served dispatch was told as an EventRecovered, once, naming the
+	// dispatch that replaced it.
+	recoveredRooms := map[string]string{} // room → new dispatch
+	for len(recoveredRooms) < 2 {
+		select {
+		case e := <-recoveries:
+			if _, dup := recoveredRooms[e.Room]; dup || (e.Room != apiRoom && e.Room != tokenRoom) || e.DispatchID == "" {
+				t.Fatalf("EventRecovered %+v (so far %v)", e, recoveredRooms)
+			}
+			recoveredRooms[e.Room] = e.DispatchID
+		case <-ctx.Done():
+			t.Fatalf("EventRecovered for %v only", recoveredRooms)
+		}
+	}
+	select {
+	case e := <-recoveries:
+		t.Fatalf("a third EventRecovered: %+v", e)
+	default:
+	}
 	// The served dispatches kept their metadata; the deleted one stayed
 	// deleted.
 	for room, md := range map[string]string{apiRoom: "api", tokenRoom: "token"} {
@@ -163,6 +203,9 @@ func heldScenario(t *testing.T, via, on *lkserver.Server) {
 		for _, d := range res.AgentDispatches {
 			if d.AgentName == agent {
 				n++
+				if d.Id != recoveredRooms[room] {
+					t.Errorf("room %s: dispatch %s, but EventRecovered named %s", room, d.Id, recoveredRooms[room])
+				}
 				if d.Metadata != md || d.Deployment != "canary" || len(d.GetState().GetJobs()) != 1 {
 					t.Fatalf("room %s: dispatch %v, want metadata %q, canary, one job", room, d, md)
 				}
