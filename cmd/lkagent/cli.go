@@ -52,7 +52,7 @@ func commands() []*command {
 		{name: "dev", summary: "build and run an agent package against a local server, and reload it on every source change", run: runDev},
 		{name: "console", summary: "dispatch an agent into a room and chat with it from the terminal", run: runConsole},
 		{name: "worker", summary: "run the example echo agent as a worker of an agent name and deployment", run: runWorker},
-		{name: "guard", summary: "restart agents that failed in rooms still in use, driven by the server's webhooks", run: runGuard},
+		{name: "guard", summary: "restart agents that failed in rooms still in use (webhooks) and serve dispatches no worker took", run: runGuard},
 	}
 }
 
