@@ -11,7 +11,7 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
-	"github.com/lkagent/lkagent/internal/bench"
+	"github.com/lkagent/lkagent/cmd/lkagent/internal/bench"
 	"github.com/lkagent/lkagent/internal/lkserver"
 )
 
