@@ -64,7 +64,8 @@ const (
 type Options = restart.Options
 
 // OptionError reports an invalid option: which one, the rule, and the value
-// (never the secret's).
+// (never a secret's value; quoted, with invisible characters escaped). It is
+// the same type as worker.OptionError.
 type OptionError = restart.OptionError
 
 // ErrUnauthorized: the server rejected the API key or secret.

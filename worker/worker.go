@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/lkagent/lkagent/internal/config"
 	"github.com/lkagent/lkagent/internal/jobproc"
 	"github.com/lkagent/lkagent/internal/restart"
 	"github.com/lkagent/lkagent/internal/sdklog"
@@ -96,7 +97,8 @@ func New(opts Options, handler job.Handler) (*Worker, error) {
 	return newWorker(opts, handler, osGetenv)
 }
 
-func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*Worker, error) {
+func newWorker(opts Options, handler job.Handler, getenv func(string) string) (_ *Worker, err error) {
+	defer func() { config.Attribute(err, "worker") }() // every OptionError says it is the worker's
 	if handler == nil {
 		return nil, &OptionError{Option: "handler", Rule: "required: pass the job handler to worker.New"}
 	}
