@@ -25,9 +25,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lkagent/lkagent/guard"
-	"github.com/lkagent/lkagent/internal/lkserver"
-	"github.com/lkagent/lkagent/internal/syncbuf"
-	"github.com/lkagent/lkagent/internal/wait"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )

@@ -23,8 +23,8 @@ import (
 	"github.com/twitchtv/twirp"
 
 	"github.com/lkagent/lkagent/guard"
-	"github.com/lkagent/lkagent/internal/lkserver"
-	"github.com/lkagent/lkagent/internal/wait"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 )
 
 // The claim the guard relies on, checked on the real server: of

@@ -19,7 +19,7 @@ import (
 	lklogger "github.com/livekit/protocol/logger"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
-	"github.com/lkagent/lkagent/internal/syncbuf"
+	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/livekittest"
 	"github.com/lkagent/lkagent/worker"

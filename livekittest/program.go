@@ -16,8 +16,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/lkagent/lkagent/internal/racebuild"
-	"github.com/lkagent/lkagent/internal/syncbuf"
+	"github.com/lkagent/lkagent/internal/testkit/racebuild"
+	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
 )
 
 // Build builds the main package pkg (as go build names it: "." is the

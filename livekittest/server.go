@@ -17,7 +17,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 	"github.com/twitchtv/twirp"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 )
 
 // Timeout bounds every wait of the helpers that take a testing.TB. It is

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 )
 
 // The server started by Start is stopped, its process gone and its port

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/lkagent/lkagent/internal/lines"
+	"github.com/lkagent/lkagent/internal/testkit/lines"
 )
 
 // serverLog receives the server's output. It forwards the lines at or

@@ -4,7 +4,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 )
 
 // Shared is one server shared by the tests of a package. The first test

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lkagent/lkagent/internal/wait"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 )
 
 // Eventually checks cond until it returns true, and fails the test if it

@@ -12,8 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/lkagent/lkagent/guard"
 	"github.com/lkagent/lkagent/internal/deploy"
+	"github.com/lkagent/lkagent/internal/restart"
 )
 
 // ProtocolVersion is the agent protocol version reported by /worker.
@@ -53,7 +53,7 @@ func (w *Worker) Handler() http.Handler {
 		_, _ = rw.Write([]byte("OK"))
 	})
 	if w.hookRest != nil {
-		mux.HandleFunc("POST "+guard.WebhookPath, func(rw http.ResponseWriter, r *http.Request) {
+		mux.HandleFunc("POST "+restart.WebhookPath, func(rw http.ResponseWriter, r *http.Request) {
 			wh := w.webhook.Load()
 			if wh == nil {
 				http.Error(rw, "worker is not running", http.StatusServiceUnavailable)

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/lkagent/lkagent/internal/config"
 	"github.com/lkagent/lkagent/internal/cpuload"
 	"github.com/lkagent/lkagent/internal/deploy"
 	"github.com/lkagent/lkagent/internal/lkurl"
@@ -22,9 +23,9 @@ import (
 
 // Environment variables read for options left empty.
 const (
-	EnvURL        = "LIVEKIT_URL"
-	EnvAPIKey     = "LIVEKIT_API_KEY"
-	EnvAPISecret  = "LIVEKIT_API_SECRET"
+	EnvURL        = config.EnvURL
+	EnvAPIKey     = config.EnvAPIKey
+	EnvAPISecret  = config.EnvAPISecret
 	EnvDeployment = "LIVEKIT_AGENT_DEPLOYMENT"
 )
 
@@ -233,44 +234,17 @@ type Options struct {
 }
 
 // OptionError reports an invalid option: which one, the rule, and the value
-// (never a secret's value; quoted, with invisible characters escaped).
-type OptionError struct {
-	Option string
-	Value  string
-	Rule   string
-	// Env is the environment variable the value was read from, when the
-	// option was left empty ("" when the option was set).
-	Env string
-	// Err is the broken rule as an error, when there is one to test for
-	// (errors.Is(err, deploy.ErrNamedLikeProduction)); Unwrap returns it.
-	Err error
-}
-
-// Unwrap returns e.Err.
-func (e *OptionError) Unwrap() error { return e.Err }
-
-func (e *OptionError) Error() string {
-	switch {
-	case e.Env != "":
-		return fmt.Sprintf("worker: %s=%s (for option %s): %s", e.Env, deploy.Quote(e.Value), e.Option, e.Rule)
-	case e.Value == "":
-		return fmt.Sprintf("worker: option %s: %s", e.Option, e.Rule)
-	}
-	return fmt.Sprintf("worker: option %s = %s: %s", e.Option, deploy.Quote(e.Value), e.Rule)
-}
+// (never a secret's value; quoted, with invisible characters escaped). Env
+// is the environment variable the value was read from, when the option was
+// left empty; Err is the broken rule as an error, when there is one to test
+// for (errors.Is(err, deploy.ErrNamedLikeProduction)), and Unwrap returns
+// it. It is the same type as guard.OptionError.
+type OptionError = config.OptionError
 
 // withDefaults fills zero fields from getenv and the defaults, and validates
 // the result.
 func (o Options) withDefaults(getenv func(string) string) (Options, error) {
-	if o.URL == "" {
-		o.URL = getenv(EnvURL)
-	}
-	if o.APIKey == "" {
-		o.APIKey = getenv(EnvAPIKey)
-	}
-	if o.APISecret == "" {
-		o.APISecret = getenv(EnvAPISecret)
-	}
+	config.FromEnv(&o.URL, &o.APIKey, &o.APISecret, getenv)
 	deploymentEnv := ""
 	if o.Deployment == "" {
 		o.Deployment = getenv(EnvDeployment)
@@ -335,14 +309,8 @@ func deploymentWarning(d string) string {
 }
 
 func (o *Options) validate() error {
-	if err := validateURL(o.URL); err != nil {
+	if err := config.CheckConn(o.URL, o.APIKey, o.APISecret); err != nil {
 		return err
-	}
-	if o.APIKey == "" {
-		return &OptionError{Option: "APIKey", Rule: "required: set Options.APIKey or " + EnvAPIKey}
-	}
-	if o.APISecret == "" {
-		return &OptionError{Option: "APISecret", Rule: "required: set Options.APISecret or " + EnvAPISecret}
 	}
 	if err := validDeployment(o.Deployment); err != nil {
 		return &OptionError{Option: "Deployment", Value: o.Deployment, Rule: err.Error(), Err: err}
@@ -421,18 +389,6 @@ func osGetenv(k string) string { return os.Getenv(k) }
 // CPU-bound and of uneven size, where a job count says little.
 func CPULoad() func() float64 {
 	return cpuload.New(time.Second).Load
-}
-
-// validateURL checks Options.URL. Its errors never print a password or a
-// query: the URL is shown without them.
-func validateURL(raw string) error {
-	if raw == "" {
-		return &OptionError{Option: "URL", Rule: "required: set Options.URL or " + EnvURL + " (for example ws://127.0.0.1:7880)"}
-	}
-	if shown, problem := lkurl.Problem(raw); problem != "" {
-		return &OptionError{Option: "URL", Value: shown, Rule: problem}
-	}
-	return nil
 }
 
 // validDeployment checks a deployment label by the rules the worker and the

@@ -8,7 +8,7 @@ import (
 	"github.com/livekit/protocol/livekit"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/lkagent/lkagent/guard"
+	"github.com/lkagent/lkagent/internal/restart"
 )
 
 // RestartOptions configure how the worker restarts an agent whose job
@@ -36,8 +36,8 @@ const restartTimeout = 2 * time.Minute
 
 // newRestarter builds the restarter of the worker's options: it uses the
 // worker's credentials, logger and registry.
-func (w *Worker) newRestarter() (*guard.Restarter, error) {
-	return guard.New(guard.Options{
+func (w *Worker) newRestarter() (*restart.Restarter, error) {
+	return restart.New(restart.Options{
 		URL: w.o.URL, APIKey: w.o.APIKey, APISecret: w.o.APISecret,
 		MaxRestarts: w.o.Restart.MaxRestarts, Window: w.o.Restart.Window,
 		Backoff: w.o.Restart.Backoff, MaxBackoff: w.o.Restart.MaxBackoff,
@@ -99,7 +99,7 @@ func (w *Worker) restart(a *activeJob, status EndStatus, joinedAt time.Time) {
 	if !w.restartable(status) {
 		return
 	}
-	f := guard.Failure{
+	f := restart.Failure{
 		Room:       a.info.GetRoom().GetName(),
 		AgentName:  a.info.GetAgentName(),
 		Deployment: a.info.GetDeployment(),
@@ -121,7 +121,7 @@ func (w *Worker) restart(a *activeJob, status EndStatus, joinedAt time.Time) {
 			w.log.Warn("restarting a failed job's agent failed", jobAttrs(a.info, a.line.sess.workerID(), slog.Any("error", err))...)
 			return
 		}
-		if d.Outcome == guard.Restarted {
+		if d.Outcome == restart.Restarted {
 			w.events.emit(Event{Kind: EventRestarted, JobID: f.JobID, Room: f.Room, DispatchID: d.NewDispatch})
 		}
 	})

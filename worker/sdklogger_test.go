@@ -12,7 +12,7 @@ import (
 
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
-	"github.com/lkagent/lkagent/internal/racebuild"
+	"github.com/lkagent/lkagent/internal/testkit/racebuild"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )

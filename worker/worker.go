@@ -34,8 +34,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/lkagent/lkagent/guard"
+	"github.com/lkagent/lkagent/internal/config"
 	"github.com/lkagent/lkagent/internal/jobproc"
+	"github.com/lkagent/lkagent/internal/restart"
 	"github.com/lkagent/lkagent/internal/sdklog"
 	"github.com/lkagent/lkagent/job"
 )
@@ -50,18 +51,18 @@ type Worker struct {
 	agentURL  string    // the /agent endpoint
 	base      time.Time // timing base for JobJoinTiming
 	obs       *observer
-	registry  *prometheus.Registry          // the worker's own: its collectors, Go's and the process's
-	loads     *loadSampler                  // nil without Options.LoadFunc
-	restarter *guard.Restarter              // nil with Restart.Disabled
-	hookRest  *guard.Restarter              // the webhook's, with Options.Webhook
-	webhook   atomic.Pointer[guard.Webhook] // the current run's webhook receiver
-	heldSweep *heldState                    // nil with Held.Disabled (held.go)
-	procOpts  ProcessOptions                // with the Processes executor
-	useProcs  bool                          // jobs run in job processes
-	pool      atomic.Pointer[jobproc.Pool]  // the current run's job processes
-	poolErr   atomic.Pointer[error]         // why job processes cannot start, nil when they can
-	warm      warmState                     // what Options.Prewarm made (prewarm.go)
-	tracing   tracing                       // the jobs' tracer (trace.go)
+	registry  *prometheus.Registry            // the worker's own: its collectors, Go's and the process's
+	loads     *loadSampler                    // nil without Options.LoadFunc
+	restarter *restart.Restarter              // nil with Restart.Disabled
+	hookRest  *restart.Restarter              // the webhook's, with Options.Webhook
+	webhook   atomic.Pointer[restart.Webhook] // the current run's webhook receiver
+	heldSweep *heldState                      // nil with Held.Disabled (held.go)
+	procOpts  ProcessOptions                  // with the Processes executor
+	useProcs  bool                            // jobs run in job processes
+	pool      atomic.Pointer[jobproc.Pool]    // the current run's job processes
+	poolErr   atomic.Pointer[error]           // why job processes cannot start, nil when they can
+	warm      warmState                       // what Options.Prewarm made (prewarm.go)
+	tracing   tracing                         // the jobs' tracer (trace.go)
 	// statusDelay is StatusDelay; tests against a fake without the
 	// server's race set it to 0.
 	statusDelay time.Duration
@@ -100,7 +101,8 @@ func New(opts Options, handler job.Handler) (*Worker, error) {
 	return newWorker(opts, handler, osGetenv)
 }
 
-func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*Worker, error) {
+func newWorker(opts Options, handler job.Handler, getenv func(string) string) (_ *Worker, err error) {
+	defer func() { config.Attribute(err, "worker") }() // every OptionError says it is the worker's
 	if handler == nil {
 		return nil, &OptionError{Option: "handler", Rule: "required: pass the job handler to worker.New"}
 	}
@@ -353,7 +355,7 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 	}
 	closeWebhook := func() {}
 	if w.hookRest != nil {
-		wh := guard.NewWebhook(w.hookRest, guard.WebhookOptions{})
+		wh := restart.NewWebhook(w.hookRest, restart.WebhookOptions{})
 		w.webhook.Store(wh)
 		closeWebhook = func() {
 			w.webhook.Store(nil)

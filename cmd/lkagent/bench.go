@@ -11,8 +11,8 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
-	"github.com/lkagent/lkagent/internal/bench"
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/cmd/lkagent/internal/bench"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 )
 
 // benchFlags are the bench command's flags.

@@ -18,8 +18,8 @@ import (
 
 	"github.com/lkagent/lkagent/dispatch"
 	"github.com/lkagent/lkagent/examples/echo/echoagent"
-	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/internal/sdklog"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )

@@ -23,7 +23,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"github.com/lkagent/lkagent/internal/bench"
+	"github.com/lkagent/lkagent/cmd/lkagent/internal/bench"
 )
 
 func main() {

@@ -21,9 +21,9 @@ import (
 	lklogger "github.com/livekit/protocol/logger"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
-	"github.com/lkagent/lkagent/internal/racebuild"
-	"github.com/lkagent/lkagent/internal/syncbuf"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/racebuild"
+	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
 )
 
 var (

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 )
 
 func runServer(ctx context.Context, e *env, args []string) error {

@@ -8,7 +8,7 @@ import (
 
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 )
 
 // A token made by 'lkagent token' decodes with its agent deployment, and

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 )
 
 // 'lkagent worker' takes the dispatches of its deployment only, and drains

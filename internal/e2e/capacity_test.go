@@ -16,8 +16,8 @@ import (
 	"github.com/livekit/protocol/livekit"
 	"github.com/prometheus/common/expfmt"
 
-	"github.com/lkagent/lkagent/internal/faultproxy"
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/faultproxy"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )

@@ -14,9 +14,9 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/lkagent/lkagent/internal/faultproxy"
-	"github.com/lkagent/lkagent/internal/lkserver"
-	"github.com/lkagent/lkagent/internal/syncbuf"
+	"github.com/lkagent/lkagent/internal/testkit/faultproxy"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )

@@ -18,10 +18,10 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
-	"github.com/lkagent/lkagent/internal/procmem"
-	"github.com/lkagent/lkagent/internal/racebuild"
-	"github.com/lkagent/lkagent/internal/syncbuf"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/procmem"
+	"github.com/lkagent/lkagent/internal/testkit/racebuild"
+	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
 	"github.com/lkagent/lkagent/worker"
 )
 

@@ -30,8 +30,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/lkagent/lkagent/guard"
-	"github.com/lkagent/lkagent/internal/lkserver"
-	"github.com/lkagent/lkagent/internal/wait"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 )
 
 // Restarts against the real server with its webhooks on: a killed worker's

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/worker"
 )
 

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lkagent/lkagent/internal/procmem"
+	"github.com/lkagent/lkagent/internal/testkit/procmem"
 )
 
 // BenchmarkWarmStart measures Start on a warm process until the child runs

@@ -16,8 +16,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/lkagent/lkagent/dispatch"
-	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/internal/lkurl"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/metrics"
 	"github.com/lkagent/lkagent/worker"

@@ -23,8 +23,8 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/lkagent/lkagent/internal/faultproxy"
-	"github.com/lkagent/lkagent/internal/wait"
+	"github.com/lkagent/lkagent/internal/testkit/faultproxy"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 )
 
 // Bounds for timed assertions. waitLong is how long something expected to

@@ -20,7 +20,7 @@ import (
 	"github.com/livekit/protocol/logger"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
-	"github.com/lkagent/lkagent/internal/syncbuf"
+	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
 )
 
 // mainSrv is started by RunMain in TestMain and shared by the tests that

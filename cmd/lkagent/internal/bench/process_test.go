@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 )
 
 // The test binary serves the job processes of the benches it runs with

@@ -25,9 +25,9 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/internal/lkurl"
-	"github.com/lkagent/lkagent/internal/procmem"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/procmem"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )

@@ -1,4 +1,4 @@
-package guard
+package restart
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lkagent/lkagent/internal/config"
 	"github.com/lkagent/lkagent/internal/deploy"
 	"github.com/lkagent/lkagent/internal/held"
 )
@@ -103,7 +104,7 @@ func NewHeld(o HeldOptions) (*Held, error) {
 		o.Interval = DefaultHeldInterval
 	}
 	if o.After < 0 || o.Interval < 0 {
-		return nil, &OptionError{Option: "After/Interval", Value: fmt.Sprint(o.After, "/", o.Interval), Rule: "must not be negative"}
+		return nil, config.Attribute(&OptionError{Option: "After/Interval", Value: fmt.Sprint(o.After, "/", o.Interval), Rule: "must not be negative"}, "guard")
 	}
 	return newHeld(o, held.NewServer(o.URL, o.APIKey, o.APISecret, o.APITimeout))
 }

@@ -1,4 +1,4 @@
-package guard
+package restart
 
 import (
 	"bytes"
@@ -16,6 +16,8 @@ import (
 	"github.com/livekit/protocol/auth"
 	"github.com/livekit/protocol/livekit"
 	"github.com/livekit/protocol/utils/protojson"
+
+	"github.com/lkagent/lkagent/internal/deploy"
 )
 
 // signed returns a webhook request for ev signed as the server signs it.
@@ -192,7 +194,7 @@ func TestWebhookBoundedAndClosed(t *testing.T) {
 	}
 	close(release)
 	deadline := time.Now().Add(5 * time.Second)
-	for count(r.m.restarts, "bot", "") != 1 {
+	for count(r.m.restarts, "bot", deploy.ProductionLabel) != 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("the first restart did not finish")
 		}
@@ -202,7 +204,7 @@ func TestWebhookBoundedAndClosed(t *testing.T) {
 	if code := serve(wh, signed(t, second, "key", "secret")); code != http.StatusOK {
 		t.Fatalf("second again: %d, want 200 (a refused delivery is not remembered)", code)
 	}
-	for count(r.m.restarts, "bot", "") != 2 {
+	for count(r.m.restarts, "bot", deploy.ProductionLabel) != 2 {
 		if time.Now().After(deadline) {
 			t.Fatal("the second restart did not finish")
 		}

@@ -1,4 +1,4 @@
-package guard
+package restart
 
 import (
 	"fmt"
@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/lkagent/lkagent/internal/config"
 	"github.com/lkagent/lkagent/internal/lkurl"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,9 +14,9 @@ import (
 
 // Environment variables read for options left empty.
 const (
-	EnvURL       = "LIVEKIT_URL"
-	EnvAPIKey    = "LIVEKIT_API_KEY"
-	EnvAPISecret = "LIVEKIT_API_SECRET"
+	EnvURL       = config.EnvURL
+	EnvAPIKey    = config.EnvAPIKey
+	EnvAPISecret = config.EnvAPISecret
 )
 
 // Defaults of [Options]. Every zero field takes the default named here.
@@ -71,32 +72,14 @@ type Options struct {
 }
 
 // OptionError reports an invalid option: which one, the rule, and the value
-// (never the secret's).
-type OptionError struct {
-	Option string
-	Value  string
-	Rule   string
-}
-
-func (e *OptionError) Error() string {
-	if e.Value == "" {
-		return fmt.Sprintf("guard: option %s: %s", e.Option, e.Rule)
-	}
-	return fmt.Sprintf("guard: option %s = %q: %s", e.Option, e.Value, e.Rule)
-}
+// (never a secret's value; quoted, with invisible characters escaped). It is
+// the worker's type too.
+type OptionError = config.OptionError
 
 // withDefaults fills zero fields from getenv and the defaults, and
 // validates the result.
 func (o Options) withDefaults(getenv func(string) string) (Options, error) {
-	if o.URL == "" {
-		o.URL = getenv(EnvURL)
-	}
-	if o.APIKey == "" {
-		o.APIKey = getenv(EnvAPIKey)
-	}
-	if o.APISecret == "" {
-		o.APISecret = getenv(EnvAPISecret)
-	}
+	config.FromEnv(&o.URL, &o.APIKey, &o.APISecret, getenv)
 	if o.MaxRestarts == 0 {
 		o.MaxRestarts = DefaultMaxRestarts
 	}
@@ -112,21 +95,12 @@ func (o Options) withDefaults(getenv func(string) string) (Options, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return o, o.validate()
+	return o, config.Attribute(o.validate(), "guard")
 }
 
 func (o *Options) validate() error {
-	if o.URL == "" {
-		return &OptionError{Option: "URL", Rule: "required: set Options.URL or " + EnvURL + " (for example ws://127.0.0.1:7880)"}
-	}
-	if shown, problem := lkurl.Problem(o.URL); problem != "" {
-		return &OptionError{Option: "URL", Value: shown, Rule: problem}
-	}
-	if o.APIKey == "" {
-		return &OptionError{Option: "APIKey", Rule: "required: set Options.APIKey or " + EnvAPIKey}
-	}
-	if o.APISecret == "" {
-		return &OptionError{Option: "APISecret", Rule: "required: set Options.APISecret or " + EnvAPISecret}
+	if err := config.CheckConn(o.URL, o.APIKey, o.APISecret); err != nil {
+		return err
 	}
 	if o.MaxRestarts < 1 {
 		return &OptionError{Option: "MaxRestarts", Value: fmt.Sprint(o.MaxRestarts), Rule: "must be at least 1 (0 = the default, 3)"}

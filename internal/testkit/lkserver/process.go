@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lkagent/lkagent/internal/lines"
+	"github.com/lkagent/lkagent/internal/testkit/lines"
 )
 
 // process is one run of a child process.

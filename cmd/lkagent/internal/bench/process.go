@@ -15,7 +15,7 @@ import (
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
 	"github.com/lkagent/lkagent/internal/jobproc"
-	"github.com/lkagent/lkagent/internal/procmem"
+	"github.com/lkagent/lkagent/internal/testkit/procmem"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
