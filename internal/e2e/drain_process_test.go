@@ -16,7 +16,6 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -25,11 +24,13 @@ type lineLog struct {
 	mu    sync.Mutex
 	lines []string
 	added chan struct{}
+	done  chan struct{} // closed when the output has ended
 }
 
 func newLineLog(r io.Reader) *lineLog {
-	l := &lineLog{added: make(chan struct{}, 1)}
+	l := &lineLog{added: make(chan struct{}, 1), done: make(chan struct{})}
 	go func() {
+		defer close(l.done)
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
 			l.mu.Lock()
@@ -108,7 +109,7 @@ func TestSIGTERMDrainsWorkerProcess(t *testing.T) {
 		<-exited
 	})
 	out.wait(t, 30*time.Second, "serving")
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 
 	room := uniq("room")
 	createDispatch(t, agent, room, "staging")
@@ -155,7 +156,11 @@ func TestSIGTERMDrainsWorkerProcess(t *testing.T) {
 		t.Fatalf("the process did not exit within 30s after its job ended; output:\n%s", out.String())
 	}
 	t.Logf("drain: SIGTERM to exit %s; job end to exit %s", time.Since(sigterm).Round(time.Millisecond), time.Since(ended).Round(time.Millisecond))
-	time.Sleep(100 * time.Millisecond) // let the last lines arrive
+	select {
+	case <-out.done: // the last lines have arrived
+	case <-time.After(10 * time.Second):
+		t.Fatal("the process's output did not end within 10s of its exit")
+	}
 	if out.find("drain timeout") {
 		t.Fatalf("the job was cancelled by the drain timeout instead of finishing:\n%s", out.String())
 	}

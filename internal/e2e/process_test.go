@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -18,10 +19,10 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/internal/procmem"
 	"github.com/lkagent/lkagent/internal/racebuild"
 	"github.com/lkagent/lkagent/internal/syncbuf"
+	"github.com/lkagent/lkagent/internal/wait"
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -101,7 +102,7 @@ func runProcAgent(tb testing.TB, bin string, args ...string) *procAgent {
 	})
 	f := procFields(a.waitLine(tb, time.Minute, a.stdout, "registered "))
 	a.workerID, a.http = f["worker_id"], "http://"+f["http"]
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	return a
 }
 
@@ -366,11 +367,10 @@ func TestSIGTERMDrainsJobProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.waitLine(t, 30*time.Second, a.stderr, `msg=draining`, "running_jobs=3")
-	time.Sleep(time.Second)
 	select {
 	case <-a.exited:
 		t.Fatalf("the agent exited (%v) while its jobs ran", a.waitErr)
-	default:
+	case <-time.After(time.Second):
 	}
 	for _, j := range jobs {
 		if !procAlive(j.pid) || !agentInRoom(t, srv, j.room, j.identity) {
@@ -529,14 +529,10 @@ func BenchmarkJobProcessMemory(b *testing.B) {
 	var sums [7]float64
 	for range b.N {
 		var warm []int
-		deadline := time.Now().Add(time.Minute)
-		for len(warm) != idle {
-			if time.Now().After(deadline) {
-				b.Fatalf("%d warm job processes, want %d", len(warm), idle)
-			}
-			time.Sleep(100 * time.Millisecond)
+		wait.Until(b, time.Minute, fmt.Sprintf("%d warm job processes", idle), func() bool {
 			warm = slices.DeleteFunc(procAgentPids(bin), func(pid int) bool { return pid == parent })
-		}
+			return len(warm) == idle
+		})
 		time.Sleep(2 * time.Second) // ready and settled
 		rss, pss, anon := meanMem(b, warm)
 		sums[0] += rss
@@ -571,13 +567,9 @@ func BenchmarkJobProcessMemory(b *testing.B) {
 			}
 		}
 		cancel()
-		deadline = time.Now().Add(time.Minute)
-		for len(a.procWorker(b).Jobs) > 0 {
-			if time.Now().After(deadline) {
-				b.Fatal("the jobs did not end within a minute of their rooms' deletion")
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		wait.Until(b, time.Minute, "end of the jobs after their rooms' deletion", func() bool {
+			return len(a.procWorker(b).Jobs) == 0
+		})
 	}
 	n := float64(b.N)
 	for i, unit := range []string{"idle-RSS-MiB", "idle-PSS-MiB", "idle-anon-MiB", "room-RSS-MiB", "room-PSS-MiB", "room-anon-MiB", "worker-RSS-MiB"} {

@@ -77,7 +77,7 @@ func TestKilledWorkersJobProcessesDoNotLeaveNormally(t *testing.T) {
 				agentName, room := uniq("jobprocs"), uniq("room")
 				w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--http-addr", freeLoopbackAddr(t))
 				w.out.wait(t, 60*time.Second, "registered")
-				time.Sleep(lkserver.RegistrationSettle)
+				awaitRouting()
 				joinCaller(t, hs.srv, room, "caller")
 				hs.api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Metadata: "hold"})
 				first := lineFields(w.out.waitLine(t, 30*time.Second, "job ", "room="+room+" "))
@@ -182,7 +182,7 @@ func killAndReplace(t *testing.T, s *lkserver.Server, workers []*agentProc, capt
 	for _, w := range workers {
 		w.out.wait(t, 60*time.Second, "registered")
 	}
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	api := newServerAPI(s)
 	joinCaller(t, s, room, "caller")
 	api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Deployment: "staging", Metadata: "hold"})
@@ -257,7 +257,12 @@ func restartedOnce(t *testing.T, receiver *agentProc, left capturedHook, agentNa
 			t.Errorf("the webhook delivered again: %d, want 200", code)
 		}
 	}
-	time.Sleep(time.Second)
+	wait.Until(t, 10*time.Second, "2 duplicate webhooks counted", func() bool {
+		return receiver.metric(t, "lkagent_guard_webhooks_total", "result", "duplicate")-before >= 2
+	})
+	holdsFor(t, time.Second, "one restart", func() bool {
+		return receiver.metric(t, "lkagent_restarts_total", "agent_name", agentName, "deployment", "staging") <= 1
+	})
 	if n := receiver.metric(t, "lkagent_guard_webhooks_total", "result", "duplicate") - before; n != 2 {
 		t.Errorf("%s counted %v duplicate webhooks, want 2", receiver.name, n)
 	}
@@ -279,7 +284,7 @@ func testCrashedJobProcess(t *testing.T, bins restartBinaries, hs *hookServer) {
 	w.out.wait(t, 60*time.Second, "registered")
 	registered := time.Now()
 	w2.out.wait(t, 60*time.Second, "registered")
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	pid := w.cmd.Process.Pid
 
 	// Right after a worker registered, the server lists a job in its
@@ -401,7 +406,9 @@ func crashAndRestart(t *testing.T, hs *hookServer, w, w2 *agentProc, agentName, 
 	}
 	wg.Wait()
 	t.Log(w2.log.waitLine(t, 30*time.Second, `msg="restart refused"`, "identity="+crash["identity"]))
-	time.Sleep(3 * time.Second)
+	holdsFor(t, 3*time.Second, "at most 2 jobs in the room", func() bool {
+		return len(w.out.matching("job ", "room="+room+" ")) <= 2
+	})
 	if n := len(w.out.matching("job ", "room="+room+" ")); n != 2 {
 		t.Errorf("%d jobs ran in the room, want 2", n)
 	}
@@ -427,7 +434,7 @@ func testNeverRestarted(t *testing.T, bins restartBinaries, hs *hookServer) {
 	agentName := uniq("never")
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--webhook", "--http-addr", freeLoopbackAddr(t))
 	w.out.wait(t, 60*time.Second, "registered")
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 
 	cases := map[string]struct {
 		behaviour string
@@ -476,7 +483,9 @@ func testNeverRestarted(t *testing.T, bins restartBinaries, hs *hookServer) {
 					t.Errorf("the webhook's decision: %s, want %s", got, want)
 				}
 
-				time.Sleep(*restartObserve)
+				holdsFor(t, *restartObserve, "at most one job", func() bool {
+					return len(w.out.matching("job ", "room="+room+" ")) <= 1
+				})
 				if n := len(w.out.matching("job ", "room="+room+" ")); n != 1 {
 					t.Errorf("%d jobs ran, want 1", n)
 				}
@@ -513,7 +522,7 @@ func testAlwaysCrashingCapped(t *testing.T, bins restartBinaries, hs *hookServer
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--webhook", "--http-addr", freeLoopbackAddr(t),
 		"--restart-backoff", "500ms")
 	w.out.wait(t, 60*time.Second, "registered")
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	room := uniq("room")
 	hs.router.route(t, room, w.base+guard.WebhookPath)
 	joinCaller(t, hs.srv, room, "caller")
@@ -522,7 +531,9 @@ func testAlwaysCrashingCapped(t *testing.T, bins restartBinaries, hs *hookServer
 
 	line := w.log.waitLine(t, 90*time.Second, `msg="restart refused"`, "reason=cap_reached", "agent_name="+agentName)
 	t.Logf("refused %s after the first dispatch: %s", time.Since(start).Round(time.Millisecond), line)
-	time.Sleep(3 * time.Second) // nothing more happens
+	holdsFor(t, 3*time.Second, "no restart beyond the cap", func() bool {
+		return w.metric(t, "lkagent_restarts_total", "agent_name", agentName) <= 3
+	})
 	if n := w.metric(t, "lkagent_restarts_total", "agent_name", agentName); n != 3 {
 		t.Errorf("lkagent_restarts_total = %v, want 3", n)
 	}
@@ -554,7 +565,7 @@ func testForgedWebhooks(t *testing.T, bins restartBinaries, hs *hookServer) {
 	agentName := uniq("forged")
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--webhook", "--http-addr", freeLoopbackAddr(t))
 	w.out.wait(t, 60*time.Second, "registered")
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	room := uniq("room") // the server's own webhooks for it go nowhere
 	joinCaller(t, hs.srv, room, "caller")
 	d := hs.api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Metadata: "hold"})
@@ -595,7 +606,12 @@ func testForgedWebhooks(t *testing.T, bins restartBinaries, hs *hookServer) {
 			t.Errorf("%s: %d, want 401", name, code)
 		}
 	}
-	time.Sleep(2 * time.Second)
+	wait.Until(t, 10*time.Second, "the forged webhooks counted", func() bool {
+		return w.metric(t, "lkagent_guard_webhooks_total", "result", "unauthorized") >= float64(len(forged))
+	})
+	holdsFor(t, 2*time.Second, "no restart decision", func() bool {
+		return w.metric(t, "lkagent_restarts_total")+w.metric(t, "lkagent_restart_refusals_total") == 0
+	})
 	if n := w.metric(t, "lkagent_guard_webhooks_total", "result", "unauthorized"); n != float64(len(forged)) {
 		t.Errorf("unauthorized webhooks counted: %v, want %d", n, len(forged))
 	}
@@ -834,11 +850,7 @@ func startProc(t *testing.T, name string, cmd *exec.Cmd, s *lkserver.Server) *ag
 			if pid <= 0 {
 				continue
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for pidAlive(pid) && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-			}
-			if pidAlive(pid) {
+			if !within(10*time.Second, func() bool { return !pidAlive(pid) }) {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 				t.Errorf("job process %d outlived its worker %d", pid, cmd.Process.Pid)
 			}

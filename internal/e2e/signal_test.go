@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -48,7 +47,7 @@ func TestSecondSIGTERMCancelsAndReports(t *testing.T) {
 		<-exited
 	})
 	out.wait(t, 30*time.Second, "serving")
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 
 	room := uniq("room")
 	createDispatch(t, agent, room, "staging")
