@@ -23,7 +23,6 @@ import (
 	"github.com/twitchtv/twirp"
 
 	"github.com/lkagent/lkagent/guard"
-	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/internal/wait"
 )
 
@@ -97,7 +96,7 @@ func TestAlwaysFailingAgentIsCapped(t *testing.T) {
 	if n := g.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name, "deployment", "staging", "reason", "cap_reached"); n != 1 {
 		t.Errorf("cap_reached refusals = %v, want 1", n)
 	}
-	time.Sleep(2 * time.Second) // nothing more happens
+	holdsFor(t, 2*time.Second, "no job beyond the first and 3 restarts", func() bool { return len(a.jobs(room)) <= 4 })
 	runs := a.jobs(room)
 	if len(runs) != 4 {
 		t.Fatalf("%d jobs ran, want 4 (the first and 3 restarts): %v", len(runs), runs)
@@ -141,7 +140,7 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	for _, c := range workers {
 		wait.Until(t, 60*time.Second, "worker registration", func() bool { _, ok := c.line("registered"); return ok })
 	}
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	s.join(t, room)
 	s.createDispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Deployment: "staging"})
 
@@ -255,7 +254,9 @@ func TestNoRestart(t *testing.T) {
 			if n := g.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name, "reason", tc.reason); n != 1 {
 				t.Errorf("%s refusals = %v, want 1", tc.reason, n)
 			}
-			time.Sleep(observe)
+			holdsFor(t, observe, "no restart", func() bool {
+				return g.metric(t, "lkagent_restarts_total", "agent_name", a.name) == 0 && len(a.jobs(room)) <= 1
+			})
 			if n := g.metric(t, "lkagent_restarts_total", "agent_name", a.name); n != 0 {
 				t.Errorf("restarts = %v", n)
 			}
@@ -321,7 +322,10 @@ func TestSameWebhookTwiceRestartsOnce(t *testing.T) {
 	wait.Until(t, 30*time.Second, "the restarted job", func() bool { return len(a.jobs(room)) == 2 })
 	ga.logLine(t, 30*time.Second, "webhook received again")
 	gb.logLine(t, 30*time.Second, "agent_name="+a.name, "msg=")
-	time.Sleep(2 * time.Second) // nothing more happens
+	holdsFor(t, 2*time.Second, "one restart and 2 jobs at most", func() bool {
+		return ga.metric(t, "lkagent_restarts_total", "agent_name", a.name)+gb.metric(t, "lkagent_restarts_total", "agent_name", a.name) <= 1 &&
+			len(a.jobs(room)) <= 2
+	})
 	total := ga.metric(t, "lkagent_restarts_total", "agent_name", a.name) + gb.metric(t, "lkagent_restarts_total", "agent_name", a.name)
 	if total != 1 {
 		t.Errorf("restarts: %v, want 1", total)
@@ -450,7 +454,12 @@ func TestForgedWebhooksChangeNothing(t *testing.T) {
 			t.Errorf("%s: %d, want 401", name, code)
 		}
 	}
-	time.Sleep(time.Second)
+	wait.Until(t, 10*time.Second, "the forged webhooks counted", func() bool {
+		return g.metric(t, "lkagent_guard_webhooks_total", "result", "unauthorized") >= 5
+	})
+	holdsFor(t, time.Second, "no restart decision", func() bool {
+		return g.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name)+g.metric(t, "lkagent_restarts_total", "agent_name", a.name) == 0
+	})
 	if n := g.metric(t, "lkagent_guard_webhooks_total", "result", "unauthorized"); n != 5 {
 		t.Errorf("unauthorized = %v, want 5", n)
 	}
