@@ -97,14 +97,10 @@ func TestGuardRestartsFailedAgent(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(30 * time.Second)
-	for !w.Snapshot().Registered {
-		if time.Now().After(deadline) {
-			t.Fatal("the worker did not register")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !within(30*time.Second, func() bool { return w.Snapshot().Registered }) {
+		t.Fatal("the worker did not register")
 	}
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	caller, err := lksdk.ConnectToRoom(s.URL(), lksdk.ConnectInfo{APIKey: s.APIKey(), APISecret: s.APISecret(),
 		RoomName: room, ParticipantIdentity: "caller"}, nil)
 	if err != nil {
@@ -124,7 +120,7 @@ func TestGuardRestartsFailedAgent(t *testing.T) {
 	}
 	g.waitFor(g.stdout, 5*time.Second, `msg="agent restarted"`, "room="+room, "disconnect_reason=AGENT_ERROR")
 	code, metrics := get("/metrics")
-	if code != http.StatusOK || !strings.Contains(metrics, `lkagent_restarts_total{agent_name="`+agentName+`",deployment=""} 1`) ||
+	if code != http.StatusOK || !strings.Contains(metrics, `lkagent_restarts_total{agent_name="`+agentName+`",deployment="_production"} 1`) ||
 		!strings.Contains(metrics, `lkagent_guard_webhooks_total{result="unauthorized"} 1`) {
 		t.Fatalf("/metrics = %d:\n%s", code, metrics)
 	}

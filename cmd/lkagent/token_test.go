@@ -7,8 +7,6 @@ import (
 	"time"
 
 	lksdk "github.com/livekit/server-sdk-go/v2"
-
-	"github.com/lkagent/lkagent/internal/lkserver"
 )
 
 // A token made by 'lkagent token' decodes with its agent deployment, and
@@ -20,7 +18,7 @@ func TestTokenDispatchesDeployment(t *testing.T) {
 	prod := start(t, srvEnv(), "worker", "--agent-name", agent)
 	staging.waitFor(staging.stdout, 30*time.Second, "msg=registered", "deployment=staging")
 	prod.waitFor(prod.stdout, 30*time.Second, "msg=registered", `deployment=""`)
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 
 	token := strings.TrimSpace(cli(t, srvEnv(), "token", "--identity", "caller", "--room", room,
 		"--agent-name", agent, "--deployment", "staging", "--agent-metadata", "from-token", "--ttl", "10m").mustOK(t).stdout)
@@ -71,8 +69,7 @@ func TestTokenDispatchesDeployment(t *testing.T) {
 	if !strings.Contains(line, "deployment=staging") {
 		t.Fatalf("job started without its deployment: %s", line)
 	}
-	time.Sleep(time.Second)
-	if _, ok := prod.stdout.Line("room=" + room); ok {
+	if within(time.Second, func() bool { _, ok := prod.stdout.Line("room=" + room); return ok }) {
 		t.Fatal("the production worker saw the staging job")
 	}
 }

@@ -9,8 +9,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/lkagent/lkagent/internal/lkserver"
 )
 
 // 'lkagent worker' takes the dispatches of its deployment only, and drains
@@ -20,7 +18,7 @@ func TestWorkerTakesItsDeploymentAndDrains(t *testing.T) {
 	agent, room, prodRoom := uniq("agent"), uniq("room"), uniq("prod-room")
 	w := start(t, srvEnv("LIVEKIT_AGENT_DEPLOYMENT=staging"), "worker", "--agent-name", agent, "--max-jobs", "4")
 	w.waitFor(w.stdout, 30*time.Second, "msg=registered", "deployment=staging")
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 
 	var d dispatchJSON
 	out := cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent, "--deployment", "staging", "--json").mustOK(t).stdout
@@ -34,34 +32,30 @@ func TestWorkerTakesItsDeploymentAndDrains(t *testing.T) {
 	}
 
 	// The server reports the job running on this worker.
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	var listed string
+	if !within(15*time.Second, func() bool {
 		var list []dispatchJSON
-		out := cli(t, srvEnv(), "dispatch", "list", "--room", room, "--json").mustOK(t).stdout
-		if err := json.Unmarshal([]byte(out), &list); err != nil {
+		listed = cli(t, srvEnv(), "dispatch", "list", "--room", room, "--json").mustOK(t).stdout
+		if err := json.Unmarshal([]byte(listed), &list); err != nil {
 			t.Fatal(err)
 		}
-		found := false
 		for _, x := range list {
 			if x.ID == d.ID && len(x.Jobs) == 1 && x.Jobs[0].Status == "RUNNING" && x.Jobs[0].Deployment == "staging" &&
 				strings.HasPrefix(x.Jobs[0].WorkerID, "AW_") && strings.HasPrefix(x.Jobs[0].ParticipantIdentity, "echo-") {
-				found = true
+				return true
 			}
 		}
-		if found {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the server never listed the job running:\n%s", out)
-		}
-		time.Sleep(200 * time.Millisecond)
+		return false
+	}) {
+		t.Fatalf("the server never listed the job running:\n%s", listed)
 	}
 
 	w.signal(syscall.SIGTERM)
 	w.waitFor(w.stdout, 10*time.Second, "msg=draining", "running_jobs=1")
-	time.Sleep(500 * time.Millisecond)
-	if !w.running() {
+	select {
+	case <-w.done:
 		t.Fatal("the worker exited with a job running instead of draining")
+	case <-time.After(500 * time.Millisecond):
 	}
 	// Deleting the dispatch terminates the job; the drained worker exits 0.
 	cli(t, srvEnv(), "dispatch", "delete", "--room", room, "--id", d.ID).mustOK(t)
@@ -89,7 +83,7 @@ func TestWorkerSecondSignalExitsAtOnce(t *testing.T) {
 	agent, room := uniq("agent"), uniq("room")
 	w := start(t, srvEnv(), "worker", "--agent-name", agent)
 	w.waitFor(w.stdout, 30*time.Second, "msg=registered")
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent).mustOK(t)
 	w.waitFor(w.stdout, 30*time.Second, `msg="job started"`, "room="+room)
 
@@ -123,7 +117,7 @@ func TestWorkerIdleStop(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("/readyz = %d while registered", resp.StatusCode)
 	}
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	w.signal(syscall.SIGTERM)
 	if code := w.wait(10 * time.Second); code != 0 {
 		t.Fatalf("exit %d, want 0", code)
@@ -140,7 +134,7 @@ func TestWorkerRunsJobsInProcesses(t *testing.T) {
 	w.waitFor(w.stdout, 30*time.Second, "msg=registered")
 	line := w.waitFor(w.stdout, 5*time.Second, "serving HTTP endpoints")
 	addr := strings.TrimPrefix(strings.Fields(line[strings.Index(line, "addr="):])[0], "addr=")
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 
 	var d dispatchJSON
 	out := cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent, "--json").mustOK(t).stdout
@@ -175,12 +169,8 @@ func TestWorkerRunsJobsInProcesses(t *testing.T) {
 	// The job ends with its dispatch; its process with it.
 	cli(t, srvEnv(), "dispatch", "delete", "--room", room, "--id", d.ID).mustOK(t)
 	w.waitFor(w.stdout, 30*time.Second, `msg="job ended"`, "room="+room)
-	deadline := time.Now().Add(30 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("the job's process %d is still there after its job ended", pid)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !within(30*time.Second, func() bool { return syscall.Kill(pid, 0) != nil }) {
+		t.Fatalf("the job's process %d is still there after its job ended", pid)
 	}
 	w.signal(syscall.SIGTERM)
 	if code := w.wait(30 * time.Second); code != 0 {
