@@ -14,10 +14,11 @@ import (
 func TestTokenDispatchesDeployment(t *testing.T) {
 	t.Parallel()
 	agent, room := uniq("agent"), uniq("room")
-	staging := start(t, srvEnv(), "worker", "--agent-name", agent, "--deployment", "staging")
-	prod := start(t, srvEnv(), "worker", "--agent-name", agent)
-	staging.waitFor(staging.stdout, 30*time.Second, "msg=registered", "deployment=staging")
-	prod.waitFor(prod.stdout, 30*time.Second, "msg=registered", `deployment=""`)
+	staging, stagingAddr := startWorkerCmd(t, srvEnv(), "--agent-name", agent, "--deployment", "staging")
+	prod, prodAddr := startWorkerCmd(t, srvEnv(), "--agent-name", agent)
+	if s, p := staging.view(stagingAddr).Deployment, prod.view(prodAddr).Deployment; s != "staging" || p != "" {
+		t.Fatalf("/worker: deployments %q and %q, want staging and production", s, p)
+	}
 	awaitRouting()
 
 	token := strings.TrimSpace(cli(t, srvEnv(), "token", "--identity", "caller", "--room", room,
@@ -65,12 +66,14 @@ func TestTokenDispatchesDeployment(t *testing.T) {
 		t.Fatalf("join with the token: %v", err)
 	}
 	defer caller.Disconnect()
-	line := staging.waitFor(staging.stdout, 30*time.Second, `msg="job started"`, "room="+room)
-	if !strings.Contains(line, "deployment=staging") {
-		t.Fatalf("job started without its deployment: %s", line)
-	}
+	staging.until(30*time.Second, "job started in "+room+" on the staging worker", func() bool { return staging.view(stagingAddr).started(room) })
 	if within(time.Second, func() bool { _, ok := prod.stdout.Line("room=" + room); return ok }) {
 		t.Fatal("the production worker saw the staging job")
+	}
+	staging.mustLine(staging.stdout, "msg=registered", "deployment=staging")
+	prod.mustLine(prod.stdout, "msg=registered", `deployment=""`)
+	if line := staging.mustLine(staging.stdout, `msg="job started"`, "room="+room); !strings.Contains(line, "deployment=staging") {
+		t.Fatalf("job started without its deployment: %s", line)
 	}
 }
 
