@@ -112,8 +112,8 @@ func TestSIGTERMDrainsWorkerProcess(t *testing.T) {
 	awaitRouting()
 
 	room := uniq("room")
-	createDispatch(t, agent, room, "staging")
-	out.wait(t, 30*time.Second, "echo agent joined the room", room)
+	d := createDispatch(t, agent, room, "staging")
+	waitFor(t, 30*time.Second, "the job's agent in its room", func() bool { _, ok := joinedJob(t, d); return ok })
 
 	other := newRecorder("staging", true)
 	startWorker(t, worker.Options{AgentName: agent, Deployment: "staging"}, other.handle)
@@ -163,6 +163,9 @@ func TestSIGTERMDrainsWorkerProcess(t *testing.T) {
 	}
 	if out.find("drain timeout") {
 		t.Fatalf("the job was cancelled by the drain timeout instead of finishing:\n%s", out.String())
+	}
+	if !out.find("echo agent joined the room", room) {
+		t.Fatalf("the agent did not log joining its room:\n%s", out.String())
 	}
 	if !out.find("drained; exiting") {
 		t.Fatalf("the process did not report a finished drain:\n%s", out.String())

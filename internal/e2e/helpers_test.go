@@ -241,3 +241,23 @@ func within(d time.Duration, cond func() bool) bool {
 	}
 	return true
 }
+
+// joinedJob returns the id of d's job once the server lists the job and
+// its agent in the room; false until then.
+func joinedJob(t *testing.T, d *livekit.AgentDispatch) (string, bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := dispatchClient().ListDispatch(ctx, &livekit.ListAgentDispatchRequest{Room: d.GetRoom(), DispatchId: d.GetId()})
+	if err != nil {
+		return "", false
+	}
+	for _, x := range res.GetAgentDispatches() {
+		for _, j := range x.GetState().GetJobs() {
+			if id := j.GetState().GetParticipantIdentity(); id != "" && agentInRoom(t, srv, d.GetRoom(), id) {
+				return j.GetId(), true
+			}
+		}
+	}
+	return "", false
+}

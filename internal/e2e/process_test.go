@@ -366,7 +366,10 @@ func TestSIGTERMDrainsJobProcesses(t *testing.T) {
 	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	a.waitLine(t, 30*time.Second, a.stderr, `msg=draining`, "running_jobs=3")
+	waitFor(t, 30*time.Second, "/worker draining with the 3 jobs", func() bool {
+		v := a.procWorker(t)
+		return v.Draining && len(v.Jobs) == 3
+	})
 	select {
 	case <-a.exited:
 		t.Fatalf("the agent exited (%v) while its jobs ran", a.waitErr)
@@ -397,6 +400,9 @@ func TestSIGTERMDrainsJobProcesses(t *testing.T) {
 		if line, ok := a.stdout.Line("cancelled room=" + j.room + " "); !ok || !strings.Contains(line, "disconnected from the room") {
 			t.Errorf("job %s did not end with its room: %q", j.id, line)
 		}
+	}
+	if _, ok := a.stderr.Line(`msg=draining`, "running_jobs=3"); !ok {
+		t.Error("the agent did not log its drain with the 3 jobs running")
 	}
 	if _, ok := a.stderr.Line("drain timeout"); ok {
 		t.Error("the drain timed out")
