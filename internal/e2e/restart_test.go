@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -76,7 +77,7 @@ func TestKilledWorkersJobProcessesDoNotLeaveNormally(t *testing.T) {
 			m[fmt.Sprint(i)] = func(t *testing.T) {
 				agentName, room := uniq("jobprocs"), uniq("room")
 				w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--http-addr", freeLoopbackAddr(t))
-				w.out.wait(t, 60*time.Second, "registered")
+				w.waitRegistered(t)
 				awaitRouting()
 				joinCaller(t, hs.srv, room, "caller")
 				hs.api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Metadata: "hold"})
@@ -159,7 +160,7 @@ func testKilledWorkerGuard(t *testing.T, bins restartBinaries) {
 	capture := newHookRouter(t)
 	s := lkserver.StartTB(t, lkserver.Options{WebhookURLs: []string{"http://" + addr + guard.WebhookPath, capture.url}})
 	g := startProc(t, "lkagent guard", exec.Command(bins.lkagent, "guard", "--listen", addr), s)
-	g.out.wait(t, 30*time.Second, `msg="guard listening"`)
+	wait.Until(t, 30*time.Second, "lkagent guard serving", func() bool { return httpOK("http://" + addr + "/metrics") })
 	agentName, room := uniq("killed"), uniq("room")
 	var workers []*agentProc
 	for range 2 {
@@ -170,6 +171,7 @@ func testKilledWorkerGuard(t *testing.T, bins restartBinaries) {
 	g.log = g.out // the guard logs to stdout
 	_, left := killAndReplace(t, s, workers, capture, agentName, room, "lkagent guard")
 	restartedOnce(t, g, left, agentName, room)
+	g.out.line(t, `msg="guard listening"`)
 }
 
 // killAndReplace runs a call in room on one of two registered workers of
@@ -180,7 +182,7 @@ func testKilledWorkerGuard(t *testing.T, bins restartBinaries) {
 func killAndReplace(t *testing.T, s *lkserver.Server, workers []*agentProc, capture *hookRouter, agentName, room, receiver string) (*agentProc, capturedHook) {
 	t.Helper()
 	for _, w := range workers {
-		w.out.wait(t, 60*time.Second, "registered")
+		w.waitRegistered(t)
 	}
 	awaitRouting()
 	api := newServerAPI(s)
@@ -250,7 +252,9 @@ func killAndReplace(t *testing.T, s *lkserver.Server, workers []*agentProc, capt
 // signed body) as duplicates that change nothing.
 func restartedOnce(t *testing.T, receiver *agentProc, left capturedHook, agentName, room string) {
 	t.Helper()
-	t.Log(receiver.log.waitLine(t, 10*time.Second, `msg="agent restarted"`, "room="+room, "disconnect_reason=CONNECTION_TIMEOUT"))
+	wait.Until(t, 10*time.Second, receiver.name+"'s restart counted", func() bool {
+		return receiver.metric(t, "lkagent_restarts_total", "agent_name", agentName, "deployment", "staging") >= 1
+	})
 	before := receiver.metric(t, "lkagent_guard_webhooks_total", "result", "duplicate")
 	for range 2 {
 		if code := receiver.post(t, left.header, left.body); code != http.StatusOK {
@@ -269,6 +273,7 @@ func restartedOnce(t *testing.T, receiver *agentProc, left capturedHook, agentNa
 	if n := receiver.metric(t, "lkagent_restarts_total", "agent_name", agentName, "deployment", "staging"); n != 1 {
 		t.Errorf("%s counted %v restarts, want 1", receiver.name, n)
 	}
+	t.Log(receiver.log.line(t, `msg="agent restarted"`, "room="+room, "disconnect_reason=CONNECTION_TIMEOUT"))
 }
 
 // In process mode, a job process that crashes (os.Exit, or a
@@ -281,9 +286,9 @@ func testCrashedJobProcess(t *testing.T, bins restartBinaries, hs *hookServer) {
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--webhook", "--http-addr", freeLoopbackAddr(t))
 	// A second receiver, as a second worker (or lkagent guard) would be.
 	w2 := startAgentProc(t, bins.agent, hs.srv, "--agent-name", uniq("bystander"), "--webhook", "--http-addr", freeLoopbackAddr(t))
-	w.out.wait(t, 60*time.Second, "registered")
+	w.waitRegistered(t)
 	registered := time.Now()
-	w2.out.wait(t, 60*time.Second, "registered")
+	w2.waitRegistered(t)
 	awaitRouting()
 	pid := w.cmd.Process.Pid
 
@@ -405,10 +410,13 @@ func crashAndRestart(t *testing.T, hs *hookServer, w, w2 *agentProc, agentName, 
 		}
 	}
 	wg.Wait()
-	t.Log(w2.log.waitLine(t, 30*time.Second, `msg="restart refused"`, "identity="+crash["identity"]))
+	wait.Until(t, 30*time.Second, "the bystander's refusal counted", func() bool {
+		return w2.metric(t, "lkagent_restart_refusals_total", "agent_name", agentName) >= 1
+	})
 	holdsFor(t, 3*time.Second, "at most 2 jobs in the room", func() bool {
 		return len(w.out.matching("job ", "room="+room+" ")) <= 2
 	})
+	t.Log(w2.log.line(t, `msg="restart refused"`, "identity="+crash["identity"]))
 	if n := len(w.out.matching("job ", "room="+room+" ")); n != 2 {
 		t.Errorf("%d jobs ran in the room, want 2", n)
 	}
@@ -433,7 +441,7 @@ func crashAndRestart(t *testing.T, hs *hookServer, w, w2 *agentProc, agentName, 
 func testNeverRestarted(t *testing.T, bins restartBinaries, hs *hookServer) {
 	agentName := uniq("never")
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--webhook", "--http-addr", freeLoopbackAddr(t))
-	w.out.wait(t, 60*time.Second, "registered")
+	w.waitRegistered(t)
 	awaitRouting()
 
 	cases := map[string]struct {
@@ -521,7 +529,7 @@ func testAlwaysCrashingCapped(t *testing.T, bins restartBinaries, hs *hookServer
 	agentName := uniq("always")
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--webhook", "--http-addr", freeLoopbackAddr(t),
 		"--restart-backoff", "500ms")
-	w.out.wait(t, 60*time.Second, "registered")
+	w.waitRegistered(t)
 	awaitRouting()
 	room := uniq("room")
 	hs.router.route(t, room, w.base+guard.WebhookPath)
@@ -529,11 +537,14 @@ func testAlwaysCrashingCapped(t *testing.T, bins restartBinaries, hs *hookServer
 	start := time.Now()
 	hs.api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Metadata: "crash:map"})
 
-	line := w.log.waitLine(t, 90*time.Second, `msg="restart refused"`, "reason=cap_reached", "agent_name="+agentName)
-	t.Logf("refused %s after the first dispatch: %s", time.Since(start).Round(time.Millisecond), line)
+	wait.Until(t, 90*time.Second, "the cap_reached refusal counted", func() bool {
+		return w.metric(t, "lkagent_restart_refusals_total", "agent_name", agentName, "reason", "cap_reached") >= 1
+	})
+	t.Logf("refused %s after the first dispatch", time.Since(start).Round(time.Millisecond))
 	holdsFor(t, 3*time.Second, "no restart beyond the cap", func() bool {
 		return w.metric(t, "lkagent_restarts_total", "agent_name", agentName) <= 3
 	})
+	t.Log(w.log.line(t, `msg="restart refused"`, "reason=cap_reached", "agent_name="+agentName))
 	if n := w.metric(t, "lkagent_restarts_total", "agent_name", agentName); n != 3 {
 		t.Errorf("lkagent_restarts_total = %v, want 3", n)
 	}
@@ -564,7 +575,7 @@ func testAlwaysCrashingCapped(t *testing.T, bins restartBinaries, hs *hookServer
 func testForgedWebhooks(t *testing.T, bins restartBinaries, hs *hookServer) {
 	agentName := uniq("forged")
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--webhook", "--http-addr", freeLoopbackAddr(t))
-	w.out.wait(t, 60*time.Second, "registered")
+	w.waitRegistered(t)
 	awaitRouting()
 	room := uniq("room") // the server's own webhooks for it go nowhere
 	joinCaller(t, hs.srv, room, "caller")
@@ -641,8 +652,11 @@ func testForgedWebhooks(t *testing.T, bins restartBinaries, hs *hookServer) {
 	if code := w.post(t, sign(hs.srv.APIKey(), hs.srv.APISecret(), body), body); code != http.StatusOK {
 		t.Fatalf("signed: %d, want 200", code)
 	}
-	t.Log(w.log.waitLine(t, 30*time.Second, `msg="agent restarted"`, "identity="+first["identity"], "source=webhook:participant_left"))
+	wait.Until(t, 30*time.Second, "the restart counted", func() bool {
+		return w.metric(t, "lkagent_restarts_total", "agent_name", agentName) >= 1
+	})
 	w.out.waitLine(t, 30*time.Second, "job ", "room="+room+" ", "restarts=1")
+	t.Log(w.log.line(t, `msg="agent restarted"`, "identity="+first["identity"], "source=webhook:participant_left"))
 }
 
 // restartObserve is how long the never-restarted cases watch for a restart
@@ -885,6 +899,37 @@ func (p *agentProc) post(t *testing.T, header http.Header, body []byte) int {
 		t.Fatalf("post to %s: %v", p.base, err)
 	}
 	return code
+}
+
+// waitRegistered waits until the worker's /worker says it is registered.
+func (p *agentProc) waitRegistered(t *testing.T) {
+	t.Helper()
+	wait.Until(t, 60*time.Second, p.name+" registered on /worker", func() bool {
+		select {
+		case <-p.exited:
+			t.Fatalf("%s exited before it registered", p.name)
+		default:
+		}
+		var v struct {
+			Registered bool `json:"registered"`
+		}
+		res, err := (&http.Client{Timeout: 10 * time.Second}).Get(p.base + "/worker")
+		if err != nil {
+			return false
+		}
+		defer res.Body.Close()
+		return res.StatusCode == http.StatusOK && json.NewDecoder(res.Body).Decode(&v) == nil && v.Registered
+	})
+}
+
+// httpOK reports whether a GET of url answers 200.
+func httpOK(url string) bool {
+	res, err := (&http.Client{Timeout: 10 * time.Second}).Get(url)
+	if err != nil {
+		return false
+	}
+	res.Body.Close()
+	return res.StatusCode == http.StatusOK
 }
 
 // metric returns the sum of the series of the counter name on the
