@@ -27,7 +27,6 @@ import (
 	"github.com/lkagent/lkagent/guard"
 	"github.com/lkagent/lkagent/internal/lkserver"
 	"github.com/lkagent/lkagent/internal/syncbuf"
-	"github.com/lkagent/lkagent/internal/wait"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -209,15 +208,15 @@ func (g *testGuard) metric(t *testing.T, name string, labels ...string) float64 
 	return 0
 }
 
-// logLine waits for a log line with every one of parts and returns it.
-func (g *testGuard) logLine(t *testing.T, timeout time.Duration, parts ...string) string {
+// line returns the guard's log line with every one of parts, failing the
+// test if there is none. Tests wait on the guard's counters; its log lines
+// are checked once they have long been written.
+func (g *testGuard) line(t *testing.T, parts ...string) string {
 	t.Helper()
-	var line string
-	wait.Until(t, timeout, fmt.Sprintf("a guard log line with %q", parts), func() bool {
-		var ok bool
-		line, ok = g.log.Line(parts...)
-		return ok
-	})
+	line, ok := g.log.Line(parts...)
+	if !ok {
+		t.Fatalf("no guard log line with %q in:\n%s", parts, g.log)
+	}
 	return line
 }
 
