@@ -27,7 +27,6 @@ import (
 	"github.com/lkagent/lkagent/guard"
 	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
-	"github.com/lkagent/lkagent/internal/testkit/wait"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -209,15 +208,15 @@ func (g *testGuard) metric(t *testing.T, name string, labels ...string) float64 
 	return 0
 }
 
-// logLine waits for a log line with every one of parts and returns it.
-func (g *testGuard) logLine(t *testing.T, timeout time.Duration, parts ...string) string {
+// line returns the guard's log line with every one of parts, failing the
+// test if there is none. Tests wait on the guard's counters; its log lines
+// are checked once they have long been written.
+func (g *testGuard) line(t *testing.T, parts ...string) string {
 	t.Helper()
-	var line string
-	wait.Until(t, timeout, fmt.Sprintf("a guard log line with %q", parts), func() bool {
-		var ok bool
-		line, ok = g.log.Line(parts...)
-		return ok
-	})
+	line, ok := g.log.Line(parts...)
+	if !ok {
+		t.Fatalf("no guard log line with %q in:\n%s", parts, g.log)
+	}
 	return line
 }
 
@@ -351,7 +350,7 @@ func startAgent(t *testing.T, s *lk, dep string, b behavior) *agent {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the test worker did not register")
 	}
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	return a
 }
 
@@ -488,4 +487,34 @@ func concurrently(t *testing.T, n int, sub func(i int) (string, func(t *testing.
 		}()
 	}
 	wg.Wait()
+}
+
+// awaitRouting waits the moment the server needs after a worker registered
+// before it routes dispatches to it (see lkserver.RegistrationSettle). The
+// server exposes nothing that says it is done, so this is the one place of
+// the package's server tests that waits for it blindly.
+func awaitRouting() { time.Sleep(lkserver.RegistrationSettle) }
+
+// holdsFor checks cond until d has passed and fails t the first time it
+// does not hold: the absence check ("nothing more happens for d") for state
+// that has no event to wait on.
+func holdsFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	end := time.NewTimer(d)
+	defer end.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if !cond() {
+			t.Fatalf("%s no longer held within %s", what, d)
+		}
+		select {
+		case <-end.C:
+			if !cond() {
+				t.Fatalf("%s no longer held at the end of %s", what, d)
+			}
+			return
+		case <-tick.C:
+		}
+	}
 }

@@ -23,7 +23,6 @@ import (
 	"github.com/twitchtv/twirp"
 
 	"github.com/lkagent/lkagent/guard"
-	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/internal/testkit/wait"
 )
 
@@ -89,15 +88,18 @@ func TestAlwaysFailingAgentIsCapped(t *testing.T) {
 	start := time.Now()
 	s.createDispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: a.name, Deployment: "staging"})
 
-	line := g.logLine(t, 60*time.Second, "restart refused", "reason=cap_reached", "agent_name="+a.name)
-	t.Logf("refused after %s: %s", time.Since(start).Round(time.Millisecond), line)
+	wait.Until(t, 60*time.Second, "the cap_reached refusal counted", func() bool {
+		return g.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name, "deployment", "staging", "reason", "cap_reached") >= 1
+	})
+	t.Logf("refused after %s", time.Since(start).Round(time.Millisecond))
 	if n := g.metric(t, "lkagent_restarts_total", "agent_name", a.name, "deployment", "staging"); n != 3 {
 		t.Errorf("lkagent_restarts_total = %v, want 3", n)
 	}
 	if n := g.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name, "deployment", "staging", "reason", "cap_reached"); n != 1 {
 		t.Errorf("cap_reached refusals = %v, want 1", n)
 	}
-	time.Sleep(2 * time.Second) // nothing more happens
+	holdsFor(t, 2*time.Second, "no job beyond the first and 3 restarts", func() bool { return len(a.jobs(room)) <= 4 })
+	t.Log(g.line(t, "restart refused", "reason=cap_reached", "agent_name="+a.name))
 	runs := a.jobs(room)
 	if len(runs) != 4 {
 		t.Fatalf("%d jobs ran, want 4 (the first and 3 restarts): %v", len(runs), runs)
@@ -141,7 +143,7 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	for _, c := range workers {
 		wait.Until(t, 60*time.Second, "worker registration", func() bool { _, ok := c.line("registered"); return ok })
 	}
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	s.join(t, room)
 	s.createDispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Deployment: "staging"})
 
@@ -191,7 +193,7 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 		l, ok := other.line("job " + room + " ")
 		return ok && strings.Contains(l, replacement)
 	})
-	t.Log(g.logLine(t, time.Second, "agent restarted", "disconnect_reason=CONNECTION_TIMEOUT", "identity="+identity))
+	t.Log(g.line(t, "agent restarted", "disconnect_reason=CONNECTION_TIMEOUT", "identity="+identity))
 	var ours []*livekit.AgentDispatch
 	for _, d := range s.dispatches(t, room) {
 		if d.AgentName == agentName {
@@ -250,12 +252,16 @@ func TestNoRestart(t *testing.T) {
 				wait.Until(t, 30*time.Second, "agent in the room", func() bool { return len(s.agents(t, room)) == 1 })
 				tc.after(t, s, room, caller, d)
 			}
-			line := g.logLine(t, 30*time.Second, "restart refused", "reason="+tc.reason, "agent_name="+a.name)
-			t.Logf("decided: %s", line)
+			wait.Until(t, 30*time.Second, "the "+tc.reason+" refusal counted", func() bool {
+				return g.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name, "reason", tc.reason) >= 1
+			})
 			if n := g.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name, "reason", tc.reason); n != 1 {
 				t.Errorf("%s refusals = %v, want 1", tc.reason, n)
 			}
-			time.Sleep(observe)
+			holdsFor(t, observe, "no restart", func() bool {
+				return g.metric(t, "lkagent_restarts_total", "agent_name", a.name) == 0 && len(a.jobs(room)) <= 1
+			})
+			t.Logf("decided: %s", g.line(t, "restart refused", "reason="+tc.reason, "agent_name="+a.name))
 			if n := g.metric(t, "lkagent_restarts_total", "agent_name", a.name); n != 0 {
 				t.Errorf("restarts = %v", n)
 			}
@@ -319,9 +325,19 @@ func TestSameWebhookTwiceRestartsOnce(t *testing.T) {
 	s.join(t, room)
 	s.createDispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: a.name})
 	wait.Until(t, 30*time.Second, "the restarted job", func() bool { return len(a.jobs(room)) == 2 })
-	ga.logLine(t, 30*time.Second, "webhook received again")
-	gb.logLine(t, 30*time.Second, "agent_name="+a.name, "msg=")
-	time.Sleep(2 * time.Second) // nothing more happens
+	wait.Until(t, 30*time.Second, "the duplicate delivery counted", func() bool {
+		return ga.metric(t, "lkagent_guard_webhooks_total", "result", "duplicate") >= 1
+	})
+	wait.Until(t, 30*time.Second, "the second guard's decision counted", func() bool {
+		return gb.metric(t, "lkagent_restarts_total", "agent_name", a.name)+gb.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name)+
+			gb.metric(t, "lkagent_restart_errors_total", "agent_name", a.name) >= 1
+	})
+	holdsFor(t, 2*time.Second, "one restart and 2 jobs at most", func() bool {
+		return ga.metric(t, "lkagent_restarts_total", "agent_name", a.name)+gb.metric(t, "lkagent_restarts_total", "agent_name", a.name) <= 1 &&
+			len(a.jobs(room)) <= 2
+	})
+	ga.line(t, "webhook received again")
+	gb.line(t, "agent_name="+a.name, "msg=")
 	total := ga.metric(t, "lkagent_restarts_total", "agent_name", a.name) + gb.metric(t, "lkagent_restarts_total", "agent_name", a.name)
 	if total != 1 {
 		t.Errorf("restarts: %v, want 1", total)
@@ -450,7 +466,12 @@ func TestForgedWebhooksChangeNothing(t *testing.T) {
 			t.Errorf("%s: %d, want 401", name, code)
 		}
 	}
-	time.Sleep(time.Second)
+	wait.Until(t, 10*time.Second, "the forged webhooks counted", func() bool {
+		return g.metric(t, "lkagent_guard_webhooks_total", "result", "unauthorized") >= 5
+	})
+	holdsFor(t, time.Second, "no restart decision", func() bool {
+		return g.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name)+g.metric(t, "lkagent_restarts_total", "agent_name", a.name) == 0
+	})
 	if n := g.metric(t, "lkagent_guard_webhooks_total", "result", "unauthorized"); n != 5 {
 		t.Errorf("unauthorized = %v, want 5", n)
 	}
@@ -468,6 +489,9 @@ func TestForgedWebhooksChangeNothing(t *testing.T) {
 	if code := post(token(s.srv.APIKey(), s.srv.APISecret(), body)); code != http.StatusOK {
 		t.Fatalf("signed: %d, want 200", code)
 	}
-	g.logLine(t, 30*time.Second, "agent restarted", "identity="+identity)
+	wait.Until(t, 30*time.Second, "the restart counted", func() bool {
+		return g.metric(t, "lkagent_restarts_total", "agent_name", a.name) >= 1
+	})
 	wait.Until(t, 30*time.Second, "the restarted job", func() bool { return len(a.jobs(room)) == 2 })
+	g.line(t, "agent restarted", "identity="+identity)
 }

@@ -274,9 +274,17 @@ func TestPongsKeepConnectionAlive(t *testing.T) {
 	startWorker(t, o, newGated().handle)
 	c := mustConn(t, srv)
 	c.StopPongs()
-	time.Sleep(300 * time.Millisecond) // well under PingInterval+PongTimeout
+	select { // well under PingInterval+PongTimeout
+	case <-c.Done():
+		t.Fatalf("connection ended 300ms into a pong pause of at most %s: %v", o.PingInterval+o.PongTimeout, c.Err())
+	case <-time.After(300 * time.Millisecond):
+	}
 	c.ResumePongs()
-	time.Sleep(2500 * time.Millisecond) // beyond it, with pongs
+	select { // beyond it, with pongs
+	case <-c.Done():
+		t.Fatalf("connection ended although the server answered in time: %v", c.Err())
+	case <-time.After(2500 * time.Millisecond):
+	}
 	if c.Err() != nil {
 		t.Fatalf("connection ended although the server answered in time: %v", c.Err())
 	}

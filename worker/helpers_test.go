@@ -13,6 +13,7 @@ import (
 	"github.com/livekit/protocol/livekit"
 
 	"github.com/lkagent/lkagent/job"
+	"github.com/lkagent/lkagent/livekittest"
 	"github.com/lkagent/lkagent/worker"
 	"github.com/lkagent/lkagent/worker/workertest"
 )
@@ -216,13 +217,7 @@ func (r *recorder) waitStarted(t testing.TB) *job.Job {
 // eventually polls cond until it is true or patience runs out.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(patience)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", patience, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	livekittest.Eventually(t, patience, what, cond)
 }
 
 // logRecorder is a slog.Handler that keeps every record and copies it to

@@ -169,7 +169,11 @@ func TestSlowLogHandlerDoesNotStallTheConnection(t *testing.T) {
 	if err := c.Assign(waitCtx(t), stray, workertest.Token); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * (o.PingInterval + o.PongTimeout)) // a stalled read loop would miss every pong by now
+	select { // a stalled read loop would miss every pong by then
+	case <-c.Done():
+		t.Fatalf("the connection ended while a log handler blocked: %v", c.Err())
+	case <-time.After(3 * (o.PingInterval + o.PongTimeout)):
+	}
 	if c.Err() != nil || len(srv.Workers()) != 1 {
 		t.Fatalf("the connection did not survive a blocked log handler: %v, %d registrations", c.Err(), len(srv.Workers()))
 	}

@@ -47,7 +47,14 @@ func TestGuardRestartsFailedAgent(t *testing.T) {
 	s := lkserver.StartTB(t, lkserver.Options{WebhookURLs: []string{"http://" + addr + "/webhook"}})
 	env := cleanEnv("LIVEKIT_URL="+s.URL(), "LIVEKIT_API_KEY="+s.APIKey(), "LIVEKIT_API_SECRET="+s.APISecret())
 	g := start(t, env, "guard", "--listen", addr)
-	g.waitFor(g.stdout, 30*time.Second, `msg="guard listening"`, "addr="+addr)
+	g.until(30*time.Second, "the guard listening", func() bool {
+		res, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			return false
+		}
+		res.Body.Close()
+		return true
+	})
 
 	get := func(path string) (int, string) {
 		t.Helper()
@@ -97,14 +104,10 @@ func TestGuardRestartsFailedAgent(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(30 * time.Second)
-	for !w.Snapshot().Registered {
-		if time.Now().After(deadline) {
-			t.Fatal("the worker did not register")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !within(30*time.Second, func() bool { return w.Snapshot().Registered }) {
+		t.Fatal("the worker did not register")
 	}
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	caller, err := lksdk.ConnectToRoom(s.URL(), lksdk.ConnectInfo{APIKey: s.APIKey(), APISecret: s.APISecret(),
 		RoomName: room, ParticipantIdentity: "caller"}, nil)
 	if err != nil {
@@ -122,9 +125,10 @@ func TestGuardRestartsFailedAgent(t *testing.T) {
 			t.Fatalf("job %d did not start\n%s", i, g.stdout)
 		}
 	}
-	g.waitFor(g.stdout, 5*time.Second, `msg="agent restarted"`, "room="+room, "disconnect_reason=AGENT_ERROR")
+	restarted := `lkagent_restarts_total{agent_name="` + agentName + `",deployment="_production"} 1`
+	g.until(5*time.Second, "the restart counted", func() bool { _, m := get("/metrics"); return strings.Contains(m, restarted) })
 	code, metrics := get("/metrics")
-	if code != http.StatusOK || !strings.Contains(metrics, `lkagent_restarts_total{agent_name="`+agentName+`",deployment=""} 1`) ||
+	if code != http.StatusOK || !strings.Contains(metrics, restarted) ||
 		!strings.Contains(metrics, `lkagent_guard_webhooks_total{result="unauthorized"} 1`) {
 		t.Fatalf("/metrics = %d:\n%s", code, metrics)
 	}
@@ -133,7 +137,10 @@ func TestGuardRestartsFailedAgent(t *testing.T) {
 	if code := g.wait(15 * time.Second); code != 0 {
 		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, g.stderr)
 	}
-	g.waitFor(g.stdout, time.Second, `msg="guard stopped"`)
+	// The output is complete: the lines the guard logged on the way.
+	g.mustLine(g.stdout, `msg="guard listening"`, "addr="+addr)
+	g.mustLine(g.stdout, `msg="agent restarted"`, "room="+room, "disconnect_reason=AGENT_ERROR")
+	g.mustLine(g.stdout, `msg="guard stopped"`)
 	if out := g.stdout.String() + g.stderr.String(); strings.Contains(out, s.APISecret()) || bytes.Contains([]byte(metrics), []byte(s.APISecret())) {
 		t.Fatal("the guard showed the API secret")
 	}

@@ -241,6 +241,30 @@ func (p *proc) waitFor(buf *syncbuf.Buffer, timeout time.Duration, parts ...stri
 	}
 }
 
+// awaitRouting waits the moment the server needs after a worker registered
+// before it routes dispatches to it (see lkserver.RegistrationSettle). The
+// server exposes nothing that says it is done, so this is the one place of
+// the package's tests that waits for it blindly.
+func awaitRouting() { time.Sleep(lkserver.RegistrationSettle) }
+
+// within reports whether cond holds within d, checking it every 20 ms:
+// a wait on a condition whose failure the caller words itself, or, when
+// the caller fails on true, an absence check over d.
+func within(d time.Duration, cond func() bool) bool {
+	end := time.NewTimer(d)
+	defer end.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-end.C:
+			return cond()
+		case <-tick.C:
+		}
+	}
+	return true
+}
+
 // closedPort returns a loopback address nothing listens on.
 func closedPort(t *testing.T) string {
 	t.Helper()
@@ -259,16 +283,9 @@ var pidRe = regexp.MustCompile(`\(pid (\d+)\)`)
 // assertGone fails if the process pid still exists.
 func assertGone(t *testing.T, pid int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err := syscall.Kill(pid, 0)
-		if errors.Is(err, syscall.ESRCH) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("process %d is still there (%v)", pid, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var err error
+	if !within(5*time.Second, func() bool { err = syscall.Kill(pid, 0); return errors.Is(err, syscall.ESRCH) }) {
+		t.Fatalf("process %d is still there (%v)", pid, err)
 	}
 }
 

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	lksdk "github.com/livekit/server-sdk-go/v2"
-
-	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 )
 
 // A token made by 'lkagent token' decodes with its agent deployment, and
@@ -16,11 +14,12 @@ import (
 func TestTokenDispatchesDeployment(t *testing.T) {
 	t.Parallel()
 	agent, room := uniq("agent"), uniq("room")
-	staging := start(t, srvEnv(), "worker", "--agent-name", agent, "--deployment", "staging")
-	prod := start(t, srvEnv(), "worker", "--agent-name", agent)
-	staging.waitFor(staging.stdout, 30*time.Second, "msg=registered", "deployment=staging")
-	prod.waitFor(prod.stdout, 30*time.Second, "msg=registered", `deployment=""`)
-	time.Sleep(lkserver.RegistrationSettle)
+	staging, stagingAddr := startWorkerCmd(t, srvEnv(), "--agent-name", agent, "--deployment", "staging")
+	prod, prodAddr := startWorkerCmd(t, srvEnv(), "--agent-name", agent)
+	if s, p := staging.view(stagingAddr).Deployment, prod.view(prodAddr).Deployment; s != "staging" || p != "" {
+		t.Fatalf("/worker: deployments %q and %q, want staging and production", s, p)
+	}
+	awaitRouting()
 
 	token := strings.TrimSpace(cli(t, srvEnv(), "token", "--identity", "caller", "--room", room,
 		"--agent-name", agent, "--deployment", "staging", "--agent-metadata", "from-token", "--ttl", "10m").mustOK(t).stdout)
@@ -67,13 +66,14 @@ func TestTokenDispatchesDeployment(t *testing.T) {
 		t.Fatalf("join with the token: %v", err)
 	}
 	defer caller.Disconnect()
-	line := staging.waitFor(staging.stdout, 30*time.Second, `msg="job started"`, "room="+room)
-	if !strings.Contains(line, "deployment=staging") {
-		t.Fatalf("job started without its deployment: %s", line)
-	}
-	time.Sleep(time.Second)
-	if _, ok := prod.stdout.Line("room=" + room); ok {
+	staging.until(30*time.Second, "job started in "+room+" on the staging worker", func() bool { return staging.view(stagingAddr).started(room) })
+	if within(time.Second, func() bool { _, ok := prod.stdout.Line("room=" + room); return ok }) {
 		t.Fatal("the production worker saw the staging job")
+	}
+	staging.mustLine(staging.stdout, "msg=registered", "deployment=staging")
+	prod.mustLine(prod.stdout, "msg=registered", `deployment=""`)
+	if line := staging.mustLine(staging.stdout, `msg="job started"`, "room="+room); !strings.Contains(line, "deployment=staging") {
+		t.Fatalf("job started without its deployment: %s", line)
 	}
 }
 

@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/lkagent/lkagent/internal/testkit/faultproxy"
-	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -389,14 +388,13 @@ func TestFullQueueDeclinesToSecondWorker(t *testing.T) {
 	const n = 20
 	rooms := dispatchAtOnce(t, agent, "staging", n)
 	var ra, rb, qa int
-	deadline := time.Now().Add(2 * time.Minute)
-	for ; ra+rb+qa != n; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("after 2 minutes A runs %d jobs and queues %d, B ran %d: %d of %d jobs lost", ra, qa, rb, n-ra-rb-qa, n)
-		}
+	if !within(2*time.Minute, func() bool {
 		ra, _ = a.ran(rooms)
 		rb, _ = b.ran(rooms)
 		qa = wa.Snapshot().Queued
+		return ra+rb+qa == n
+	}) {
+		t.Fatalf("after 2 minutes A runs %d jobs and queues %d, B ran %d: %d of %d jobs lost", ra, qa, rb, n-ra-rb-qa, n)
 	}
 	declined, _ := metricValue(t, gathered(t, wa), "lkagent_offers_declined_total", map[string]string{"reason": worker.DeclineFull})
 	if ra != 1 || qa != 1 || declined == 0 {
@@ -513,7 +511,7 @@ func TestDrainRunsQueuedJobs(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("no registration within 30s")
 	}
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 
 	dispatchAtOnce(t, agent, "staging", 15)
 	waitFor(t, time.Minute, "5 jobs running and 10 queued", func() bool {

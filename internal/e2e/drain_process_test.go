@@ -16,7 +16,6 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
-	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -25,11 +24,13 @@ type lineLog struct {
 	mu    sync.Mutex
 	lines []string
 	added chan struct{}
+	done  chan struct{} // closed when the output has ended
 }
 
 func newLineLog(r io.Reader) *lineLog {
-	l := &lineLog{added: make(chan struct{}, 1)}
+	l := &lineLog{added: make(chan struct{}, 1), done: make(chan struct{})}
 	go func() {
+		defer close(l.done)
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
 			l.mu.Lock()
@@ -108,11 +109,11 @@ func TestSIGTERMDrainsWorkerProcess(t *testing.T) {
 		<-exited
 	})
 	out.wait(t, 30*time.Second, "serving")
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 
 	room := uniq("room")
-	createDispatch(t, agent, room, "staging")
-	out.wait(t, 30*time.Second, "echo agent joined the room", room)
+	d := createDispatch(t, agent, room, "staging")
+	waitFor(t, 30*time.Second, "the job's agent in its room", func() bool { _, ok := joinedJob(t, d); return ok })
 
 	other := newRecorder("staging", true)
 	startWorker(t, worker.Options{AgentName: agent, Deployment: "staging"}, other.handle)
@@ -155,9 +156,16 @@ func TestSIGTERMDrainsWorkerProcess(t *testing.T) {
 		t.Fatalf("the process did not exit within 30s after its job ended; output:\n%s", out.String())
 	}
 	t.Logf("drain: SIGTERM to exit %s; job end to exit %s", time.Since(sigterm).Round(time.Millisecond), time.Since(ended).Round(time.Millisecond))
-	time.Sleep(100 * time.Millisecond) // let the last lines arrive
+	select {
+	case <-out.done: // the last lines have arrived
+	case <-time.After(10 * time.Second):
+		t.Fatal("the process's output did not end within 10s of its exit")
+	}
 	if out.find("drain timeout") {
 		t.Fatalf("the job was cancelled by the drain timeout instead of finishing:\n%s", out.String())
+	}
+	if !out.find("echo agent joined the room", room) {
+		t.Fatalf("the agent did not log joining its room:\n%s", out.String())
 	}
 	if !out.find("drained; exiting") {
 		t.Fatalf("the process did not report a finished drain:\n%s", out.String())

@@ -195,7 +195,7 @@ func TestCutsAfterUpgradeKeepJobInRoom(t *testing.T) {
 	if d := p.disconnects(); len(d) < 6 {
 		t.Errorf("%d disconnects reported, want 6", len(d))
 	}
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	checkStillServing(t, srv, p, h, j, agent)
 }
 
@@ -228,7 +228,9 @@ func TestBlackHoleDetectedJobKeepsRoom(t *testing.T) {
 	if detected > ping+pong+2*time.Second {
 		t.Errorf("detected after %s, want within PingInterval+PongTimeout (%s)", detected, ping+pong)
 	}
-	time.Sleep(30*time.Second - time.Since(start))
+	holdsFor(t, 30*time.Second-time.Since(start), "the job running on its one registration through the black hole", func() bool {
+		return h.ctx(j.ID()).Err() == nil && p.registrations.Load() == 1
+	})
 	if err := h.ctx(j.ID()).Err(); err != nil {
 		t.Fatalf("the job was cancelled during the black hole: %v", err)
 	}
@@ -242,7 +244,7 @@ func TestBlackHoleDetectedJobKeepsRoom(t *testing.T) {
 	px.Heal()
 	waitFor(t, time.Minute, "re-registration after the heal", func() bool { return p.registrations.Load() >= 2 })
 	t.Logf("registered again %s after the heal", time.Since(healed).Round(time.Millisecond))
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	checkStillServing(t, srv, p, h, j, agent)
 }
 

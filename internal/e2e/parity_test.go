@@ -15,7 +15,6 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
-	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/internal/testkit/racebuild"
 )
 
@@ -72,7 +71,7 @@ func TestShutdownAfterCallerLeftSameInBothExecutors(t *testing.T) {
 		})
 		out := newLineLog(stderr)
 		out.wait(t, 30*time.Second, "msg=registered")
-		time.Sleep(lkserver.RegistrationSettle)
+		awaitRouting()
 
 		room := uniq("room")
 		caller := joinCaller(t, srv, room, "caller")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -18,10 +19,10 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
-	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/internal/testkit/procmem"
 	"github.com/lkagent/lkagent/internal/testkit/racebuild"
 	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -101,7 +102,7 @@ func runProcAgent(tb testing.TB, bin string, args ...string) *procAgent {
 	})
 	f := procFields(a.waitLine(tb, time.Minute, a.stdout, "registered "))
 	a.workerID, a.http = f["worker_id"], "http://"+f["http"]
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	return a
 }
 
@@ -365,12 +366,14 @@ func TestSIGTERMDrainsJobProcesses(t *testing.T) {
 	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	a.waitLine(t, 30*time.Second, a.stderr, `msg=draining`, "running_jobs=3")
-	time.Sleep(time.Second)
+	waitFor(t, 30*time.Second, "/worker draining with the 3 jobs", func() bool {
+		v := a.procWorker(t)
+		return v.Draining && len(v.Jobs) == 3
+	})
 	select {
 	case <-a.exited:
 		t.Fatalf("the agent exited (%v) while its jobs ran", a.waitErr)
-	default:
+	case <-time.After(time.Second):
 	}
 	for _, j := range jobs {
 		if !procAlive(j.pid) || !agentInRoom(t, srv, j.room, j.identity) {
@@ -397,6 +400,9 @@ func TestSIGTERMDrainsJobProcesses(t *testing.T) {
 		if line, ok := a.stdout.Line("cancelled room=" + j.room + " "); !ok || !strings.Contains(line, "disconnected from the room") {
 			t.Errorf("job %s did not end with its room: %q", j.id, line)
 		}
+	}
+	if _, ok := a.stderr.Line(`msg=draining`, "running_jobs=3"); !ok {
+		t.Error("the agent did not log its drain with the 3 jobs running")
 	}
 	if _, ok := a.stderr.Line("drain timeout"); ok {
 		t.Error("the drain timed out")
@@ -529,14 +535,10 @@ func BenchmarkJobProcessMemory(b *testing.B) {
 	var sums [7]float64
 	for range b.N {
 		var warm []int
-		deadline := time.Now().Add(time.Minute)
-		for len(warm) != idle {
-			if time.Now().After(deadline) {
-				b.Fatalf("%d warm job processes, want %d", len(warm), idle)
-			}
-			time.Sleep(100 * time.Millisecond)
+		wait.Until(b, time.Minute, fmt.Sprintf("%d warm job processes", idle), func() bool {
 			warm = slices.DeleteFunc(procAgentPids(bin), func(pid int) bool { return pid == parent })
-		}
+			return len(warm) == idle
+		})
 		time.Sleep(2 * time.Second) // ready and settled
 		rss, pss, anon := meanMem(b, warm)
 		sums[0] += rss
@@ -571,13 +573,9 @@ func BenchmarkJobProcessMemory(b *testing.B) {
 			}
 		}
 		cancel()
-		deadline = time.Now().Add(time.Minute)
-		for len(a.procWorker(b).Jobs) > 0 {
-			if time.Now().After(deadline) {
-				b.Fatal("the jobs did not end within a minute of their rooms' deletion")
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		wait.Until(b, time.Minute, "end of the jobs after their rooms' deletion", func() bool {
+			return len(a.procWorker(b).Jobs) == 0
+		})
 	}
 	n := float64(b.N)
 	for i, unit := range []string{"idle-RSS-MiB", "idle-PSS-MiB", "idle-anon-MiB", "room-RSS-MiB", "room-PSS-MiB", "room-anon-MiB", "worker-RSS-MiB"} {

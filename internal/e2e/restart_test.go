@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -76,8 +77,8 @@ func TestKilledWorkersJobProcessesDoNotLeaveNormally(t *testing.T) {
 			m[fmt.Sprint(i)] = func(t *testing.T) {
 				agentName, room := uniq("jobprocs"), uniq("room")
 				w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--http-addr", freeLoopbackAddr(t))
-				w.out.wait(t, 60*time.Second, "registered")
-				time.Sleep(lkserver.RegistrationSettle)
+				w.waitRegistered(t)
+				awaitRouting()
 				joinCaller(t, hs.srv, room, "caller")
 				hs.api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Metadata: "hold"})
 				first := lineFields(w.out.waitLine(t, 30*time.Second, "job ", "room="+room+" "))
@@ -159,7 +160,7 @@ func testKilledWorkerGuard(t *testing.T, bins restartBinaries) {
 	capture := newHookRouter(t)
 	s := lkserver.StartTB(t, lkserver.Options{WebhookURLs: []string{"http://" + addr + guard.WebhookPath, capture.url}})
 	g := startProc(t, "lkagent guard", exec.Command(bins.lkagent, "guard", "--listen", addr), s)
-	g.out.wait(t, 30*time.Second, `msg="guard listening"`)
+	wait.Until(t, 30*time.Second, "lkagent guard serving", func() bool { return httpOK("http://" + addr + "/metrics") })
 	agentName, room := uniq("killed"), uniq("room")
 	var workers []*agentProc
 	for range 2 {
@@ -170,6 +171,7 @@ func testKilledWorkerGuard(t *testing.T, bins restartBinaries) {
 	g.log = g.out // the guard logs to stdout
 	_, left := killAndReplace(t, s, workers, capture, agentName, room, "lkagent guard")
 	restartedOnce(t, g, left, agentName, room)
+	g.out.line(t, `msg="guard listening"`)
 }
 
 // killAndReplace runs a call in room on one of two registered workers of
@@ -180,9 +182,9 @@ func testKilledWorkerGuard(t *testing.T, bins restartBinaries) {
 func killAndReplace(t *testing.T, s *lkserver.Server, workers []*agentProc, capture *hookRouter, agentName, room, receiver string) (*agentProc, capturedHook) {
 	t.Helper()
 	for _, w := range workers {
-		w.out.wait(t, 60*time.Second, "registered")
+		w.waitRegistered(t)
 	}
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 	api := newServerAPI(s)
 	joinCaller(t, s, room, "caller")
 	api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Deployment: "staging", Metadata: "hold"})
@@ -250,20 +252,28 @@ func killAndReplace(t *testing.T, s *lkserver.Server, workers []*agentProc, capt
 // signed body) as duplicates that change nothing.
 func restartedOnce(t *testing.T, receiver *agentProc, left capturedHook, agentName, room string) {
 	t.Helper()
-	t.Log(receiver.log.waitLine(t, 10*time.Second, `msg="agent restarted"`, "room="+room, "disconnect_reason=CONNECTION_TIMEOUT"))
+	wait.Until(t, 10*time.Second, receiver.name+"'s restart counted", func() bool {
+		return receiver.metric(t, "lkagent_restarts_total", "agent_name", agentName, "deployment", "staging") >= 1
+	})
 	before := receiver.metric(t, "lkagent_guard_webhooks_total", "result", "duplicate")
 	for range 2 {
 		if code := receiver.post(t, left.header, left.body); code != http.StatusOK {
 			t.Errorf("the webhook delivered again: %d, want 200", code)
 		}
 	}
-	time.Sleep(time.Second)
+	wait.Until(t, 10*time.Second, "2 duplicate webhooks counted", func() bool {
+		return receiver.metric(t, "lkagent_guard_webhooks_total", "result", "duplicate")-before >= 2
+	})
+	holdsFor(t, time.Second, "one restart", func() bool {
+		return receiver.metric(t, "lkagent_restarts_total", "agent_name", agentName, "deployment", "staging") <= 1
+	})
 	if n := receiver.metric(t, "lkagent_guard_webhooks_total", "result", "duplicate") - before; n != 2 {
 		t.Errorf("%s counted %v duplicate webhooks, want 2", receiver.name, n)
 	}
 	if n := receiver.metric(t, "lkagent_restarts_total", "agent_name", agentName, "deployment", "staging"); n != 1 {
 		t.Errorf("%s counted %v restarts, want 1", receiver.name, n)
 	}
+	t.Log(receiver.log.line(t, `msg="agent restarted"`, "room="+room, "disconnect_reason=CONNECTION_TIMEOUT"))
 }
 
 // In process mode, a job process that crashes (os.Exit, or a
@@ -276,10 +286,10 @@ func testCrashedJobProcess(t *testing.T, bins restartBinaries, hs *hookServer) {
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--webhook", "--http-addr", freeLoopbackAddr(t))
 	// A second receiver, as a second worker (or lkagent guard) would be.
 	w2 := startAgentProc(t, bins.agent, hs.srv, "--agent-name", uniq("bystander"), "--webhook", "--http-addr", freeLoopbackAddr(t))
-	w.out.wait(t, 60*time.Second, "registered")
+	w.waitRegistered(t)
 	registered := time.Now()
-	w2.out.wait(t, 60*time.Second, "registered")
-	time.Sleep(lkserver.RegistrationSettle)
+	w2.waitRegistered(t)
+	awaitRouting()
 	pid := w.cmd.Process.Pid
 
 	// Right after a worker registered, the server lists a job in its
@@ -400,8 +410,13 @@ func crashAndRestart(t *testing.T, hs *hookServer, w, w2 *agentProc, agentName, 
 		}
 	}
 	wg.Wait()
-	t.Log(w2.log.waitLine(t, 30*time.Second, `msg="restart refused"`, "identity="+crash["identity"]))
-	time.Sleep(3 * time.Second)
+	wait.Until(t, 30*time.Second, "the bystander's refusal counted", func() bool {
+		return w2.metric(t, "lkagent_restart_refusals_total", "agent_name", agentName) >= 1
+	})
+	holdsFor(t, 3*time.Second, "at most 2 jobs in the room", func() bool {
+		return len(w.out.matching("job ", "room="+room+" ")) <= 2
+	})
+	t.Log(w2.log.line(t, `msg="restart refused"`, "identity="+crash["identity"]))
 	if n := len(w.out.matching("job ", "room="+room+" ")); n != 2 {
 		t.Errorf("%d jobs ran in the room, want 2", n)
 	}
@@ -426,8 +441,8 @@ func crashAndRestart(t *testing.T, hs *hookServer, w, w2 *agentProc, agentName, 
 func testNeverRestarted(t *testing.T, bins restartBinaries, hs *hookServer) {
 	agentName := uniq("never")
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--webhook", "--http-addr", freeLoopbackAddr(t))
-	w.out.wait(t, 60*time.Second, "registered")
-	time.Sleep(lkserver.RegistrationSettle)
+	w.waitRegistered(t)
+	awaitRouting()
 
 	cases := map[string]struct {
 		behaviour string
@@ -476,7 +491,9 @@ func testNeverRestarted(t *testing.T, bins restartBinaries, hs *hookServer) {
 					t.Errorf("the webhook's decision: %s, want %s", got, want)
 				}
 
-				time.Sleep(*restartObserve)
+				holdsFor(t, *restartObserve, "at most one job", func() bool {
+					return len(w.out.matching("job ", "room="+room+" ")) <= 1
+				})
 				if n := len(w.out.matching("job ", "room="+room+" ")); n != 1 {
 					t.Errorf("%d jobs ran, want 1", n)
 				}
@@ -512,17 +529,22 @@ func testAlwaysCrashingCapped(t *testing.T, bins restartBinaries, hs *hookServer
 	agentName := uniq("always")
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--webhook", "--http-addr", freeLoopbackAddr(t),
 		"--restart-backoff", "500ms")
-	w.out.wait(t, 60*time.Second, "registered")
-	time.Sleep(lkserver.RegistrationSettle)
+	w.waitRegistered(t)
+	awaitRouting()
 	room := uniq("room")
 	hs.router.route(t, room, w.base+guard.WebhookPath)
 	joinCaller(t, hs.srv, room, "caller")
 	start := time.Now()
 	hs.api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Metadata: "crash:map"})
 
-	line := w.log.waitLine(t, 90*time.Second, `msg="restart refused"`, "reason=cap_reached", "agent_name="+agentName)
-	t.Logf("refused %s after the first dispatch: %s", time.Since(start).Round(time.Millisecond), line)
-	time.Sleep(3 * time.Second) // nothing more happens
+	wait.Until(t, 90*time.Second, "the cap_reached refusal counted", func() bool {
+		return w.metric(t, "lkagent_restart_refusals_total", "agent_name", agentName, "reason", "cap_reached") >= 1
+	})
+	t.Logf("refused %s after the first dispatch", time.Since(start).Round(time.Millisecond))
+	holdsFor(t, 3*time.Second, "no restart beyond the cap", func() bool {
+		return w.metric(t, "lkagent_restarts_total", "agent_name", agentName) <= 3
+	})
+	t.Log(w.log.line(t, `msg="restart refused"`, "reason=cap_reached", "agent_name="+agentName))
 	if n := w.metric(t, "lkagent_restarts_total", "agent_name", agentName); n != 3 {
 		t.Errorf("lkagent_restarts_total = %v, want 3", n)
 	}
@@ -553,8 +575,8 @@ func testAlwaysCrashingCapped(t *testing.T, bins restartBinaries, hs *hookServer
 func testForgedWebhooks(t *testing.T, bins restartBinaries, hs *hookServer) {
 	agentName := uniq("forged")
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--webhook", "--http-addr", freeLoopbackAddr(t))
-	w.out.wait(t, 60*time.Second, "registered")
-	time.Sleep(lkserver.RegistrationSettle)
+	w.waitRegistered(t)
+	awaitRouting()
 	room := uniq("room") // the server's own webhooks for it go nowhere
 	joinCaller(t, hs.srv, room, "caller")
 	d := hs.api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Metadata: "hold"})
@@ -595,7 +617,12 @@ func testForgedWebhooks(t *testing.T, bins restartBinaries, hs *hookServer) {
 			t.Errorf("%s: %d, want 401", name, code)
 		}
 	}
-	time.Sleep(2 * time.Second)
+	wait.Until(t, 10*time.Second, "the forged webhooks counted", func() bool {
+		return w.metric(t, "lkagent_guard_webhooks_total", "result", "unauthorized") >= float64(len(forged))
+	})
+	holdsFor(t, 2*time.Second, "no restart decision", func() bool {
+		return w.metric(t, "lkagent_restarts_total")+w.metric(t, "lkagent_restart_refusals_total") == 0
+	})
 	if n := w.metric(t, "lkagent_guard_webhooks_total", "result", "unauthorized"); n != float64(len(forged)) {
 		t.Errorf("unauthorized webhooks counted: %v, want %d", n, len(forged))
 	}
@@ -625,8 +652,11 @@ func testForgedWebhooks(t *testing.T, bins restartBinaries, hs *hookServer) {
 	if code := w.post(t, sign(hs.srv.APIKey(), hs.srv.APISecret(), body), body); code != http.StatusOK {
 		t.Fatalf("signed: %d, want 200", code)
 	}
-	t.Log(w.log.waitLine(t, 30*time.Second, `msg="agent restarted"`, "identity="+first["identity"], "source=webhook:participant_left"))
+	wait.Until(t, 30*time.Second, "the restart counted", func() bool {
+		return w.metric(t, "lkagent_restarts_total", "agent_name", agentName) >= 1
+	})
 	w.out.waitLine(t, 30*time.Second, "job ", "room="+room+" ", "restarts=1")
+	t.Log(w.log.line(t, `msg="agent restarted"`, "identity="+first["identity"], "source=webhook:participant_left"))
 }
 
 // restartObserve is how long the never-restarted cases watch for a restart
@@ -834,11 +864,7 @@ func startProc(t *testing.T, name string, cmd *exec.Cmd, s *lkserver.Server) *ag
 			if pid <= 0 {
 				continue
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for pidAlive(pid) && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-			}
-			if pidAlive(pid) {
+			if !within(10*time.Second, func() bool { return !pidAlive(pid) }) {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 				t.Errorf("job process %d outlived its worker %d", pid, cmd.Process.Pid)
 			}
@@ -873,6 +899,37 @@ func (p *agentProc) post(t *testing.T, header http.Header, body []byte) int {
 		t.Fatalf("post to %s: %v", p.base, err)
 	}
 	return code
+}
+
+// waitRegistered waits until the worker's /worker says it is registered.
+func (p *agentProc) waitRegistered(t *testing.T) {
+	t.Helper()
+	wait.Until(t, 60*time.Second, p.name+" registered on /worker", func() bool {
+		select {
+		case <-p.exited:
+			t.Fatalf("%s exited before it registered", p.name)
+		default:
+		}
+		var v struct {
+			Registered bool `json:"registered"`
+		}
+		res, err := (&http.Client{Timeout: 10 * time.Second}).Get(p.base + "/worker")
+		if err != nil {
+			return false
+		}
+		defer res.Body.Close()
+		return res.StatusCode == http.StatusOK && json.NewDecoder(res.Body).Decode(&v) == nil && v.Registered
+	})
+}
+
+// httpOK reports whether a GET of url answers 200.
+func httpOK(url string) bool {
+	res, err := (&http.Client{Timeout: 10 * time.Second}).Get(url)
+	if err != nil {
+		return false
+	}
+	res.Body.Close()
+	return res.StatusCode == http.StatusOK
 }
 
 // metric returns the sum of the series of the counter name on the

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/livekit/protocol/livekit"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -286,12 +288,8 @@ func TestPanickingHandlerReportedFailed(t *testing.T) {
 // waitServerLog waits for a server log line containing all parts.
 func waitServerLog(t *testing.T, timeout time.Duration, parts ...string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if _, ok := serverLog.Line(parts...); ok {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("the server never logged a line with %q", parts)
+	wait.Until(t, timeout, fmt.Sprintf("server log line with %q", parts), func() bool {
+		_, ok := serverLog.Line(parts...)
+		return ok
+	})
 }

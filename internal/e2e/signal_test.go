@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -48,16 +47,16 @@ func TestSecondSIGTERMCancelsAndReports(t *testing.T) {
 		<-exited
 	})
 	out.wait(t, 30*time.Second, "serving")
-	time.Sleep(lkserver.RegistrationSettle)
+	awaitRouting()
 
 	room := uniq("room")
-	createDispatch(t, agent, room, "staging")
-	out.wait(t, 30*time.Second, "echo agent joined the room", room)
-	m := regexp.MustCompile(`job_id=(\S+) room=` + regexp.QuoteMeta(room) + `\b`).FindStringSubmatch(out.String())
-	if m == nil {
-		t.Fatalf("no job_id in the job's line:\n%s", out.String())
-	}
-	jobID := m[1]
+	d := createDispatch(t, agent, room, "staging")
+	var jobID string
+	waitFor(t, 30*time.Second, "the job's agent in its room", func() bool {
+		var ok bool
+		jobID, ok = joinedJob(t, d)
+		return ok
+	})
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -83,6 +82,10 @@ func TestSecondSIGTERMCancelsAndReports(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(waitErr, &ee) || ee.ExitCode() != worker.ExitInterrupted {
 		t.Fatalf("exit %v after the second SIGTERM, want status %d; output:\n%s", waitErr, worker.ExitInterrupted, out.String())
+	}
+	<-out.done // the output is complete
+	if !out.find("echo agent joined the room", "job_id="+jobID, "room="+room) {
+		t.Errorf("no line of the agent joining its room with its job:\n%s", out.String())
 	}
 	line := waitServerLine(t, 30*time.Second, "job ended", jobID)
 	for _, want := range []string{"JS_FAILED", "worker stopped"} {

@@ -120,6 +120,7 @@ func TestConnectDoesNotBlockTheJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	accepted := make(chan struct{}, 1)
 	go func() { // a server that accepts and never answers
 		for {
 			c, err := ln.Accept()
@@ -127,6 +128,10 @@ func TestConnectDoesNotBlockTheJob(t *testing.T) {
 				return
 			}
 			defer c.Close()
+			select {
+			case accepted <- struct{}{}:
+			default:
+			}
 		}
 	}()
 	j, ctl := New(context.Background(), Params{
@@ -139,7 +144,13 @@ func TestConnectDoesNotBlockTheJob(t *testing.T) {
 		_, err := j.Connect(ctx, nil)
 		joined <- err
 	}()
-	time.Sleep(100 * time.Millisecond) // Connect is waiting for the server now
+	select {
+	case <-accepted: // Connect is waiting for the server now
+	case err := <-joined:
+		t.Fatalf("Connect returned before the server answered: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("Connect did not reach the server within 30s")
+	}
 	answered := make(chan struct{})
 	go func() {
 		_ = j.Room()

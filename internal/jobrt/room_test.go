@@ -111,13 +111,14 @@ func receive(t *testing.T, res <-chan waitResult, what string) waitResult {
 	}
 }
 
-// notYet fails the test if res has a result now.
-func notYet(t *testing.T, res <-chan waitResult, what string) {
+// notWithin fails the test if res has a result within d: the time a wrong
+// answer has to arrive.
+func notWithin(t *testing.T, res <-chan waitResult, d time.Duration, what string) {
 	t.Helper()
 	select {
 	case r := <-res:
 		t.Fatalf("%s: WaitForParticipant returned early: %v, %v", what, r.p, r.err)
-	default:
+	case <-time.After(d):
 	}
 }
 
@@ -166,27 +167,18 @@ func TestWaitForParticipantJoiningLaterIgnoresAgents(t *testing.T) {
 	if agent.err != nil || agent.p.Identity() != "other-agent" {
 		t.Fatalf("WithKind(AGENT): %v, %v", agent.p, agent.err)
 	}
-	time.Sleep(300 * time.Millisecond) // time for a wrong answer to arrive
-	notYet(t, anyone, "only an agent in the room")
+	notWithin(t, anyone, 300*time.Millisecond, "only an agent in the room")
 
 	srv.Join(t, room, "caller")
 	r := receive(t, anyone, "caller joined")
 	if r.err != nil || r.p.Identity() != "caller" {
 		t.Fatalf("WaitForParticipant = %v, %v; want caller", r.p, r.err)
 	}
-	deadline := time.Now().Add(patience)
-	for {
+	livekittest.Eventually(t, patience, "caller and other-agent seen by the user's OnParticipantConnected", func() bool {
 		mu.Lock()
-		got := slices.Clone(seen)
-		mu.Unlock()
-		if slices.Contains(got, "caller") && slices.Contains(got, "other-agent") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the user's OnParticipantConnected saw %v, want caller and other-agent", got)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		defer mu.Unlock()
+		return slices.Contains(seen, "caller") && slices.Contains(seen, "other-agent")
+	})
 }
 
 func TestWaitForParticipantByIdentity(t *testing.T) {
@@ -206,8 +198,7 @@ func TestWaitForParticipantByIdentity(t *testing.T) {
 	}
 	carol := waitAsync(ctx, j, WithIdentity("carol"))
 	// Bob and Alice are there, and not Carol: the wait goes on.
-	time.Sleep(500 * time.Millisecond)
-	notYet(t, carol, "carol not in the room")
+	notWithin(t, carol, 500*time.Millisecond, "carol not in the room")
 	srv.Join(t, room, "carol")
 	if r := receive(t, carol, "carol"); r.err != nil || r.p.Identity() != "carol" {
 		t.Fatalf("WithIdentity(carol) = %v, %v", r.p, r.err)

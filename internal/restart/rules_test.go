@@ -321,13 +321,19 @@ func TestSameFailureTwiceWaitsForTheFirstDecision(t *testing.T) {
 	t.Parallel()
 	asCall := Failure{Room: "r", AgentName: "bot", Identity: "a", JobID: "AJ_1", Reason: "AGENT_ERROR"}
 	asWebhook := Failure{Room: "r", AgentName: "bot", Identity: "a", Reason: "SIGNAL_CLOSE", JoinedAt: joined}
-	both := func(r *Restarter) (first, second Decision, firstErr, secondErr error) {
+	// both makes the two calls, the second once the first is under way:
+	// held by the fake, which closes underway when it holds it.
+	both := func(t *testing.T, r *Restarter, underway <-chan struct{}) (first, second Decision, firstErr, secondErr error) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
 			first, firstErr = r.Restart(context.Background(), asCall)
 		}()
-		time.Sleep(100 * time.Millisecond) // the first is under way, held by the fake
+		select {
+		case <-underway:
+		case <-done:
+			t.Fatal("the first call ended before the fake held it")
+		}
 		second, secondErr = r.Restart(context.Background(), asWebhook)
 		<-done
 		return
@@ -338,13 +344,15 @@ func TestSameFailureTwiceWaitsForTheFirstDecision(t *testing.T) {
 		api := newFake()
 		api.room("r", "bot", "", "a", func(d *livekit.AgentDispatch) { d.RestartPolicy = livekit.JobRestartPolicy_JRP_NEVER })
 		var lists atomic.Int32
+		underway := make(chan struct{})
 		api.beforeList = func() {
 			if lists.Add(1) == 1 {
+				close(underway)
 				time.Sleep(300 * time.Millisecond)
 			}
 		}
 		r := testRestarter(t, api, Options{})
-		first, second, err1, err2 := both(r)
+		first, second, err1, err2 := both(t, r, underway)
 		if err1 != nil || err2 != nil || first.Outcome != PolicyNever || second.Outcome != PolicyNever {
 			t.Fatalf("decisions %+v (%v) and %+v (%v), want policy_never twice", first, err1, second, err2)
 		}
@@ -358,9 +366,11 @@ func TestSameFailureTwiceWaitsForTheFirstDecision(t *testing.T) {
 		api := newFake()
 		api.room("r", "bot", "", "a", nil)
 		var deletes atomic.Int32
+		underway := make(chan struct{})
 		api.beforeDelete = func() {
 			n := deletes.Add(1)
 			if n == 1 {
+				close(underway)
 				time.Sleep(300 * time.Millisecond)
 			}
 			api.mu.Lock()
@@ -372,7 +382,7 @@ func TestSameFailureTwiceWaitsForTheFirstDecision(t *testing.T) {
 			}
 		}
 		r := testRestarter(t, api, Options{})
-		first, second, err1, err2 := both(r)
+		first, second, err1, err2 := both(t, r, underway)
 		if err1 == nil || err2 != nil || second.Outcome != Restarted {
 			t.Fatalf("decisions %+v (%v) and %+v (%v), want an error, then restarted", first, err1, second, err2)
 		}
@@ -386,13 +396,15 @@ func TestSameFailureTwiceWaitsForTheFirstDecision(t *testing.T) {
 		api := newFake()
 		api.room("r", "bot", "", "a", nil)
 		var deletes atomic.Int32
+		underway := make(chan struct{})
 		api.beforeDelete = func() {
 			if deletes.Add(1) == 1 {
+				close(underway)
 				time.Sleep(300 * time.Millisecond)
 			}
 		}
 		r := testRestarter(t, api, Options{})
-		first, second, err1, err2 := both(r)
+		first, second, err1, err2 := both(t, r, underway)
 		if err1 != nil || err2 != nil || first.Outcome != Restarted || second.Outcome != AlreadyHandled {
 			t.Fatalf("decisions %+v (%v) and %+v (%v), want restarted, then already handled", first, err1, second, err2)
 		}

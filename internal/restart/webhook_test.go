@@ -18,6 +18,7 @@ import (
 	"github.com/livekit/protocol/utils/protojson"
 
 	"github.com/lkagent/lkagent/internal/deploy"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 )
 
 // signed returns a webhook request for ev signed as the server signs it.
@@ -193,35 +194,25 @@ func TestWebhookBoundedAndClosed(t *testing.T) {
 		t.Fatalf("second while full: %d %v, want 503 with Retry-After", rec.Code, rec.Header())
 	}
 	close(release)
-	deadline := time.Now().Add(5 * time.Second)
-	for count(r.m.restarts, "bot", deploy.ProductionLabel) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the first restart did not finish")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(10 * time.Millisecond) // the slot is released after the count
-	if code := serve(wh, signed(t, second, "key", "secret")); code != http.StatusOK {
+	wait.Until(t, 5*time.Second, "end of the first restart", func() bool { return count(r.m.restarts, "bot", deploy.ProductionLabel) == 1 })
+	// The slot is released just after the count: until then the second
+	// delivery is refused as busy again, which is not an answer to it.
+	var code int
+	wait.Until(t, 5*time.Second, "a free slot for the second delivery", func() bool {
+		code = serve(wh, signed(t, second, "key", "secret"))
+		return code != http.StatusServiceUnavailable
+	})
+	if code != http.StatusOK {
 		t.Fatalf("second again: %d, want 200 (a refused delivery is not remembered)", code)
 	}
-	for count(r.m.restarts, "bot", deploy.ProductionLabel) != 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the second restart did not finish")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-
+	wait.Until(t, 5*time.Second, "end of the second restart", func() bool { return count(r.m.restarts, "bot", deploy.ProductionLabel) == 2 })
 	// A restart stuck in the server is cancelled by Close's deadline.
 	api.room("r3", "bot", "", "c", nil)
 	stuck := make(chan struct{})
 	api.setBeforeDelete(func() { <-stuck })
-	deadline = time.Now().Add(5 * time.Second)
-	for serve(wh, signed(t, agentLeft("EV_3", "r3", "c", livekit.DisconnectReason_CONNECTION_TIMEOUT), "key", "secret")) != http.StatusOK {
-		if time.Now().After(deadline) {
-			t.Fatal("no slot came free")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.Until(t, 5*time.Second, "a free slot", func() bool {
+		return serve(wh, signed(t, agentLeft("EV_3", "r3", "c", livekit.DisconnectReason_CONNECTION_TIMEOUT), "key", "secret")) == http.StatusOK
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	go func() { <-wh.ctx.Done(); close(stuck) }()
