@@ -350,7 +350,7 @@ func startAgent(t *testing.T, s *lk, dep string, b behavior) *agent {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the test worker did not register")
 	}
-	awaitRouting()
+	lkserver.AwaitRouting()
 	return a
 }
 
@@ -487,34 +487,4 @@ func concurrently(t *testing.T, n int, sub func(i int) (string, func(t *testing.
 		}()
 	}
 	wg.Wait()
-}
-
-// awaitRouting waits the moment the server needs after a worker registered
-// before it routes dispatches to it (see lkserver.RegistrationSettle). The
-// server exposes nothing that says it is done, so this is the one place of
-// the package's server tests that waits for it blindly.
-func awaitRouting() { time.Sleep(lkserver.RegistrationSettle) }
-
-// holdsFor checks cond until d has passed and fails t the first time it
-// does not hold: the absence check ("nothing more happens for d") for state
-// that has no event to wait on.
-func holdsFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	end := time.NewTimer(d)
-	defer end.Stop()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if !cond() {
-			t.Fatalf("%s no longer held within %s", what, d)
-		}
-		select {
-		case <-end.C:
-			if !cond() {
-				t.Fatalf("%s no longer held at the end of %s", what, d)
-			}
-			return
-		case <-tick.C:
-		}
-	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/twitchtv/twirp"
 
 	"github.com/lkagent/lkagent/guard"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/internal/testkit/wait"
 )
 
@@ -98,7 +99,7 @@ func TestAlwaysFailingAgentIsCapped(t *testing.T) {
 	if n := g.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name, "deployment", "staging", "reason", "cap_reached"); n != 1 {
 		t.Errorf("cap_reached refusals = %v, want 1", n)
 	}
-	holdsFor(t, 2*time.Second, "no job beyond the first and 3 restarts", func() bool { return len(a.jobs(room)) <= 4 })
+	wait.Holds(t, 2*time.Second, "no job beyond the first and 3 restarts", func() bool { return len(a.jobs(room)) <= 4 })
 	t.Log(g.line(t, "restart refused", "reason=cap_reached", "agent_name="+a.name))
 	runs := a.jobs(room)
 	if len(runs) != 4 {
@@ -143,7 +144,7 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	for _, c := range workers {
 		wait.Until(t, 60*time.Second, "worker registration", func() bool { _, ok := c.line("registered"); return ok })
 	}
-	awaitRouting()
+	lkserver.AwaitRouting()
 	s.join(t, room)
 	s.createDispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Deployment: "staging"})
 
@@ -258,7 +259,7 @@ func TestNoRestart(t *testing.T) {
 			if n := g.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name, "reason", tc.reason); n != 1 {
 				t.Errorf("%s refusals = %v, want 1", tc.reason, n)
 			}
-			holdsFor(t, observe, "no restart", func() bool {
+			wait.Holds(t, observe, "no restart", func() bool {
 				return g.metric(t, "lkagent_restarts_total", "agent_name", a.name) == 0 && len(a.jobs(room)) <= 1
 			})
 			t.Logf("decided: %s", g.line(t, "restart refused", "reason="+tc.reason, "agent_name="+a.name))
@@ -332,7 +333,7 @@ func TestSameWebhookTwiceRestartsOnce(t *testing.T) {
 		return gb.metric(t, "lkagent_restarts_total", "agent_name", a.name)+gb.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name)+
 			gb.metric(t, "lkagent_restart_errors_total", "agent_name", a.name) >= 1
 	})
-	holdsFor(t, 2*time.Second, "one restart and 2 jobs at most", func() bool {
+	wait.Holds(t, 2*time.Second, "one restart and 2 jobs at most", func() bool {
 		return ga.metric(t, "lkagent_restarts_total", "agent_name", a.name)+gb.metric(t, "lkagent_restarts_total", "agent_name", a.name) <= 1 &&
 			len(a.jobs(room)) <= 2
 	})
@@ -469,7 +470,7 @@ func TestForgedWebhooksChangeNothing(t *testing.T) {
 	wait.Until(t, 10*time.Second, "the forged webhooks counted", func() bool {
 		return g.metric(t, "lkagent_guard_webhooks_total", "result", "unauthorized") >= 5
 	})
-	holdsFor(t, time.Second, "no restart decision", func() bool {
+	wait.Holds(t, time.Second, "no restart decision", func() bool {
 		return g.metric(t, "lkagent_restart_refusals_total", "agent_name", a.name)+g.metric(t, "lkagent_restarts_total", "agent_name", a.name) == 0
 	})
 	if n := g.metric(t, "lkagent_guard_webhooks_total", "result", "unauthorized"); n != 5 {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/lkagent/lkagent/guard"
 	"github.com/lkagent/lkagent/internal/testkit/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -104,10 +105,10 @@ func TestGuardRestartsFailedAgent(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	if !within(30*time.Second, func() bool { return w.Snapshot().Registered }) {
+	if !wait.Within(30*time.Second, func() bool { return w.Snapshot().Registered }) {
 		t.Fatal("the worker did not register")
 	}
-	awaitRouting()
+	lkserver.AwaitRouting()
 	caller, err := lksdk.ConnectToRoom(s.URL(), lksdk.ConnectInfo{APIKey: s.APIKey(), APISecret: s.APISecret(),
 		RoomName: room, ParticipantIdentity: "caller"}, nil)
 	if err != nil {

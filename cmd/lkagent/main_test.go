@@ -24,6 +24,7 @@ import (
 	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/internal/testkit/racebuild"
 	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 )
 
 var (
@@ -241,30 +242,6 @@ func (p *proc) waitFor(buf *syncbuf.Buffer, timeout time.Duration, parts ...stri
 	}
 }
 
-// awaitRouting waits the moment the server needs after a worker registered
-// before it routes dispatches to it (see lkserver.RegistrationSettle). The
-// server exposes nothing that says it is done, so this is the one place of
-// the package's tests that waits for it blindly.
-func awaitRouting() { time.Sleep(lkserver.RegistrationSettle) }
-
-// within reports whether cond holds within d, checking it every 20 ms:
-// a wait on a condition whose failure the caller words itself, or, when
-// the caller fails on true, an absence check over d.
-func within(d time.Duration, cond func() bool) bool {
-	end := time.NewTimer(d)
-	defer end.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-end.C:
-			return cond()
-		case <-tick.C:
-		}
-	}
-	return true
-}
-
 // closedPort returns a loopback address nothing listens on.
 func closedPort(t *testing.T) string {
 	t.Helper()
@@ -284,7 +261,7 @@ var pidRe = regexp.MustCompile(`\(pid (\d+)\)`)
 func assertGone(t *testing.T, pid int) {
 	t.Helper()
 	var err error
-	if !within(5*time.Second, func() bool { err = syscall.Kill(pid, 0); return errors.Is(err, syscall.ESRCH) }) {
+	if !wait.Within(5*time.Second, func() bool { err = syscall.Kill(pid, 0); return errors.Is(err, syscall.ESRCH) }) {
 		t.Fatalf("process %d is still there (%v)", pid, err)
 	}
 }

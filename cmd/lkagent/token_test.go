@@ -7,6 +7,9 @@ import (
 	"time"
 
 	lksdk "github.com/livekit/server-sdk-go/v2"
+
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 )
 
 // A token made by 'lkagent token' decodes with its agent deployment, and
@@ -19,7 +22,7 @@ func TestTokenDispatchesDeployment(t *testing.T) {
 	if s, p := staging.view(stagingAddr).Deployment, prod.view(prodAddr).Deployment; s != "staging" || p != "" {
 		t.Fatalf("/worker: deployments %q and %q, want staging and production", s, p)
 	}
-	awaitRouting()
+	lkserver.AwaitRouting()
 
 	token := strings.TrimSpace(cli(t, srvEnv(), "token", "--identity", "caller", "--room", room,
 		"--agent-name", agent, "--deployment", "staging", "--agent-metadata", "from-token", "--ttl", "10m").mustOK(t).stdout)
@@ -67,7 +70,7 @@ func TestTokenDispatchesDeployment(t *testing.T) {
 	}
 	defer caller.Disconnect()
 	staging.until(30*time.Second, "job started in "+room+" on the staging worker", func() bool { return staging.view(stagingAddr).started(room) })
-	if within(time.Second, func() bool { _, ok := prod.stdout.Line("room=" + room); return ok }) {
+	if wait.Within(time.Second, func() bool { _, ok := prod.stdout.Line("room=" + room); return ok }) {
 		t.Fatal("the production worker saw the staging job")
 	}
 	staging.mustLine(staging.stdout, "msg=registered", "deployment=staging")

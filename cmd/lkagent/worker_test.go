@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 )
 
 // 'lkagent worker' takes the dispatches of its deployment only, and drains
@@ -23,7 +25,7 @@ func TestWorkerTakesItsDeploymentAndDrains(t *testing.T) {
 	if v := w.view(addr); v.Deployment != "staging" {
 		t.Fatalf("/worker: deployment %q, want staging", v.Deployment)
 	}
-	awaitRouting()
+	lkserver.AwaitRouting()
 
 	var d dispatchJSON
 	out := cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent, "--deployment", "staging", "--json").mustOK(t).stdout
@@ -35,7 +37,7 @@ func TestWorkerTakesItsDeploymentAndDrains(t *testing.T) {
 
 	// The server reports the job running on this worker.
 	var listed string
-	if !within(15*time.Second, func() bool {
+	if !wait.Within(15*time.Second, func() bool {
 		var list []dispatchJSON
 		listed = cli(t, srvEnv(), "dispatch", "list", "--room", room, "--json").mustOK(t).stdout
 		if err := json.Unmarshal([]byte(listed), &list); err != nil {
@@ -93,7 +95,7 @@ func TestWorkerSecondSignalExitsAtOnce(t *testing.T) {
 	t.Parallel()
 	agent, room := uniq("agent"), uniq("room")
 	w, addr := startWorkerCmd(t, srvEnv(), "--agent-name", agent)
-	awaitRouting()
+	lkserver.AwaitRouting()
 	cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent).mustOK(t)
 	w.until(30*time.Second, "job started in "+room, func() bool { return w.view(addr).started(room) })
 
@@ -129,7 +131,7 @@ func TestWorkerIdleStop(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("/readyz = %d while registered", resp.StatusCode)
 	}
-	awaitRouting()
+	lkserver.AwaitRouting()
 	w.signal(syscall.SIGTERM)
 	if code := w.wait(10 * time.Second); code != 0 {
 		t.Fatalf("exit %d, want 0", code)
@@ -143,7 +145,7 @@ func TestWorkerRunsJobsInProcesses(t *testing.T) {
 	t.Parallel()
 	agent, room := uniq("agent"), uniq("room")
 	w, addr := startWorkerCmd(t, srvEnv(), "--agent-name", agent, "--processes", "--memory-limit-mib", "256")
-	awaitRouting()
+	lkserver.AwaitRouting()
 
 	var d dispatchJSON
 	out := cli(t, srvEnv(), "dispatch", "create", "--room", room, "--agent-name", agent, "--json").mustOK(t).stdout
@@ -166,7 +168,7 @@ func TestWorkerRunsJobsInProcesses(t *testing.T) {
 	// The job ends with its dispatch; its process with it.
 	cli(t, srvEnv(), "dispatch", "delete", "--room", room, "--id", d.ID).mustOK(t)
 	w.until(30*time.Second, "end of the job on /worker", func() bool { return len(w.view(addr).Jobs) == 0 })
-	if !within(30*time.Second, func() bool { return syscall.Kill(pid, 0) != nil }) {
+	if !wait.Within(30*time.Second, func() bool { return syscall.Kill(pid, 0) != nil }) {
 		t.Fatalf("the job's process %d is still there after its job ended", pid)
 	}
 	w.signal(syscall.SIGTERM)
@@ -231,7 +233,7 @@ func (p *proc) view(addr string) workerView {
 // first or cond does not hold within d.
 func (p *proc) until(d time.Duration, what string, cond func() bool) {
 	p.t.Helper()
-	if !within(d, func() bool {
+	if !wait.Within(d, func() bool {
 		if !p.running() {
 			p.t.Fatalf("lkagent exited (%v) before %s", p.err, what)
 		}

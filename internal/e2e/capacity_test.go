@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/lkagent/lkagent/internal/testkit/faultproxy"
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -388,7 +390,7 @@ func TestFullQueueDeclinesToSecondWorker(t *testing.T) {
 	const n = 20
 	rooms := dispatchAtOnce(t, agent, "staging", n)
 	var ra, rb, qa int
-	if !within(2*time.Minute, func() bool {
+	if !wait.Within(2*time.Minute, func() bool {
 		ra, _ = a.ran(rooms)
 		rb, _ = b.ran(rooms)
 		qa = wa.Snapshot().Queued
@@ -511,7 +513,7 @@ func TestDrainRunsQueuedJobs(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("no registration within 30s")
 	}
-	awaitRouting()
+	lkserver.AwaitRouting()
 
 	dispatchAtOnce(t, agent, "staging", 15)
 	waitFor(t, time.Minute, "5 jobs running and 10 queued", func() bool {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -109,7 +110,7 @@ func TestSIGTERMDrainsWorkerProcess(t *testing.T) {
 		<-exited
 	})
 	out.wait(t, 30*time.Second, "serving")
-	awaitRouting()
+	lkserver.AwaitRouting()
 
 	room := uniq("room")
 	d := createDispatch(t, agent, room, "staging")

@@ -17,6 +17,7 @@ import (
 	"github.com/lkagent/lkagent/internal/testkit/faultproxy"
 	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
+	"github.com/lkagent/lkagent/internal/testkit/wait"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -195,7 +196,7 @@ func TestCutsAfterUpgradeKeepJobInRoom(t *testing.T) {
 	if d := p.disconnects(); len(d) < 6 {
 		t.Errorf("%d disconnects reported, want 6", len(d))
 	}
-	awaitRouting()
+	lkserver.AwaitRouting()
 	checkStillServing(t, srv, p, h, j, agent)
 }
 
@@ -228,7 +229,7 @@ func TestBlackHoleDetectedJobKeepsRoom(t *testing.T) {
 	if detected > ping+pong+2*time.Second {
 		t.Errorf("detected after %s, want within PingInterval+PongTimeout (%s)", detected, ping+pong)
 	}
-	holdsFor(t, 30*time.Second-time.Since(start), "the job running on its one registration through the black hole", func() bool {
+	wait.Holds(t, 30*time.Second-time.Since(start), "the job running on its one registration through the black hole", func() bool {
 		return h.ctx(j.ID()).Err() == nil && p.registrations.Load() == 1
 	})
 	if err := h.ctx(j.ID()).Err(); err != nil {
@@ -244,7 +245,7 @@ func TestBlackHoleDetectedJobKeepsRoom(t *testing.T) {
 	px.Heal()
 	waitFor(t, time.Minute, "re-registration after the heal", func() bool { return p.registrations.Load() >= 2 })
 	t.Logf("registered again %s after the heal", time.Since(healed).Round(time.Millisecond))
-	awaitRouting()
+	lkserver.AwaitRouting()
 	checkStillServing(t, srv, p, h, j, agent)
 }
 

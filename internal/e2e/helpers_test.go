@@ -100,7 +100,7 @@ func startWorkerAt(t *testing.T, o worker.Options, h job.Handler) *worker.Worker
 			t.Errorf("the worker stopped on its own: %v", err)
 		}
 	})
-	awaitRouting()
+	lkserver.AwaitRouting()
 	return w
 }
 
@@ -193,53 +193,6 @@ func testDefaults(t *testing.T, o *worker.Options) {
 	if o.DrainTimeout == 0 {
 		o.DrainTimeout = time.Second
 	}
-}
-
-// awaitRouting waits the moment the server needs after a worker registered
-// before it routes dispatches to it (see lkserver.RegistrationSettle). The
-// server exposes nothing that says it is done, so this is the one place of
-// the package that waits for it blindly.
-func awaitRouting() { time.Sleep(lkserver.RegistrationSettle) }
-
-// holdsFor checks cond until d has passed and fails t the first time it
-// does not hold: the absence check ("nothing more happens for d") for state
-// that has no event to wait on.
-func holdsFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	end := time.NewTimer(d)
-	defer end.Stop()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if !cond() {
-			t.Fatalf("%s no longer held within %s", what, d)
-		}
-		select {
-		case <-end.C:
-			if !cond() {
-				t.Fatalf("%s no longer held at the end of %s", what, d)
-			}
-			return
-		case <-tick.C:
-		}
-	}
-}
-
-// within reports whether cond holds within d, checking it every 50 ms; for
-// the places (cleanups) where a test must go on when it does not.
-func within(d time.Duration, cond func() bool) bool {
-	end := time.NewTimer(d)
-	defer end.Stop()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-end.C:
-			return cond()
-		case <-tick.C:
-		}
-	}
-	return true
 }
 
 // joinedJob returns the id of d's job once the server lists the job and

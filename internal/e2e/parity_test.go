@@ -15,6 +15,7 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/internal/testkit/racebuild"
 )
 
@@ -71,7 +72,7 @@ func TestShutdownAfterCallerLeftSameInBothExecutors(t *testing.T) {
 		})
 		out := newLineLog(stderr)
 		out.wait(t, 30*time.Second, "msg=registered")
-		awaitRouting()
+		lkserver.AwaitRouting()
 
 		room := uniq("room")
 		caller := joinCaller(t, srv, room, "caller")

@@ -19,6 +19,7 @@ import (
 
 	"github.com/livekit/protocol/livekit"
 
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/internal/testkit/procmem"
 	"github.com/lkagent/lkagent/internal/testkit/racebuild"
 	"github.com/lkagent/lkagent/internal/testkit/syncbuf"
@@ -102,7 +103,7 @@ func runProcAgent(tb testing.TB, bin string, args ...string) *procAgent {
 	})
 	f := procFields(a.waitLine(tb, time.Minute, a.stdout, "registered "))
 	a.workerID, a.http = f["worker_id"], "http://"+f["http"]
-	awaitRouting()
+	lkserver.AwaitRouting()
 	return a
 }
 

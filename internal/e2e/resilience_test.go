@@ -82,7 +82,7 @@ func TestServerRestartReregisters(t *testing.T) {
 	waitFor(t, 30*time.Second, "re-registration of both workers", func() bool { return regS.Load() >= 2 && regP.Load() >= 2 })
 	t.Logf("server killed and back up after %s; both workers re-registered %s after the kill",
 		up.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
-	awaitRouting()
+	lkserver.AwaitRouting()
 	if cancelled.Load() {
 		t.Fatal("the running handler was cancelled by the control-plane loss")
 	}

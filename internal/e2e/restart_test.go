@@ -78,7 +78,7 @@ func TestKilledWorkersJobProcessesDoNotLeaveNormally(t *testing.T) {
 				agentName, room := uniq("jobprocs"), uniq("room")
 				w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--http-addr", freeLoopbackAddr(t))
 				w.waitRegistered(t)
-				awaitRouting()
+				lkserver.AwaitRouting()
 				joinCaller(t, hs.srv, room, "caller")
 				hs.api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Metadata: "hold"})
 				first := lineFields(w.out.waitLine(t, 30*time.Second, "job ", "room="+room+" "))
@@ -184,7 +184,7 @@ func killAndReplace(t *testing.T, s *lkserver.Server, workers []*agentProc, capt
 	for _, w := range workers {
 		w.waitRegistered(t)
 	}
-	awaitRouting()
+	lkserver.AwaitRouting()
 	api := newServerAPI(s)
 	joinCaller(t, s, room, "caller")
 	api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Deployment: "staging", Metadata: "hold"})
@@ -264,7 +264,7 @@ func restartedOnce(t *testing.T, receiver *agentProc, left capturedHook, agentNa
 	wait.Until(t, 10*time.Second, "2 duplicate webhooks counted", func() bool {
 		return receiver.metric(t, "lkagent_guard_webhooks_total", "result", "duplicate")-before >= 2
 	})
-	holdsFor(t, time.Second, "one restart", func() bool {
+	wait.Holds(t, time.Second, "one restart", func() bool {
 		return receiver.metric(t, "lkagent_restarts_total", "agent_name", agentName, "deployment", "staging") <= 1
 	})
 	if n := receiver.metric(t, "lkagent_guard_webhooks_total", "result", "duplicate") - before; n != 2 {
@@ -289,7 +289,7 @@ func testCrashedJobProcess(t *testing.T, bins restartBinaries, hs *hookServer) {
 	w.waitRegistered(t)
 	registered := time.Now()
 	w2.waitRegistered(t)
-	awaitRouting()
+	lkserver.AwaitRouting()
 	pid := w.cmd.Process.Pid
 
 	// Right after a worker registered, the server lists a job in its
@@ -413,7 +413,7 @@ func crashAndRestart(t *testing.T, hs *hookServer, w, w2 *agentProc, agentName, 
 	wait.Until(t, 30*time.Second, "the bystander's refusal counted", func() bool {
 		return w2.metric(t, "lkagent_restart_refusals_total", "agent_name", agentName) >= 1
 	})
-	holdsFor(t, 3*time.Second, "at most 2 jobs in the room", func() bool {
+	wait.Holds(t, 3*time.Second, "at most 2 jobs in the room", func() bool {
 		return len(w.out.matching("job ", "room="+room+" ")) <= 2
 	})
 	t.Log(w2.log.line(t, `msg="restart refused"`, "identity="+crash["identity"]))
@@ -442,7 +442,7 @@ func testNeverRestarted(t *testing.T, bins restartBinaries, hs *hookServer) {
 	agentName := uniq("never")
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--webhook", "--http-addr", freeLoopbackAddr(t))
 	w.waitRegistered(t)
-	awaitRouting()
+	lkserver.AwaitRouting()
 
 	cases := map[string]struct {
 		behaviour string
@@ -491,7 +491,7 @@ func testNeverRestarted(t *testing.T, bins restartBinaries, hs *hookServer) {
 					t.Errorf("the webhook's decision: %s, want %s", got, want)
 				}
 
-				holdsFor(t, *restartObserve, "at most one job", func() bool {
+				wait.Holds(t, *restartObserve, "at most one job", func() bool {
 					return len(w.out.matching("job ", "room="+room+" ")) <= 1
 				})
 				if n := len(w.out.matching("job ", "room="+room+" ")); n != 1 {
@@ -530,7 +530,7 @@ func testAlwaysCrashingCapped(t *testing.T, bins restartBinaries, hs *hookServer
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--processes", "--webhook", "--http-addr", freeLoopbackAddr(t),
 		"--restart-backoff", "500ms")
 	w.waitRegistered(t)
-	awaitRouting()
+	lkserver.AwaitRouting()
 	room := uniq("room")
 	hs.router.route(t, room, w.base+guard.WebhookPath)
 	joinCaller(t, hs.srv, room, "caller")
@@ -541,7 +541,7 @@ func testAlwaysCrashingCapped(t *testing.T, bins restartBinaries, hs *hookServer
 		return w.metric(t, "lkagent_restart_refusals_total", "agent_name", agentName, "reason", "cap_reached") >= 1
 	})
 	t.Logf("refused %s after the first dispatch", time.Since(start).Round(time.Millisecond))
-	holdsFor(t, 3*time.Second, "no restart beyond the cap", func() bool {
+	wait.Holds(t, 3*time.Second, "no restart beyond the cap", func() bool {
 		return w.metric(t, "lkagent_restarts_total", "agent_name", agentName) <= 3
 	})
 	t.Log(w.log.line(t, `msg="restart refused"`, "reason=cap_reached", "agent_name="+agentName))
@@ -576,7 +576,7 @@ func testForgedWebhooks(t *testing.T, bins restartBinaries, hs *hookServer) {
 	agentName := uniq("forged")
 	w := startAgentProc(t, bins.agent, hs.srv, "--agent-name", agentName, "--webhook", "--http-addr", freeLoopbackAddr(t))
 	w.waitRegistered(t)
-	awaitRouting()
+	lkserver.AwaitRouting()
 	room := uniq("room") // the server's own webhooks for it go nowhere
 	joinCaller(t, hs.srv, room, "caller")
 	d := hs.api.dispatch(t, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Metadata: "hold"})
@@ -620,7 +620,7 @@ func testForgedWebhooks(t *testing.T, bins restartBinaries, hs *hookServer) {
 	wait.Until(t, 10*time.Second, "the forged webhooks counted", func() bool {
 		return w.metric(t, "lkagent_guard_webhooks_total", "result", "unauthorized") >= float64(len(forged))
 	})
-	holdsFor(t, 2*time.Second, "no restart decision", func() bool {
+	wait.Holds(t, 2*time.Second, "no restart decision", func() bool {
 		return w.metric(t, "lkagent_restarts_total")+w.metric(t, "lkagent_restart_refusals_total") == 0
 	})
 	if n := w.metric(t, "lkagent_guard_webhooks_total", "result", "unauthorized"); n != float64(len(forged)) {
@@ -864,7 +864,7 @@ func startProc(t *testing.T, name string, cmd *exec.Cmd, s *lkserver.Server) *ag
 			if pid <= 0 {
 				continue
 			}
-			if !within(10*time.Second, func() bool { return !pidAlive(pid) }) {
+			if !wait.Within(10*time.Second, func() bool { return !pidAlive(pid) }) {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 				t.Errorf("job process %d outlived its worker %d", pid, cmd.Process.Pid)
 			}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lkagent/lkagent/internal/testkit/lkserver"
 	"github.com/lkagent/lkagent/worker"
 )
 
@@ -47,7 +48,7 @@ func TestSecondSIGTERMCancelsAndReports(t *testing.T) {
 		<-exited
 	})
 	out.wait(t, 30*time.Second, "serving")
-	awaitRouting()
+	lkserver.AwaitRouting()
 
 	room := uniq("room")
 	d := createDispatch(t, agent, room, "staging")

@@ -68,7 +68,7 @@ func stopTestWorker(t *testing.T, s *lkserver.Server, o worker.Options, h job.Ha
 		t.Fatalf("worker did not register: %v", err)
 	}
 	t.Cleanup(func() { _ = w.StopAndCancel(context.Background()) })
-	awaitRouting()
+	lkserver.AwaitRouting()
 	return w
 }
 

@@ -43,3 +43,9 @@ import "time"
 // the demo wait this long; production workers register long before their
 // dispatches come.
 const RegistrationSettle = 500 * time.Millisecond
+
+// AwaitRouting waits the moment the server needs after a worker registered
+// before it routes dispatches to it (RegistrationSettle). The server
+// exposes nothing that says it is done, so tests wait for it blindly, and
+// only here.
+func AwaitRouting() { time.Sleep(RegistrationSettle) }

@@ -29,3 +29,41 @@ func Until(t testing.TB, d time.Duration, what string, cond func() bool) {
 		time.Sleep(interval)
 	}
 }
+
+// Holds checks cond until d has passed and fails t the first time it does
+// not hold: the absence check ("nothing more happens for d") for state
+// that has no event to wait on.
+func Holds(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	end := time.NewTimer(d)
+	defer end.Stop()
+	tick := time.NewTicker(maxInterval)
+	defer tick.Stop()
+	for {
+		if !cond() {
+			t.Fatalf("%s no longer held within %s", what, d)
+		}
+		select {
+		case <-end.C:
+			if !cond() {
+				t.Fatalf("%s no longer held at the end of %s", what, d)
+			}
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// Within reports whether cond holds within d, checking it as Until does:
+// for a caller that words the failure itself, or goes on when cond does
+// not hold (a cleanup), or, failing on true, checks an absence over d.
+func Within(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for interval := minInterval; !cond(); interval = min(2*interval, maxInterval) {
+		if time.Now().After(deadline) {
+			return cond()
+		}
+		time.Sleep(interval)
+	}
+	return true
+}
