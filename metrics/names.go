@@ -20,8 +20,6 @@
 // prometheus.WrapRegistererWith, to add pod labels).
 package metrics
 
-import "github.com/lkagent/lkagent/internal/deploy"
-
 // Namespace prefixes every metric name.
 const Namespace = "lkagent"
 
@@ -48,8 +46,9 @@ const (
 )
 
 // ProductionDeployment is the value of [LabelDeployment] for production (the
-// empty deployment).
-const ProductionDeployment = deploy.ProductionLabel
+// empty deployment). The LiveKit server refuses '_' in deployment names, so
+// no real deployment is labelled so.
+const ProductionDeployment = "_production"
 
 // A worker's metrics. Each carries [LabelAgentName] and [LabelDeployment];
 // the labels named here come in addition.
