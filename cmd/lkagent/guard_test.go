@@ -124,7 +124,7 @@ func TestGuardRestartsFailedAgent(t *testing.T) {
 	}
 	g.waitFor(g.stdout, 5*time.Second, `msg="agent restarted"`, "room="+room, "disconnect_reason=AGENT_ERROR")
 	code, metrics := get("/metrics")
-	if code != http.StatusOK || !strings.Contains(metrics, `lkagent_restarts_total{agent_name="`+agentName+`",deployment=""} 1`) ||
+	if code != http.StatusOK || !strings.Contains(metrics, `lkagent_restarts_total{agent_name="`+agentName+`",deployment="_production"} 1`) ||
 		!strings.Contains(metrics, `lkagent_guard_webhooks_total{result="unauthorized"} 1`) {
 		t.Fatalf("/metrics = %d:\n%s", code, metrics)
 	}
