@@ -3,14 +3,14 @@ package worker
 import (
 	"time"
 
-	"github.com/lkagent/lkagent/metrics"
+	"github.com/lkagent/lkagent/internal/obs"
 )
 
 // observer feeds the worker's metrics.
-type observer struct{ m *metrics.Worker }
+type observer struct{ m *obs.Worker }
 
 func newObserver(o Options) *observer {
-	m := metrics.New(o.AgentName, o.Deployment)
+	m := obs.New(o.AgentName, o.Deployment)
 	m.Capacity.Set(float64(o.MaxJobs))
 	m.QueueCapacity.Set(float64(o.queueCap()))
 	return &observer{m: m}

@@ -621,14 +621,14 @@ func gatherWorker(w *worker.Worker) (workerMetrics, error) {
 	for _, f := range families {
 		for _, s := range f.GetMetric() {
 			switch f.GetName() {
-			case metrics.Namespace + "_offers_received_total":
+			case metrics.OffersReceived:
 				m.offers += int(s.GetCounter().GetValue())
-			case metrics.Namespace + "_offers_declined_total":
+			case metrics.OffersDeclined:
 				m.declined += int(s.GetCounter().GetValue())
-			case metrics.Namespace + "_queue_wait_seconds":
+			case metrics.QueueWait:
 				m.queued += int(s.GetHistogram().GetSampleCount())
-			case metrics.Namespace + "_jobs_finished_total":
-				if hasLabel(s.GetLabel(), "status", "queue_timeout") {
+			case metrics.JobsFinished:
+				if hasLabel(s.GetLabel(), metrics.LabelStatus, string(worker.StatusQueueTimeout)) {
 					m.queueTimeouts += int(s.GetCounter().GetValue())
 				}
 			}

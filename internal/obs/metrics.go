@@ -1,24 +1,14 @@
-// Package metrics defines the Prometheus collectors of an lkagent worker.
-// Every series carries the worker's agent_name and deployment as constant
-// labels, so staging and production workers can be compared side by side
-// (production, the empty deployment, is labelled "_production", a value the
-// LiveKit server refuses as a deployment name, so it never collides with
-// one); no series carries a job id or room name (those go to the logs).
-//
-// The worker package creates and feeds these collectors; most programs only
-// scrape them (Options.HTTPAddr) or pass their own registry
-// (Options.Registerer), which may wrap another (prometheus.WrapRegistererWith
-// to add pod labels).
-package metrics
+// Package obs holds a worker's Prometheus collectors. The worker creates and
+// feeds them; package metrics names and documents them for users (a test
+// here keeps the two in step).
+package obs
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lkagent/lkagent/internal/deploy"
+	"github.com/lkagent/lkagent/metrics"
 )
-
-// Namespace prefixes every metric name.
-const Namespace = "lkagent"
 
 // Worker holds one worker's collectors. The collectors are safe for
 // concurrent use, as every Prometheus collector is.
@@ -55,29 +45,29 @@ type Worker struct {
 func New(agentName, deployment string) *Worker {
 	labels := prometheus.Labels{"agent_name": agentName, "deployment": deploy.Label(deployment)}
 	counter := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help, ConstLabels: labels})
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: name, Help: help, ConstLabels: labels})
 	}
 	gauge := func(name, help string) prometheus.Gauge {
-		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Name: name, Help: help, ConstLabels: labels})
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: name, Help: help, ConstLabels: labels})
 	}
 	hist := func(name, help string, buckets []float64) prometheus.Histogram {
-		return prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Name: name, Help: help, ConstLabels: labels, Buckets: buckets})
+		return prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: metrics.Namespace, Name: name, Help: help, ConstLabels: labels, Buckets: buckets})
 	}
 	fast := prometheus.ExponentialBuckets(0.00001, 4, 12) // 10µs … ~42s
 	m := &Worker{
 		Connected:         gauge("connected", "1 while the worker is registered with the server, else 0."),
 		Registrations:     counter("registrations_total", "Successful registrations with the server."),
 		ReconnectAttempts: counter("reconnect_attempts_total", "Reconnect attempts after a lost or failed connection."),
-		Disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "disconnects_total",
+		Disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "disconnects_total",
 			Help: "Connections lost, by reason.", ConstLabels: labels}, []string{"reason"}),
 		OffersReceived: counter("offers_received_total", "Job offers (availability requests) received."),
 		OffersAccepted: counter("offers_accepted_total", "Job offers accepted."),
-		OffersDeclined: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "offers_declined_total",
+		OffersDeclined: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "offers_declined_total",
 			Help: "Job offers declined, by reason.", ConstLabels: labels}, []string{"reason"}),
 		AssignmentTimeouts: counter("assignment_timeouts_total", "Accepted offers whose assignment never came; their slot was released."),
 		UnexpectedAssigns:  counter("unexpected_assignments_total", "Assignments for jobs this worker did not accept or already ran; not run."),
 		JobsRunning:        gauge("jobs_running", "Jobs whose handler is running."),
-		JobsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "jobs_finished_total",
+		JobsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "jobs_finished_total",
 			Help: "Jobs ended, by status: success, failed, terminated, panicked; in job processes also crashed, memory_limit, killed, start_failed; queued jobs that never started: queue_timeout, drain_timeout.", ConstLabels: labels}, []string{"status"}),
 		JobDuration:     hist("job_duration_seconds", "Time from handler start to job end.", prometheus.ExponentialBuckets(0.01, 4, 12)),
 		LaunchLatency:   hist("job_launch_latency_seconds", "Time from assignment received to handler started.", fast),

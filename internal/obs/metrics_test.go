@@ -1,4 +1,4 @@
-package metrics_test
+package obs_test
 
 import (
 	"fmt"
@@ -8,18 +8,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/lkagent/lkagent/metrics"
+	"github.com/lkagent/lkagent/internal/obs"
 )
 
 // Staging and production workers of one agent share a registry: their
 // series differ by the deployment label.
 func TestDeploymentsShareARegistry(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	staging := metrics.New("support-bot", "staging")
+	staging := obs.New("support-bot", "staging")
 	if err := staging.Register(reg); err != nil {
 		t.Fatal(err)
 	}
-	prod := metrics.New("support-bot", "")
+	prod := obs.New("support-bot", "")
 	if err := prod.Register(reg); err != nil {
 		t.Fatalf("a second deployment in the same registry: %v", err)
 	}
@@ -37,14 +37,14 @@ lkagent_offers_declined_total{agent_name="support-bot",deployment="staging",reas
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "lkagent_jobs_finished_total", "lkagent_offers_declined_total"); err != nil {
 		t.Fatal(err)
 	}
-	if err := metrics.New("support-bot", "staging").Register(reg); err == nil {
+	if err := obs.New("support-bot", "staging").Register(reg); err == nil {
 		t.Fatal("registering the same agent and deployment twice succeeded")
 	}
 }
 
 func TestNamesFollowConventions(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m := metrics.New("a", "b")
+	m := obs.New("a", "b")
 	if err := m.Register(reg); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestNamesFollowConventions(t *testing.T) {
 
 func ExampleNew() {
 	reg := prometheus.NewRegistry()
-	m := metrics.New("support-bot", "staging")
+	m := obs.New("support-bot", "staging")
 	if err := m.Register(reg); err != nil {
 		panic(err)
 	}
