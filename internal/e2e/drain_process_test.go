@@ -46,6 +46,42 @@ func newLineLog(r io.Reader) *lineLog {
 	return l
 }
 
+// exampleProc is an example program the test built and started against
+// srv, its stderr read line by line.
+type exampleProc struct {
+	cmd     *exec.Cmd
+	out     *lineLog
+	exited  chan struct{} // closed once it exited; then waitErr is set
+	waitErr error
+}
+
+// startExample builds the example package pkg, starts it with args
+// against srv, and kills it when the test ends if it still runs.
+func startExample(t *testing.T, pkg string, args ...string) *exampleProc {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	build := exec.Command("go", "build", "-o", bin, pkg)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", pkg, err, out)
+	}
+	p := &exampleProc{cmd: exec.Command(bin, args...), exited: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), "LIVEKIT_URL="+srv.URL(), "LIVEKIT_API_KEY="+srv.APIKey(), "LIVEKIT_API_SECRET="+srv.APISecret())
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.out = newLineLog(stderr)
+	go func() { p.waitErr = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	})
+	return p
+}
+
 func (l *lineLog) find(substrs ...string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -86,29 +122,9 @@ func (l *lineLog) wait(t *testing.T, timeout time.Duration, substrs ...string) {
 // process exits 0.
 func TestSIGTERMDrainsWorkerProcess(t *testing.T) {
 	t.Parallel()
-	bin := filepath.Join(t.TempDir(), "deployments")
-	build := exec.Command("go", "build", "-o", bin, "github.com/lkagent/lkagent/examples/deployments")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the deployments example: %v\n%s", err, out)
-	}
 	agent := uniq("rollout")
-	cmd := exec.Command(bin, "--agent-name", agent, "--deployment", "staging", "--drain-timeout", "60s")
-	cmd.Env = append(os.Environ(), "LIVEKIT_URL="+srv.URL(), "LIVEKIT_API_KEY="+srv.APIKey(), "LIVEKIT_API_SECRET="+srv.APISecret())
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	var waitErr error
-	out := newLineLog(stderr)
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
+	p := startExample(t, "github.com/lkagent/lkagent/examples/deployments", "--agent-name", agent, "--deployment", "staging", "--drain-timeout", "60s")
+	cmd, out, exited := p.cmd, p.out, p.exited
 	out.wait(t, 30*time.Second, "serving")
 	lkserver.AwaitRouting()
 
@@ -133,7 +149,7 @@ func TestSIGTERMDrainsWorkerProcess(t *testing.T) {
 	}
 	select {
 	case <-exited:
-		t.Fatalf("the process exited (%v) while its job was still running; output:\n%s", waitErr, out.String())
+		t.Fatalf("the process exited (%v) while its job was still running; output:\n%s", p.waitErr, out.String())
 	default:
 	}
 
@@ -147,11 +163,11 @@ func TestSIGTERMDrainsWorkerProcess(t *testing.T) {
 	select {
 	case <-exited:
 		var ee *exec.ExitError
-		if errors.As(waitErr, &ee) {
-			t.Fatalf("the process exited with %v after draining; output:\n%s", waitErr, out.String())
+		if errors.As(p.waitErr, &ee) {
+			t.Fatalf("the process exited with %v after draining; output:\n%s", p.waitErr, out.String())
 		}
-		if waitErr != nil {
-			t.Fatal(waitErr)
+		if p.waitErr != nil {
+			t.Fatal(p.waitErr)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the process did not exit within 30s after its job ended; output:\n%s", out.String())

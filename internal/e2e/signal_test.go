@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"errors"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"syscall"
 	"testing"
@@ -24,29 +22,9 @@ func TestSecondSIGTERMCancelsAndReports(t *testing.T) {
 		t.Skip("real LiveKit server")
 	}
 	t.Parallel()
-	bin := filepath.Join(t.TempDir(), "deployments")
-	build := exec.Command("go", "build", "-o", bin, "github.com/lkagent/lkagent/examples/deployments")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the deployments example: %v\n%s", err, out)
-	}
 	agent := uniq("sig2")
-	cmd := exec.Command(bin, "--agent-name", agent, "--deployment", "staging", "--drain-timeout", "10m")
-	cmd.Env = append(os.Environ(), "LIVEKIT_URL="+srv.URL(), "LIVEKIT_API_KEY="+srv.APIKey(), "LIVEKIT_API_SECRET="+srv.APISecret())
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	var waitErr error
-	out := newLineLog(stderr)
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
+	p := startExample(t, "github.com/lkagent/lkagent/examples/deployments", "--agent-name", agent, "--deployment", "staging", "--drain-timeout", "10m")
+	cmd, out, exited := p.cmd, p.out, p.exited
 	out.wait(t, 30*time.Second, "serving")
 	lkserver.AwaitRouting()
 
@@ -66,7 +44,7 @@ func TestSecondSIGTERMCancelsAndReports(t *testing.T) {
 	out.wait(t, 10*time.Second, "msg=draining", "running_jobs=1")
 	select {
 	case <-exited:
-		t.Fatalf("the process exited (%v) on the first SIGTERM with its job running; output:\n%s", waitErr, out.String())
+		t.Fatalf("the process exited (%v) on the first SIGTERM with its job running; output:\n%s", p.waitErr, out.String())
 	case <-time.After(time.Second):
 	}
 	second := time.Now()
@@ -81,8 +59,8 @@ func TestSecondSIGTERMCancelsAndReports(t *testing.T) {
 	took := time.Since(second)
 	t.Logf("second SIGTERM to exit: %s", took.Round(time.Millisecond))
 	var ee *exec.ExitError
-	if !errors.As(waitErr, &ee) || ee.ExitCode() != worker.ExitInterrupted {
-		t.Fatalf("exit %v after the second SIGTERM, want status %d; output:\n%s", waitErr, worker.ExitInterrupted, out.String())
+	if !errors.As(p.waitErr, &ee) || ee.ExitCode() != worker.ExitInterrupted {
+		t.Fatalf("exit %v after the second SIGTERM, want status %d; output:\n%s", p.waitErr, worker.ExitInterrupted, out.String())
 	}
 	<-out.done // the output is complete
 	if !out.find("echo agent joined the room", "job_id="+jobID, "room="+room) {
