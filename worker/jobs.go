@@ -337,11 +337,7 @@ func (w *Worker) launchLocked(aj *activeJob) {
 func (w *Worker) start(aj *activeJob) {
 	w.obs.jobStarted(aj.started.Sub(aj.params.Timing.AssignmentReceived), !aj.queuedAt.IsZero())
 	w.events.emit(Event{Kind: EventStarted, Time: aj.started, JobID: aj.info.GetId(), Room: aj.info.GetRoom().GetName()})
-	if pool := w.pool.Load(); pool != nil {
-		go w.runJobProcess(aj, pool)
-		return
-	}
-	go w.runJob(aj)
+	go w.exec.run(aj)
 }
 
 // enqueueLocked puts aj in the queue, until a slot frees or QueueTimeout
@@ -715,8 +711,8 @@ func (w *Worker) loadLocked(userLoad float64, hasUserLoad bool) (load float64, f
 		}
 		f = max(f, u)
 	}
-	if w.poolErr.Load() != nil {
-		// Job processes cannot start: take no job it could not run.
+	if w.exec.unavailable() != "" {
+		// Jobs cannot start (job processes fail to): take no job it could not run.
 		f, full = 1, true
 	}
 	return f * w.o.ServerTargetLoad, full

@@ -35,7 +35,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/lkagent/lkagent/guard"
-	"github.com/lkagent/lkagent/internal/jobproc"
 	"github.com/lkagent/lkagent/internal/sdklog"
 	"github.com/lkagent/lkagent/job"
 )
@@ -56,10 +55,7 @@ type Worker struct {
 	hookRest  *guard.Restarter              // the webhook's, with Options.Webhook
 	webhook   atomic.Pointer[guard.Webhook] // the current run's webhook receiver
 	heldSweep *heldState                    // nil with Held.Disabled (held.go)
-	procOpts  ProcessOptions                // with the Processes executor
-	useProcs  bool                          // jobs run in job processes
-	pool      atomic.Pointer[jobproc.Pool]  // the current run's job processes
-	poolErr   atomic.Pointer[error]         // why job processes cannot start, nil when they can
+	exec      jobRunner                     // where jobs run: Options.Executor's strategy
 	warm      warmState                     // what Options.Prewarm made (prewarm.go)
 	tracing   tracing                       // the jobs' tracer (trace.go)
 	// statusDelay is StatusDelay; tests against a fake without the
@@ -125,9 +121,10 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 		jobsChange:  make(chan struct{}),
 	}
 	w.log = o.Logger.With(slog.String("agent_name", o.AgentName), slog.String("deployment", o.Deployment))
-	if p, ok := o.Executor.(processes); ok {
-		w.useProcs, w.procOpts = true, p.o
+	if o.Executor == nil {
+		o.Executor = InProcess()
 	}
+	w.exec = o.Executor.runner(w)
 	if !o.KeepSDKLogger {
 		sdklog.Install(o.Logger.With(slog.String("component", "livekit-sdk")))
 	}
@@ -185,6 +182,10 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 // while one runs returns ErrAlreadyRunning; a worker can Run again after
 // Run returned. Bad options are reported by [New], never by Run, except
 // an HTTPAddr that cannot be bound.
+//
+// In a job process (see [Processes]) Run serves the one job the process
+// was started for and returns [ErrJobProcessDone]; the program's main
+// then exits.
 func (w *Worker) Run(ctx context.Context) error {
 	// The server may assign jobs as soon as it answered the registration,
 	// before Start sees it: ctx ending even then drains.
@@ -215,7 +216,9 @@ func (w *Worker) Run(ctx context.Context) error {
 // stopped). ctx bounds the wait only; its values reach every job. The
 // worker runs until [Worker.Stop] or [Worker.StopAndCancel], or until the
 // connection cannot be restored ([Worker.Done] and [Worker.Err] tell).
-// Start while the worker runs returns ErrAlreadyRunning.
+// Start while the worker runs returns ErrAlreadyRunning. In a job process
+// (see [Processes]) Start serves the job, as Run does, and returns
+// [ErrJobProcessDone].
 func (w *Worker) Start(ctx context.Context) error {
 	return w.startRun(ctx, func() { _ = w.StopAndCancel(context.Background()) })
 }
@@ -223,20 +226,20 @@ func (w *Worker) Start(ctx context.Context) error {
 // startRun starts the worker and waits until it is registered; if ctx ends
 // first, it stops the worker with stop.
 func (w *Worker) startRun(ctx context.Context, stop func()) error {
-	if w.useProcs && jobproc.IsChild() {
-		w.serveJobProcess(ctx) // exits the process
+	if w.exec.child() {
+		return w.serveJobProcess(ctx) // ErrJobProcessDone: main exits
 	}
 	if !w.runMu.TryLock() {
 		return ErrAlreadyRunning
 	}
-	if !w.useProcs { // Options.Prewarm; job processes run it themselves
-		if err := w.prewarm(ctx); err != nil {
-			w.runMu.Unlock()
-			return err
-		}
-	}
-	rs, err := w.begin(ctx)
+	closeExec, err := w.exec.open(ctx)
 	if err != nil {
+		w.runMu.Unlock()
+		return err
+	}
+	rs, err := w.begin(ctx, closeExec)
+	if err != nil {
+		closeExec()
 		w.runMu.Unlock()
 		return err
 	}
@@ -320,8 +323,9 @@ type runState struct {
 }
 
 // begin starts a run: the HTTP endpoints, the load sampler, the
-// connection loop, and the goroutine that ends them all.
-func (w *Worker) begin(ctx context.Context) (*runState, error) {
+// connection loop, and the goroutine that ends them all, closeExec
+// included.
+func (w *Worker) begin(ctx context.Context, closeExec func()) (*runState, error) {
 	w.mu.Lock()
 	w.draining, w.gaveUp, w.hint, w.lastLoop = false, false, "", time.Now()
 	w.mu.Unlock()
@@ -334,22 +338,6 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 		}
 		w.log.Info("serving HTTP endpoints", slog.String("addr", ln.Addr().String()))
 		stopHTTP = w.serveHTTP(ln)
-	}
-	closePool := func() {}
-	if w.useProcs {
-		pool, err := w.newPool(w.procOpts)
-		if err != nil {
-			stopHTTP()
-			return nil, err
-		}
-		w.pool.Store(pool)
-		closePool = func() {
-			w.pool.Store(nil)
-			ctx, cancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
-			defer cancel()
-			_ = pool.Close(ctx)
-			w.poolErr.Store(nil)
-		}
 	}
 	closeWebhook := func() {}
 	if w.hookRest != nil {
@@ -414,7 +402,7 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 		w.waitOnRequests()
 		w.bg.Wait()
 		closeWebhook()
-		closePool()
+		closeExec()
 		stopLoads()
 		stopHTTP()
 		rs.err = connErr
