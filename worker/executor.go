@@ -295,6 +295,7 @@ func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
 
 // endJobProcess reports how a job process ended and forgets the job.
 func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) {
+	w.jobEnding(a)
 	took := time.Since(a.started)
 	cause := context.Cause(a.ctx)
 	if end.Reported() {

@@ -46,7 +46,7 @@ type activeJob struct {
 	line     statusLine
 
 	// Guarded by w.mu.
-	queued     bool
+	state      jobState // changed by the methods of jobTable only
 	queuedAt   time.Time
 	queueTimer *time.Timer
 	started    time.Time     // when the handler was launched; zero while queued
@@ -67,6 +67,7 @@ type statusLine struct {
 
 // reservation holds a slot for an accepted offer until its assignment.
 type reservation struct {
+	state    jobState // changed by the methods of jobTable only
 	sess     *session
 	identity string
 	timing   jobrt.Timing
@@ -195,19 +196,13 @@ func (w *Worker) reserve(s *session, id string) string {
 	if w.draining {
 		return DeclineDraining
 	}
-	if _, ok := w.jobs[id]; ok {
-		return DeclineDuplicate
-	}
-	if _, ok := w.reserved[id]; ok {
-		return DeclineDuplicate
-	}
-	if w.recent.has(id) {
+	if w.table.known(id) {
 		return DeclineDuplicate
 	}
 	if _, full := w.loadLocked(userLoad, hasUserLoad); full {
 		return DeclineFull
 	}
-	w.reserved[id] = &reservation{sess: s}
+	w.table.reserve(id, s)
 	return ""
 }
 
@@ -216,20 +211,17 @@ func (w *Worker) reserve(s *session, id string) string {
 func (w *Worker) confirm(id, identity string, t jobrt.Timing) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	r, ok := w.reserved[id]
+	r, ok := w.table.reservation(id)
 	if !ok || w.draining {
-		delete(w.reserved, id)
+		w.table.release(id, nil)
 		return false
 	}
 	r.identity, r.timing = identity, t
 	r.timer = time.AfterFunc(w.o.AssignmentTimeout, func() {
 		w.mu.Lock()
-		cur, ok := w.reserved[id]
-		if ok && cur == r {
-			delete(w.reserved, id)
-		}
+		released := w.table.release(id, r)
 		w.mu.Unlock()
-		if ok && cur == r {
+		if released {
 			w.obs.assignmentTimeout()
 			w.log.Warn("accepted offer was never assigned; slot released",
 				slog.String("job_id", id), slog.Duration("after", w.o.AssignmentTimeout))
@@ -242,12 +234,7 @@ func (w *Worker) confirm(id, identity string, t jobrt.Timing) bool {
 func (w *Worker) release(id string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if r, ok := w.reserved[id]; ok {
-		if r.timer != nil {
-			r.timer.Stop()
-		}
-		delete(w.reserved, id)
-	}
+	w.table.release(id, nil)
 }
 
 // handleAssignment starts an assigned job. It runs on the read loop: it
@@ -258,16 +245,9 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 	info := a.GetJob()
 	id := info.GetId()
 	w.mu.Lock()
-	res, ok := w.reserved[id]
-	if ok {
-		delete(w.reserved, id)
-		if res.timer != nil {
-			res.timer.Stop()
-		}
-	}
-	_, running := w.jobs[id]
+	res, ok := w.table.claim(id)
 	switch {
-	case running || w.recent.has(id):
+	case w.table.known(id): // assigned or ended already
 		w.mu.Unlock()
 		w.obs.duplicateAssignment()
 		w.later(func() {
@@ -293,6 +273,7 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 		url = lkurl.WS(w.o.URL)
 	}
 	aj := &activeJob{
+		state:    stateReserved, // its reservation's
 		info:     info,
 		identity: res.identity,
 		ctx:      ctx,
@@ -301,8 +282,7 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 			APIURL: w.o.URL, APIKey: w.o.APIKey, APISecret: w.o.APISecret},
 		line: statusLine{sess: s, notBefore: received.Add(w.statusDelay)},
 	}
-	w.jobs[id] = aj
-	start := w.o.MaxJobs == 0 || w.runningLocked() <= w.o.MaxJobs
+	start := w.table.admit(aj, w.o.MaxJobs)
 	if start {
 		w.launchLocked(aj)
 	} else {
@@ -319,10 +299,6 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 	w.kickStatus()
 	w.kickLoad()
 }
-
-// runningLocked is the number of jobs whose handler runs (or is being
-// launched); w.mu is held.
-func (w *Worker) runningLocked() int { return len(w.jobs) - len(w.queue) }
 
 // launchLocked takes a slot for aj; start then runs its handler. w.mu is
 // held.
@@ -343,8 +319,7 @@ func (w *Worker) start(aj *activeJob) {
 // enqueueLocked puts aj in the queue, until a slot frees or QueueTimeout
 // passes. w.mu is held.
 func (w *Worker) enqueueLocked(aj *activeJob) {
-	aj.queued, aj.queuedAt = true, time.Now()
-	w.queue = append(w.queue, aj)
+	aj.queuedAt = time.Now()
 	// Under w.mu: a slot freeing at once must not start the job (and say
 	// so) before it was said to be queued.
 	w.events.emit(Event{Kind: EventQueued, Time: aj.queuedAt, JobID: aj.info.GetId(), Room: aj.info.GetRoom().GetName()})
@@ -354,15 +329,10 @@ func (w *Worker) enqueueLocked(aj *activeJob) {
 // dequeueLocked launches queued jobs, oldest first, while slots are free,
 // and returns them (start each once w.mu is released). w.mu is held.
 func (w *Worker) dequeueLocked() []*activeJob {
-	var started []*activeJob
-	for len(w.queue) > 0 && w.runningLocked() < w.o.MaxJobs {
-		aj := w.queue[0]
-		w.queue[0] = nil
-		w.queue = w.queue[1:]
-		aj.queued = false
+	started := w.table.launchQueued(w.o.MaxJobs)
+	for _, aj := range started {
 		aj.queueTimer.Stop()
 		w.launchLocked(aj)
-		started = append(started, aj)
 	}
 	return started
 }
@@ -382,21 +352,10 @@ func (w *Worker) startQueued(started []*activeJob) {
 // unqueueLocked takes a queued job out of the queue and forgets it; false
 // if it was no longer queued. w.mu is held.
 func (w *Worker) unqueueLocked(aj *activeJob) bool {
-	if !aj.queued {
+	if !w.table.unqueue(aj) {
 		return false
 	}
-	for i, q := range w.queue {
-		if q == aj {
-			w.queue = append(w.queue[:i], w.queue[i+1:]...)
-			break
-		}
-	}
-	aj.queued = false
 	aj.queueTimer.Stop()
-	delete(w.jobs, aj.info.GetId())
-	w.recent.add(aj.info.GetId())
-	close(w.jobsChange)
-	w.jobsChange = make(chan struct{})
 	return true
 }
 
@@ -434,7 +393,7 @@ func (w *Worker) failQueued(aj *activeJob, reason error, status EndStatus) {
 func (w *Worker) queued() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.queue)
+	return w.table.queued()
 }
 
 // later runs fn on a goroutine the worker waits for before Run returns:
@@ -483,6 +442,7 @@ func (w *Worker) newJob(a *activeJob) *jobrt.Control {
 // endJob reports the end of a job whose handler returned err and forgets
 // the job.
 func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
+	w.jobEnding(a)
 	onItsOwn := ctl.Context().Err() == nil // nothing ended the job but its handler
 	cause := context.Cause(ctl.Context())
 	j := ctl.Job()
@@ -536,6 +496,14 @@ func warnQuickReturn(log *slog.Logger, ctl *jobrt.Control, onItsOwn bool, err er
 	}
 }
 
+// jobEnding marks a job whose handler returned (or whose process ended)
+// ending: its end is being reported.
+func (w *Worker) jobEnding(a *activeJob) {
+	w.mu.Lock()
+	w.table.ending(a)
+	w.mu.Unlock()
+}
+
 // jobEnd is how a job ended.
 type jobEnd struct {
 	status EndStatus
@@ -555,10 +523,7 @@ func (w *Worker) jobEnded(a *activeJob, end jobEnd) {
 	if a.stuck != nil {
 		a.stuck.Stop()
 	}
-	delete(w.jobs, a.info.GetId())
-	w.recent.add(a.info.GetId())
-	close(w.jobsChange)
-	w.jobsChange = make(chan struct{})
+	w.table.end(a)
 	next := w.dequeueLocked()
 	w.mu.Unlock()
 	w.startQueued(next)
@@ -569,7 +534,7 @@ func (w *Worker) jobEnded(a *activeJob, end jobEnd) {
 
 func (w *Worker) handleTermination(id string) {
 	w.mu.Lock()
-	a, ok := w.jobs[id]
+	a, ok := w.table.jobs[id]
 	unqueued := ok && w.unqueueLocked(a)
 	w.mu.Unlock()
 	switch {
@@ -602,7 +567,7 @@ func (w *Worker) watchTermination(a *activeJob) {
 	}
 	a.stuck = time.AfterFunc(w.o.ShutdownTimeout, func() {
 		w.mu.Lock()
-		_, running := w.jobs[a.info.GetId()]
+		running := w.table.holdsSlot(a)
 		if running {
 			a.ignoring = true
 		}
@@ -694,7 +659,7 @@ const runShare = 0.85
 func (w *Worker) loadLocked(userLoad float64, hasUserLoad bool) (load float64, full bool) {
 	var f float64 // fullness, in [0, 1]
 	if max := w.o.MaxJobs; max > 0 {
-		used, q := len(w.jobs)+len(w.reserved), w.o.queueCap()
+		used, q := w.table.held(), w.o.queueCap()
 		switch run := min(used, max); {
 		case used >= max+q:
 			f, full = 1, true
@@ -733,7 +698,7 @@ func (w *Worker) workerStatus() *livekit.UpdateWorkerStatus {
 	return &livekit.UpdateWorkerStatus{
 		Status:   &st,
 		Load:     float32(load),
-		JobCount: uint32(len(w.jobs)),
+		JobCount: uint32(w.table.assigned()),
 		Draining: w.draining,
 		Seq:      w.seq,
 	}

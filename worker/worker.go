@@ -65,23 +65,19 @@ type Worker struct {
 	runMu   sync.Mutex  // held from Start until the run ended
 	running atomic.Bool // a run is on (for /healthz)
 
-	mu         sync.Mutex
-	run        *runState // the current or last run; nil before the first
-	draining   bool
-	sess       *session // registered session, nil while disconnected
-	workerID   string
-	connected  bool
-	gaveUp     bool
-	hint       string                // why registrations keep failing, for /readyz; "" when nothing is known
-	jobs       map[string]*activeJob // running and queued
-	queue      []*activeJob          // queued jobs, oldest first
-	reserved   map[string]*reservation
-	recent     recentSet // jobs that ended, so a repeated assignment never reruns one
-	held       int       // job statuses held back by their StatusDelay
-	seq        uint64
-	jobsChange chan struct{} // closed and replaced whenever a job ends
-	lastLoop   time.Time     // last time a worker loop turned (for /healthz)
-	httpAddr   string        // bound address of the HTTP endpoints
+	mu        sync.Mutex
+	run       *runState // the current or last run; nil before the first
+	draining  bool
+	sess      *session // registered session, nil while disconnected
+	workerID  string
+	connected bool
+	gaveUp    bool
+	hint      string   // why registrations keep failing, for /readyz; "" when nothing is known
+	table     jobTable // the jobs, from their reservation to their end (jobtable.go)
+	held      int      // job statuses held back by their StatusDelay
+	seq       uint64
+	lastLoop  time.Time // last time a worker loop turned (for /healthz)
+	httpAddr  string    // bound address of the HTTP endpoints
 
 	events eventHub // job events to the subscriptions
 
@@ -115,10 +111,7 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (*
 		base:        time.Now(),
 		loads:       newLoadSampler(o.LoadFunc),
 		statusDelay: StatusDelay,
-		jobs:        make(map[string]*activeJob),
-		reserved:    make(map[string]*reservation),
-		recent:      newRecentSet(4096),
-		jobsChange:  make(chan struct{}),
+		table:       newJobTable(4096),
 	}
 	w.log = o.Logger.With(slog.String("agent_name", o.AgentName), slog.String("deployment", o.Deployment))
 	if o.Executor == nil {
@@ -552,14 +545,14 @@ func (w *Worker) setDraining(v bool) {
 func (w *Worker) runningJobs() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.jobs)
+	return w.table.assigned()
 }
 
 // waitJobs waits until no job runs; false if ctx ended first.
 func (w *Worker) waitJobs(ctx context.Context) bool {
 	for {
 		w.mu.Lock()
-		n, ch := len(w.jobs), w.jobsChange
+		n, ch := w.table.assigned(), w.table.changed
 		w.mu.Unlock()
 		if n == 0 {
 			return true
@@ -576,12 +569,12 @@ func (w *Worker) waitJobs(ctx context.Context) bool {
 // which will never start; it returns how many jobs there were.
 func (w *Worker) cancelAllJobs(cause error) int {
 	w.mu.Lock()
-	n := len(w.jobs)
-	queued := append([]*activeJob(nil), w.queue...)
+	n := w.table.assigned()
+	queued := append([]*activeJob(nil), w.table.queue...)
 	for _, a := range queued {
 		w.unqueueLocked(a)
 	}
-	for _, a := range w.jobs {
+	for _, a := range w.table.jobs {
 		a.cancel(cause)
 	}
 	w.mu.Unlock()
