@@ -382,7 +382,7 @@ func (w *Worker) publish(s *session) {
 	s.lastPong.Store(time.Now().UnixNano())
 	w.mu.Lock()
 	var outlived []string
-	for id, a := range w.jobs {
+	for id, a := range w.table.jobs {
 		if a.line.sess != s {
 			outlived = append(outlived, id)
 		}
@@ -417,14 +417,7 @@ func (w *Worker) unpublish(s *session) {
 	}
 	dropped := len(s.outbox)
 	s.outbox = nil
-	for id, r := range w.reserved {
-		if r.sess == s {
-			if r.timer != nil {
-				r.timer.Stop()
-			}
-			delete(w.reserved, id)
-		}
-	}
+	w.table.releaseSession(s)
 	w.mu.Unlock()
 	if wasCurrent {
 		w.obs.registered(false)

@@ -37,6 +37,36 @@ var (
 	ErrRegistrationRefused = errors.New("connection refused by the server")
 )
 
+// ErrJobProcessDone is what [Worker.Start], [Worker.Run] and
+// [Worker.RunUntilSignal] return in a job process (see [Processes]): the
+// process served the one job it was handed, and the program's main should
+// now exit, with [ExitCode]'s code for the error (ExitOK when the job
+// process served its job, ExitFailure when it could not, for example
+// because Options.Prewarm failed; the error then wraps why). The worker
+// has already reported the job's end to its parent, and logged a failure:
+// a program need not print this error.
+//
+//	err := w.RunUntilSignal(ctx)
+//	if err != nil && !errors.Is(err, worker.ErrJobProcessDone) {
+//		fmt.Fprintln(os.Stderr, err)
+//	}
+//	os.Exit(worker.ExitCode(err))
+var ErrJobProcessDone = errors.New("worker: job process done")
+
+// jobProcessDone is the end of a job process: it is ErrJobProcessDone,
+// and wraps why the process could not serve its job, if it could not.
+type jobProcessDone struct{ err error }
+
+func (e *jobProcessDone) Error() string {
+	if e.err == nil {
+		return ErrJobProcessDone.Error()
+	}
+	return fmt.Sprintf("%v: %v", ErrJobProcessDone, e.err)
+}
+
+func (e *jobProcessDone) Is(target error) bool { return target == ErrJobProcessDone }
+func (e *jobProcessDone) Unwrap() error        { return e.err }
+
 // gaveUpError wraps the last error once MaxRetry is spent.
 type gaveUpError struct {
 	attempts int

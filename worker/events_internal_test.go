@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"errors"
 	"testing"
 	"time"
 )
@@ -43,5 +44,29 @@ func TestEventKindString(t *testing.T) {
 		if got := k.String(); got != want {
 			t.Errorf("%d.String() = %q, want %q", int(k), got, want)
 		}
+	}
+}
+
+// A job process's end is ErrJobProcessDone; one that could not serve its
+// job also wraps why, and exits with ExitFailure.
+func TestJobProcessDoneExitCode(t *testing.T) {
+	t.Parallel()
+	why := errors.New("prewarm failed")
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{&jobProcessDone{}, ExitOK},
+		{&jobProcessDone{err: why}, ExitFailure},
+	} {
+		if !errors.Is(tc.err, ErrJobProcessDone) {
+			t.Errorf("%v is not ErrJobProcessDone", tc.err)
+		}
+		if got := ExitCode(tc.err); got != tc.want {
+			t.Errorf("ExitCode(%v) = %d, want %d", tc.err, got, tc.want)
+		}
+	}
+	if err := (&jobProcessDone{err: why}); !errors.Is(err, why) {
+		t.Errorf("%v does not wrap why", err)
 	}
 }

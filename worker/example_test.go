@@ -2,10 +2,10 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"os/signal"
-	"syscall"
+	"os"
 	"time"
 
 	"github.com/livekit/protocol/livekit"
@@ -189,8 +189,10 @@ func ExampleWorker_Start() {
 
 // With job processes, the program is the same: main builds the worker
 // and runs it. Started as a job process, the same main builds the same
-// worker, and Run serves the one job it is handed, then exits the
-// process; so keep what comes before Run to building the worker. A job
+// worker, and RunUntilSignal (or Run, or Start) serves the one job it is
+// handed, then returns ErrJobProcessDone: main exits the process, with
+// the code ExitCode gives, and has nothing to print. Keep what comes
+// before it to building the worker. A job
 // that crashes its process (a fatal runtime error, os.Exit, a crash in C
 // code, MemoryLimit) fails alone. (Not run here: it starts processes.)
 func ExampleProcesses() {
@@ -210,11 +212,11 @@ func ExampleProcesses() {
 	})
 	if err != nil {
 		fmt.Println(err) // says which option is wrong and how to fix it
-		return
+		os.Exit(worker.ExitCode(err))
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := w.Run(ctx); err != nil {
-		fmt.Println(err)
+	err = w.RunUntilSignal(context.Background())
+	if err != nil && !errors.Is(err, worker.ErrJobProcessDone) {
+		fmt.Println(err) // a job process served its job: nothing to say
 	}
+	os.Exit(worker.ExitCode(err))
 }

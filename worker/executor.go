@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/livekit/protocol/livekit"
@@ -20,11 +21,50 @@ import (
 // Executor decides where jobs run: in the worker's own process
 // ([InProcess], the default), or each in a process of its own
 // ([Processes]).
-type Executor interface{ isExecutor() }
+type Executor interface {
+	// runner is the strategy a worker runs its jobs with.
+	runner(w *Worker) jobRunner
+}
+
+// jobRunner is how a worker runs its jobs: the one seam between the
+// worker and its [Executor]. The worker calls it and never asks which
+// kind it is; inProcessRunner and processRunner are the two kinds.
+type jobRunner interface {
+	// kind names the executor in traces: "in_process" or "processes".
+	kind() string
+	// child reports whether this process is a job process, which serves
+	// the one job it is handed instead of registering.
+	child() bool
+	// open prepares a run (Options.Prewarm in process, the pool of job
+	// processes) and returns what ends it, to call once the run's jobs
+	// ended.
+	open(ctx context.Context) (closeRun func(), err error)
+	// run runs a launched job to its end, on a goroutine of its own, and
+	// then calls w.jobWG.Done.
+	run(a *activeJob)
+	// unavailable says why no job could start now ("" when jobs can): the
+	// worker then reports itself full and says why on /readyz.
+	unavailable() string
+}
 
 type inProcess struct{}
 
-func (inProcess) isExecutor() {}
+func (inProcess) runner(w *Worker) jobRunner { return inProcessRunner{w: w} }
+
+// inProcessRunner runs each job on a goroutine of the worker's process.
+type inProcessRunner struct{ w *Worker }
+
+func (inProcessRunner) kind() string        { return "in_process" }
+func (inProcessRunner) child() bool         { return false }
+func (inProcessRunner) unavailable() string { return "" }
+func (r inProcessRunner) run(a *activeJob)  { r.w.runJob(a) }
+
+func (r inProcessRunner) open(ctx context.Context) (func(), error) {
+	if err := r.w.prewarm(ctx); err != nil { // Options.Prewarm, once per run
+		return nil, err
+	}
+	return func() {}, nil
+}
 
 // InProcess runs each job's handler on a goroutine of the worker's
 // process: the cheapest way (a few kilobytes and a goroutine per job).
@@ -65,15 +105,54 @@ type ProcessOptions struct {
 
 type processes struct{ o ProcessOptions }
 
-func (processes) isExecutor() {}
+func (p processes) runner(w *Worker) jobRunner { return &processRunner{w: w, o: p.o} }
+
+// processRunner runs each job in a job process of the current run's pool.
+// Job processes run Options.Prewarm themselves.
+type processRunner struct {
+	w    *Worker
+	o    ProcessOptions
+	pool atomic.Pointer[jobproc.Pool] // the current run's job processes
+	err  atomic.Pointer[error]        // why job processes cannot start, nil when they can
+}
+
+func (*processRunner) kind() string { return "processes" }
+func (*processRunner) child() bool  { return jobproc.IsChild() }
+
+func (r *processRunner) unavailable() string {
+	if p := r.err.Load(); p != nil {
+		return (*p).Error()
+	}
+	return ""
+}
+
+func (r *processRunner) open(context.Context) (func(), error) {
+	pool, err := r.newPool()
+	if err != nil {
+		return nil, err
+	}
+	r.pool.Store(pool)
+	return func() {
+		r.pool.Store(nil)
+		ctx, cancel := context.WithTimeout(context.Background(), r.w.o.ShutdownTimeout)
+		defer cancel()
+		_ = pool.Close(ctx)
+		r.err.Store(nil)
+	}, nil
+}
+
+func (r *processRunner) run(a *activeJob) { r.w.runJobProcess(a, r.pool.Load()) }
 
 // Processes runs each job in a process of its own: the worker's own binary
 // (os.Executable, with the same arguments) started again. In that process
-// the program runs as usual up to [Worker.Run] or [Worker.Start] (so
-// everything before it runs in job processes too: keep it to building the
-// worker), and there the worker serves the one job it is handed instead
-// of registering, then exits the process. The parent keeps the connection
-// to the server and all bookkeeping.
+// the program runs as usual up to [Worker.Run], [Worker.RunUntilSignal]
+// or [Worker.Start] (so everything before it runs in job processes too:
+// keep it to building the worker), and there the worker serves the one job
+// it is handed instead of registering, and returns [ErrJobProcessDone].
+// That is the job process's entry point: the program's main then exits,
+// with the code [ExitCode] gives (0 when the job process served its job),
+// and should not print the error. The parent keeps the connection to the
+// server and all bookkeeping.
 //
 // A job process that dies, however it dies (exit, signal, fatal runtime
 // error, MemoryLimit), ends only its job: the job is reported failed with
@@ -130,7 +209,8 @@ func causeFrom(c jobproc.Cause) error {
 }
 
 // newPool starts the pool of job processes of a run.
-func (w *Worker) newPool(o ProcessOptions) (*jobproc.Pool, error) {
+func (r *processRunner) newPool() (*jobproc.Pool, error) {
+	w, o := r.w, r.o
 	if o.Idle == 0 {
 		o.Idle = 1
 	}
@@ -143,9 +223,9 @@ func (w *Worker) newPool(o ProcessOptions) (*jobproc.Pool, error) {
 		Logger:       w.log,
 		OnHealth: func(err error) {
 			if err != nil {
-				w.poolErr.Store(&err)
+				r.err.Store(&err)
 			} else {
-				w.poolErr.Store(nil)
+				r.err.Store(nil)
 			}
 			w.kickStatus()
 		},
@@ -154,14 +234,6 @@ func (w *Worker) newPool(o ProcessOptions) (*jobproc.Pool, error) {
 		return nil, fmt.Errorf("worker: job processes: %w", err)
 	}
 	return pool, nil
-}
-
-// poolUnhealthy says why job processes cannot start, or "".
-func (w *Worker) poolUnhealthy() string {
-	if p := w.poolErr.Load(); p != nil {
-		return (*p).Error()
-	}
-	return ""
 }
 
 // runJobProcess runs a job in a job process, relays what it reports, and
@@ -175,6 +247,10 @@ func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
 			slog.String("agent_name", a.info.GetAgentName()), slog.String("deployment", a.info.GetDeployment())).Handler(),
 		base: base.Handler(),
 	})
+	if pool == nil { // the run ended before its job started
+		w.endJobProcess(a, log, jobproc.End{Kind: jobproc.EndStartFailed, Error: "the worker stopped"})
+		return
+	}
 	p := a.params
 	spec := jobproc.Spec{Job: p.Info, Identity: p.Identity, URL: p.URL, Token: p.Token, Base: w.base, Timing: p.Timing.Proto(w.base)}
 	spec.TraceParent, spec.TraceState = traceHeaders(w.startSpan(a)) // the job process continues the job's trace
@@ -219,6 +295,7 @@ func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
 
 // endJobProcess reports how a job process ended and forgets the job.
 func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) {
+	w.jobEnding(a)
 	took := time.Since(a.started)
 	cause := context.Cause(a.ctx)
 	if end.Reported() {
@@ -333,9 +410,10 @@ func processFailure(end jobproc.End) string {
 	return s
 }
 
-// serveJobProcess serves the one job handed to this job process, then
-// exits the process.
-func (w *Worker) serveJobProcess(ctx context.Context) {
+// serveJobProcess serves the one job handed to this job process and
+// returns ErrJobProcessDone (wrapping why it could not, if it could not):
+// the program's main then exits the process.
+func (w *Worker) serveJobProcess(ctx context.Context) error {
 	err := jobproc.ServeOptions{Prepare: w.prewarm}.Serve(ctx, func(ctx context.Context, s jobproc.Spec, r *jobproc.Reporter) jobproc.Outcome {
 		return w.runInJobProcess(ctx, s, r)
 	})
@@ -344,9 +422,8 @@ func (w *Worker) serveJobProcess(ctx context.Context) {
 	}
 	if err != nil {
 		w.log.Error("job process ended badly", slog.Any("error", err))
-		os.Exit(1)
 	}
-	os.Exit(0)
+	return &jobProcessDone{err: err}
 }
 
 // runInJobProcess runs the handler on the job s, in a job process.

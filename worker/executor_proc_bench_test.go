@@ -33,8 +33,7 @@ func init() {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
 		}
-		_ = w.Run(context.Background()) // serves the job, then exits the process
-		os.Exit(4)                      // not reached
+		os.Exit(worker.ExitCode(w.Run(context.Background()))) // serves the job, then returns ErrJobProcessDone
 	}
 }
 

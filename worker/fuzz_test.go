@@ -203,6 +203,7 @@ func fuzzWorker(t *testing.T, frames [][]byte) {
 		w.dispatch(s, jobCtx, m, time.Now())
 		// The server waits for the answer to an offer before it assigns.
 		w.bg.Wait()
+		checkTable(t, w, maxJobs)
 		select {
 		case <-s.done:
 			s = reconnect(s, s.closeErr)
@@ -245,10 +246,32 @@ func fuzzWorker(t *testing.T, frames [][]byte) {
 		t.Fatalf("%d handlers ran at once, MaxJobs is %d", peak, maxJobs)
 	}
 	checkEvents(t, sub, seen)
+	checkTable(t, w, maxJobs)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.jobs) != 0 || len(w.reserved) != 0 || len(w.queue) != 0 {
-		t.Fatalf("%d jobs, %d queued and %d reservations left after every handler returned", len(w.jobs), len(w.queue), len(w.reserved))
+	if w.table.assigned() != 0 || len(w.table.reserved) != 0 || w.table.queued() != 0 {
+		t.Fatalf("%d jobs, %d queued and %d reservations left after every handler returned",
+			w.table.assigned(), w.table.queued(), len(w.table.reserved))
+	}
+	for _, j := range ran {
+		if !w.table.recent.has(j.ID()) {
+			t.Fatalf("job %q ran but is not remembered as ended", j.ID())
+		}
+	}
+}
+
+// checkTable fails t if the worker's job table breaks an invariant: each
+// entry in the collection of its state, each queued job once, no more
+// jobs holding a slot than maxJobs, nothing both assigned and ended.
+func checkTable(t *testing.T, w *Worker, maxJobs int) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if bad := w.table.check(); bad != "" {
+		t.Fatalf("job table: %s", bad)
+	}
+	if n := w.table.running(); n > maxJobs {
+		t.Fatalf("job table: %d jobs hold a slot, MaxJobs is %d", n, maxJobs)
 	}
 }
 

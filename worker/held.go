@@ -177,7 +177,7 @@ func (w *Worker) kickHeld(registered bool) {
 	}
 	if !registered {
 		w.mu.Lock()
-		wasFull := w.o.MaxJobs > 0 && len(w.jobs)+len(w.reserved)+1 >= w.o.MaxJobs+w.o.queueCap()
+		wasFull := w.o.MaxJobs > 0 && w.table.held()+1 >= w.o.MaxJobs+w.o.queueCap()
 		w.mu.Unlock()
 		if wasFull {
 			w.heldSweep.unavailable.Store(time.Now().UnixNano()) // full until now
@@ -295,6 +295,6 @@ func (w *Worker) heldCapacity() (int, bool) {
 	if w.o.MaxJobs == 0 {
 		return -1, true
 	}
-	free := w.o.MaxJobs + w.o.queueCap() - len(w.jobs) - len(w.reserved)
+	free := w.o.MaxJobs + w.o.queueCap() - w.table.held()
 	return free, free > 0
 }

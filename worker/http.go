@@ -132,8 +132,8 @@ func (w *Worker) notReady(checkDraining bool) string {
 	switch {
 	case w.gaveUp:
 		return "gave up reconnecting"
-	case w.poolErr.Load() != nil:
-		return "full: " + w.poolUnhealthy()
+	case w.exec.unavailable() != "":
+		return "full: " + w.exec.unavailable()
 	case !w.connected && w.hint != "":
 		return "not registered with the LiveKit server: " + w.hint
 	case !w.connected:

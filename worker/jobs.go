@@ -24,18 +24,6 @@ const quickReturn = 2 * time.Second
 // errJobEnded cancels the context of a job that ended.
 var errJobEnded = errors.New("job ended")
 
-// Reasons an offer is declined, as the offers_declined metric labels them.
-const (
-	DeclineForeignAgent      = "foreign_agent"
-	DeclineForeignDeployment = "foreign_deployment"
-	DeclineForeignJobType    = "foreign_job_type"
-	DeclineDuplicate         = "duplicate"
-	DeclineFull              = "full"
-	DeclineDraining          = "draining"
-	DeclineRejected          = "rejected_by_handler"
-	DeclineRequestError      = "request_error"
-)
-
 // activeJob is an assigned job: queued for a slot, or running.
 type activeJob struct {
 	info     *livekit.Job
@@ -46,7 +34,7 @@ type activeJob struct {
 	line     statusLine
 
 	// Guarded by w.mu.
-	queued     bool
+	state      jobState // changed by the methods of jobTable only
 	queuedAt   time.Time
 	queueTimer *time.Timer
 	started    time.Time     // when the handler was launched; zero while queued
@@ -54,200 +42,6 @@ type activeJob struct {
 	span       trace.Span    // the job's span (trace.go); set and used on the job's goroutine
 	stuck      *time.Timer   // set when the server terminated the job
 	ignoring   bool          // still running ShutdownTimeout after its termination
-}
-
-// statusLine carries one job's statuses to the connection it was assigned
-// on, in order, none sooner than the job's StatusDelay. Guarded by w.mu.
-type statusLine struct {
-	sess      *session
-	notBefore time.Time
-	pending   []*livekit.UpdateJobStatus
-	timer     *time.Timer
-}
-
-// reservation holds a slot for an accepted offer until its assignment.
-type reservation struct {
-	sess     *session
-	identity string
-	timing   jobrt.Timing
-	timer    *time.Timer
-}
-
-// handleOffer answers one offer. It runs on a goroutine of its own.
-func (w *Worker) handleOffer(s *session, req *livekit.AvailabilityRequest, received time.Time) {
-	j := req.GetJob()
-	if j == nil {
-		w.log.Warn("offer without a job; ignored")
-		return
-	}
-	// Most offers log nothing at the usual levels: the job's attributes
-	// are put together only for a line that is logged.
-	logf := func(level slog.Level, msg string, attrs ...any) {
-		if ctx := context.Background(); w.log.Enabled(ctx, level) {
-			w.log.Log(ctx, level, msg, jobAttrs(j, s.workerID(), attrs...)...)
-		}
-	}
-	w.obs.offer()
-	w.events.emit(Event{Kind: EventOffered, Time: received, JobID: j.GetId(), Room: j.GetRoom().GetName()})
-	decline := func(reason string, attrs ...any) {
-		w.obs.declined(reason, time.Since(received))
-		w.events.emit(Event{Kind: EventDeclined, JobID: j.GetId(), Room: j.GetRoom().GetName(), Reason: reason})
-		level := slog.LevelInfo
-		if reason == DeclineForeignAgent || reason == DeclineForeignDeployment || reason == DeclineForeignJobType {
-			level = slog.LevelWarn
-			attrs = append(attrs, slog.String("offered_agent_name", j.GetAgentName()),
-				slog.String("offered_deployment", j.GetDeployment()))
-		}
-		logf(level, "offer declined", append(attrs, slog.String("reason", reason))...)
-		s.send(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_Availability{
-			Availability: &livekit.AvailabilityResponse{JobId: j.GetId(), Available: false}}})
-	}
-	if reason := w.screen(j); reason != "" {
-		decline(reason)
-		return
-	}
-	if reason := w.reserve(s, j.GetId()); reason != "" {
-		decline(reason)
-		return
-	}
-	r := jobrt.NewRequest(j, req.GetResuming())
-	if err := w.decide(r); err != nil {
-		w.release(j.GetId())
-		decline(DeclineRequestError, slog.Any("error", err))
-		return
-	}
-	decided, accepted, opts := r.Decision()
-	if !decided || !accepted {
-		w.release(j.GetId())
-		if !decided {
-			logf(slog.LevelWarn, "OnRequest returned without accepting or rejecting the offer; declined")
-		}
-		decline(DeclineRejected)
-		return
-	}
-	now := time.Now()
-	if !w.confirm(j.GetId(), opts.Identity, jobrt.Timing{OfferReceived: received, Accepted: now}) {
-		decline(DeclineDraining)
-		return
-	}
-	w.obs.accepted(now.Sub(received))
-	logf(slog.LevelDebug, "offer accepted", slog.String("identity", opts.Identity))
-	if !s.send(&livekit.WorkerMessage{Message: &livekit.WorkerMessage_Availability{
-		Availability: &livekit.AvailabilityResponse{
-			JobId:                 j.GetId(),
-			Available:             true,
-			ParticipantIdentity:   opts.Identity,
-			ParticipantName:       opts.Name,
-			ParticipantMetadata:   opts.Metadata,
-			ParticipantAttributes: opts.Attributes,
-		}}}) {
-		w.release(j.GetId())
-	}
-}
-
-// screen says why an offer is not this worker's, or "".
-func (w *Worker) screen(j *livekit.Job) string {
-	switch {
-	case j.GetAgentName() != w.o.AgentName:
-		return DeclineForeignAgent
-	case j.GetDeployment() != w.o.Deployment:
-		return DeclineForeignDeployment
-	case j.GetType() != w.o.JobType:
-		return DeclineForeignJobType
-	}
-	return ""
-}
-
-// decide runs OnRequest with its timeout; a panic or timeout is an error.
-func (w *Worker) decide(r *jobrt.Request) error {
-	if w.o.OnRequest == nil {
-		return r.Accept(jobrt.AcceptOptions{})
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), w.o.OnRequestTimeout)
-	defer cancel()
-	res := make(chan error, 1)
-	w.userWG.Add(1)
-	go func() {
-		defer w.userWG.Done()
-		defer func() {
-			if p := recover(); p != nil {
-				res <- fmt.Errorf("OnRequest panicked: %v", p)
-			}
-		}()
-		res <- w.o.OnRequest(ctx, (*job.Request)(r))
-	}()
-	select {
-	case err := <-res:
-		return err
-	case <-ctx.Done():
-		// Decide now, so a late Accept cannot take the job behind our back.
-		_ = r.Reject()
-		return fmt.Errorf("OnRequest did not decide within %s", w.o.OnRequestTimeout)
-	}
-}
-
-// reserve holds a slot for an offer made on s; it returns a decline reason
-// or "".
-func (w *Worker) reserve(s *session, id string) string {
-	userLoad, hasUserLoad := w.userLoad()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.draining {
-		return DeclineDraining
-	}
-	if _, ok := w.jobs[id]; ok {
-		return DeclineDuplicate
-	}
-	if _, ok := w.reserved[id]; ok {
-		return DeclineDuplicate
-	}
-	if w.recent.has(id) {
-		return DeclineDuplicate
-	}
-	if _, full := w.loadLocked(userLoad, hasUserLoad); full {
-		return DeclineFull
-	}
-	w.reserved[id] = &reservation{sess: s}
-	return ""
-}
-
-// confirm records an accepted offer's identity and starts the timer that
-// frees its slot if no assignment comes. False if the slot is gone.
-func (w *Worker) confirm(id, identity string, t jobrt.Timing) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	r, ok := w.reserved[id]
-	if !ok || w.draining {
-		delete(w.reserved, id)
-		return false
-	}
-	r.identity, r.timing = identity, t
-	r.timer = time.AfterFunc(w.o.AssignmentTimeout, func() {
-		w.mu.Lock()
-		cur, ok := w.reserved[id]
-		if ok && cur == r {
-			delete(w.reserved, id)
-		}
-		w.mu.Unlock()
-		if ok && cur == r {
-			w.obs.assignmentTimeout()
-			w.log.Warn("accepted offer was never assigned; slot released",
-				slog.String("job_id", id), slog.Duration("after", w.o.AssignmentTimeout))
-			w.kickStatus()
-		}
-	})
-	return true
-}
-
-func (w *Worker) release(id string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if r, ok := w.reserved[id]; ok {
-		if r.timer != nil {
-			r.timer.Stop()
-		}
-		delete(w.reserved, id)
-	}
 }
 
 // handleAssignment starts an assigned job. It runs on the read loop: it
@@ -258,16 +52,9 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 	info := a.GetJob()
 	id := info.GetId()
 	w.mu.Lock()
-	res, ok := w.reserved[id]
-	if ok {
-		delete(w.reserved, id)
-		if res.timer != nil {
-			res.timer.Stop()
-		}
-	}
-	_, running := w.jobs[id]
+	res, ok := w.table.claim(id)
 	switch {
-	case running || w.recent.has(id):
+	case w.table.known(id): // assigned or ended already
 		w.mu.Unlock()
 		w.obs.duplicateAssignment()
 		w.later(func() {
@@ -293,6 +80,7 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 		url = lkurl.WS(w.o.URL)
 	}
 	aj := &activeJob{
+		state:    stateReserved, // its reservation's
 		info:     info,
 		identity: res.identity,
 		ctx:      ctx,
@@ -301,8 +89,7 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 			APIURL: w.o.URL, APIKey: w.o.APIKey, APISecret: w.o.APISecret},
 		line: statusLine{sess: s, notBefore: received.Add(w.statusDelay)},
 	}
-	w.jobs[id] = aj
-	start := w.o.MaxJobs == 0 || w.runningLocked() <= w.o.MaxJobs
+	start := w.table.admit(aj, w.o.MaxJobs)
 	if start {
 		w.launchLocked(aj)
 	} else {
@@ -320,10 +107,6 @@ func (w *Worker) handleAssignment(s *session, jobCtx context.Context, a *livekit
 	w.kickLoad()
 }
 
-// runningLocked is the number of jobs whose handler runs (or is being
-// launched); w.mu is held.
-func (w *Worker) runningLocked() int { return len(w.jobs) - len(w.queue) }
-
 // launchLocked takes a slot for aj; start then runs its handler. w.mu is
 // held.
 func (w *Worker) launchLocked(aj *activeJob) {
@@ -337,18 +120,13 @@ func (w *Worker) launchLocked(aj *activeJob) {
 func (w *Worker) start(aj *activeJob) {
 	w.obs.jobStarted(aj.started.Sub(aj.params.Timing.AssignmentReceived), !aj.queuedAt.IsZero())
 	w.events.emit(Event{Kind: EventStarted, Time: aj.started, JobID: aj.info.GetId(), Room: aj.info.GetRoom().GetName()})
-	if pool := w.pool.Load(); pool != nil {
-		go w.runJobProcess(aj, pool)
-		return
-	}
-	go w.runJob(aj)
+	go w.exec.run(aj)
 }
 
 // enqueueLocked puts aj in the queue, until a slot frees or QueueTimeout
 // passes. w.mu is held.
 func (w *Worker) enqueueLocked(aj *activeJob) {
-	aj.queued, aj.queuedAt = true, time.Now()
-	w.queue = append(w.queue, aj)
+	aj.queuedAt = time.Now()
 	// Under w.mu: a slot freeing at once must not start the job (and say
 	// so) before it was said to be queued.
 	w.events.emit(Event{Kind: EventQueued, Time: aj.queuedAt, JobID: aj.info.GetId(), Room: aj.info.GetRoom().GetName()})
@@ -358,15 +136,10 @@ func (w *Worker) enqueueLocked(aj *activeJob) {
 // dequeueLocked launches queued jobs, oldest first, while slots are free,
 // and returns them (start each once w.mu is released). w.mu is held.
 func (w *Worker) dequeueLocked() []*activeJob {
-	var started []*activeJob
-	for len(w.queue) > 0 && w.runningLocked() < w.o.MaxJobs {
-		aj := w.queue[0]
-		w.queue[0] = nil
-		w.queue = w.queue[1:]
-		aj.queued = false
+	started := w.table.launchQueued(w.o.MaxJobs)
+	for _, aj := range started {
 		aj.queueTimer.Stop()
 		w.launchLocked(aj)
-		started = append(started, aj)
 	}
 	return started
 }
@@ -386,21 +159,10 @@ func (w *Worker) startQueued(started []*activeJob) {
 // unqueueLocked takes a queued job out of the queue and forgets it; false
 // if it was no longer queued. w.mu is held.
 func (w *Worker) unqueueLocked(aj *activeJob) bool {
-	if !aj.queued {
+	if !w.table.unqueue(aj) {
 		return false
 	}
-	for i, q := range w.queue {
-		if q == aj {
-			w.queue = append(w.queue[:i], w.queue[i+1:]...)
-			break
-		}
-	}
-	aj.queued = false
 	aj.queueTimer.Stop()
-	delete(w.jobs, aj.info.GetId())
-	w.recent.add(aj.info.GetId())
-	close(w.jobsChange)
-	w.jobsChange = make(chan struct{})
 	return true
 }
 
@@ -438,7 +200,7 @@ func (w *Worker) failQueued(aj *activeJob, reason error, status EndStatus) {
 func (w *Worker) queued() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.queue)
+	return w.table.queued()
 }
 
 // later runs fn on a goroutine the worker waits for before Run returns:
@@ -487,6 +249,7 @@ func (w *Worker) newJob(a *activeJob) *jobrt.Control {
 // endJob reports the end of a job whose handler returned err and forgets
 // the job.
 func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
+	w.jobEnding(a)
 	onItsOwn := ctl.Context().Err() == nil // nothing ended the job but its handler
 	cause := context.Cause(ctl.Context())
 	j := ctl.Job()
@@ -540,6 +303,14 @@ func warnQuickReturn(log *slog.Logger, ctl *jobrt.Control, onItsOwn bool, err er
 	}
 }
 
+// jobEnding marks a job whose handler returned (or whose process ended)
+// ending: its end is being reported.
+func (w *Worker) jobEnding(a *activeJob) {
+	w.mu.Lock()
+	w.table.ending(a)
+	w.mu.Unlock()
+}
+
 // jobEnd is how a job ended.
 type jobEnd struct {
 	status EndStatus
@@ -552,18 +323,18 @@ type jobEnd struct {
 // starts queued jobs in its slot.
 func (w *Worker) jobEnded(a *activeJob, end jobEnd) {
 	w.obs.jobFinished(string(end.status), end.took)
-	w.events.emit(Event{Kind: EventEnded, JobID: a.info.GetId(), Room: a.info.GetRoom().GetName(),
-		Status: end.status, Err: end.err, Cause: end.cause, Took: end.took})
 	a.cancel(errJobEnded) // detaches the job's context from the worker's
 	w.mu.Lock()
 	if a.stuck != nil {
 		a.stuck.Stop()
 	}
-	delete(w.jobs, a.info.GetId())
-	w.recent.add(a.info.GetId())
-	close(w.jobsChange)
-	w.jobsChange = make(chan struct{})
+	w.table.end(a)
 	next := w.dequeueLocked()
+	// Once its slot is free (a subscriber that assigns a job on this event
+	// finds the slot free), and under w.mu, so before a Stop waiting for
+	// the jobs to end sees it.
+	w.events.emit(Event{Kind: EventEnded, JobID: a.info.GetId(), Room: a.info.GetRoom().GetName(),
+		Status: end.status, Err: end.err, Cause: end.cause, Took: end.took})
 	w.mu.Unlock()
 	w.startQueued(next)
 	w.kickStatus()
@@ -573,7 +344,7 @@ func (w *Worker) jobEnded(a *activeJob, end jobEnd) {
 
 func (w *Worker) handleTermination(id string) {
 	w.mu.Lock()
-	a, ok := w.jobs[id]
+	a, ok := w.table.jobs[id]
 	unqueued := ok && w.unqueueLocked(a)
 	w.mu.Unlock()
 	switch {
@@ -606,7 +377,7 @@ func (w *Worker) watchTermination(a *activeJob) {
 	}
 	a.stuck = time.AfterFunc(w.o.ShutdownTimeout, func() {
 		w.mu.Lock()
-		_, running := w.jobs[a.info.GetId()]
+		running := w.table.holdsSlot(a)
 		if running {
 			a.ignoring = true
 		}
@@ -621,130 +392,4 @@ func (w *Worker) watchTermination(a *activeJob) {
 		})
 		w.kickStatus()
 	})
-}
-
-// report sends a job status on its line: to the connection the job was
-// assigned on, not before the line's first instant, in order. A status
-// whose connection is gone is dropped (and counted): the server forgot
-// the connection's jobs when it ended, and would drop the status as one of
-// an unknown job.
-func (w *Worker) report(l *statusLine, u *livekit.UpdateJobStatus) {
-	w.mu.Lock()
-	if wait := time.Until(l.notBefore); wait > 0 || len(l.pending) > 0 {
-		l.pending = append(l.pending, u)
-		w.held++
-		if l.timer == nil {
-			l.timer = time.AfterFunc(max(wait, 0), func() { w.flushLine(l) })
-		}
-		w.mu.Unlock()
-		return
-	}
-	s := w.deliverLocked(l.sess, u)
-	w.mu.Unlock()
-	if s != nil {
-		s.kickOutbox()
-	}
-}
-
-// flushLine delivers the statuses a line held back.
-func (w *Worker) flushLine(l *statusLine) {
-	w.mu.Lock()
-	pending := l.pending
-	l.pending, l.timer = nil, nil
-	w.held -= len(pending)
-	var s *session
-	for _, u := range pending {
-		if d := w.deliverLocked(l.sess, u); d != nil {
-			s = d
-		}
-	}
-	w.mu.Unlock()
-	if s != nil {
-		s.kickOutbox()
-	}
-}
-
-// deliverLocked queues u on sess if that is the current connection and
-// returns it; else it drops u and returns nil. w.mu is held.
-func (w *Worker) deliverLocked(sess *session, u *livekit.UpdateJobStatus) *session {
-	if sess == nil || w.sess != sess {
-		w.obs.statusesDropped(1)
-		return nil
-	}
-	sess.outbox = append(sess.outbox, u)
-	return sess
-}
-
-func (w *Worker) kickStatus() {
-	w.mu.Lock()
-	s := w.sess
-	w.mu.Unlock()
-	if s != nil {
-		s.kickStatus()
-	}
-}
-
-// runShare is the part of the reported load that the running slots make
-// up when the worker has a queue; the queue makes up the rest. Among the
-// workers it may offer a job to, the server picks at random weighted by
-// 1 - load: a worker with free slots is preferred to one that would queue.
-const runShare = 0.85
-
-// loadLocked is the load to report to the server, and whether the worker
-// is full. Its fullness (slots, then queue; and LoadFunc against
-// LoadThreshold) is mapped onto [0, ServerTargetLoad): the server takes a
-// job only while some worker reports less than its target load, so a
-// worker reaches it only when it is full. w.mu is held.
-func (w *Worker) loadLocked(userLoad float64, hasUserLoad bool) (load float64, full bool) {
-	var f float64 // fullness, in [0, 1]
-	if max := w.o.MaxJobs; max > 0 {
-		used, q := len(w.jobs)+len(w.reserved), w.o.queueCap()
-		switch run := min(used, max); {
-		case used >= max+q:
-			f, full = 1, true
-		case q == 0:
-			f = float64(used) / float64(max)
-		default:
-			f = runShare*float64(run)/float64(max) + (1-runShare)*float64(used-run)/float64(q)
-		}
-	}
-	if hasUserLoad {
-		u := userLoad / w.o.LoadThreshold
-		if u >= 1 {
-			u, full = 1, true
-		}
-		f = max(f, u)
-	}
-	if w.poolErr.Load() != nil {
-		// Job processes cannot start: take no job it could not run.
-		f, full = 1, true
-	}
-	return f * w.o.ServerTargetLoad, full
-}
-
-// workerStatus builds the next UpdateWorkerStatus.
-func (w *Worker) workerStatus() *livekit.UpdateWorkerStatus {
-	userLoad, hasUserLoad := w.userLoad()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	load, full := w.loadLocked(userLoad, hasUserLoad)
-	st := livekit.WorkerStatus_WS_AVAILABLE
-	if w.draining || full {
-		st = livekit.WorkerStatus_WS_FULL
-	}
-	w.seq++
-	w.obs.setLoad(load)
-	return &livekit.UpdateWorkerStatus{
-		Status:   &st,
-		Load:     float32(load),
-		JobCount: uint32(len(w.jobs)),
-		Draining: w.draining,
-		Seq:      w.seq,
-	}
-}
-
-func (w *Worker) touch() {
-	w.mu.Lock()
-	w.lastLoop = time.Now()
-	w.mu.Unlock()
 }

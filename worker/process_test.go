@@ -57,8 +57,74 @@ func serveTestJobProcess() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	_ = w.Run(context.Background()) // serves the job, then exits the process
-	os.Exit(4)                      // not reached
+	err = w.Run(context.Background()) // serves the job, then returns ErrJobProcessDone
+	if dir := os.Getenv(envChildExitFile); dir != "" {
+		// TestJobProcessMainExits reads what this main got.
+		got := fmt.Sprintf("%v %d", errors.Is(err, worker.ErrJobProcessDone), worker.ExitCode(err))
+		_ = os.WriteFile(filepath.Join(dir, strconv.Itoa(os.Getpid())), []byte(got), 0o600)
+	}
+	if !errors.Is(err, worker.ErrJobProcessDone) {
+		fmt.Fprintln(os.Stderr, "Run in a job process returned", err)
+		os.Exit(4)
+	}
+	os.Exit(worker.ExitCode(err))
+}
+
+// envChildExitFile names a directory where job processes of these tests
+// write what Run returned to their main: "true 0" is ErrJobProcessDone
+// with exit code 0.
+const envChildExitFile = "LKAGENT_TEST_CHILD_EXIT_FILE"
+
+// In a job process Run serves the job and returns ErrJobProcessDone to the
+// program's main, which exits with ExitCode's code: 0 when the job was
+// served, whatever the handler returned (the job's outcome goes to the
+// parent, which reports it as before), 1 when the job process could not
+// serve (its prewarm failed).
+func TestJobProcessMainExits(t *testing.T) {
+	t.Parallel()
+	files := func(dir string) []string {
+		var got []string
+		es, _ := os.ReadDir(dir)
+		for _, e := range es {
+			if b, err := os.ReadFile(filepath.Join(dir, e.Name())); err == nil && len(b) > 0 {
+				got = append(got, string(b))
+			}
+		}
+		return got
+	}
+	t.Run("served", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		srv := workertest.NewServer(t)
+		startWorker(t, processOptions(srv, worker.ProcessOptions{Env: []string{envChildExitFile + "=" + dir}}), misbehave)
+		c := mustConn(t, srv)
+		for _, tc := range []struct {
+			meta string
+			want livekit.JobStatus
+		}{{"ok", livekit.JobStatus_JS_SUCCESS}, {"fail", livekit.JobStatus_JS_FAILED}} {
+			j := procJob(tc.meta)
+			dispatch(t, c, j)
+			waitStatus(t, c, j.GetId(), tc.want)
+		}
+		eventually(t, "both job processes' mains to get ErrJobProcessDone", func() bool { return len(files(dir)) == 2 })
+		for _, got := range files(dir) {
+			if got != "true 0" {
+				t.Errorf("a job process's main got %q, want ErrJobProcessDone and exit code 0 (\"true 0\")", got)
+			}
+		}
+	})
+	t.Run("prewarm failed", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		srv := workertest.NewServer(t)
+		startWorker(t, processOptions(srv, worker.ProcessOptions{Env: []string{envChildExitFile + "=" + dir, envChildPrewarm + "=fail"}}), misbehave)
+		eventually(t, "a failed job process's main to get ErrJobProcessDone", func() bool { return len(files(dir)) > 0 })
+		for _, got := range files(dir) {
+			if got != "true 1" {
+				t.Errorf("a job process whose prewarm failed: its main got %q, want ErrJobProcessDone and exit code 1 (\"true 1\")", got)
+			}
+		}
+	})
 }
 
 // misbehave does what the job's metadata says.

@@ -38,11 +38,19 @@ const (
 
 // ExitCode maps what [New] or [Worker.RunUntilSignal] returned to the
 // exit code of the program: ExitOK for nil, ExitUsage for an
-// *OptionError, ExitInterrupted for ErrInterrupted, else ExitFailure.
+// *OptionError, ExitInterrupted for ErrInterrupted, else ExitFailure. In
+// a job process ([ErrJobProcessDone]) it is ExitOK when the process
+// served its job, else ExitFailure.
 func ExitCode(err error) int {
 	var oe *OptionError
+	var jp *jobProcessDone
 	switch {
 	case err == nil:
+		return ExitOK
+	case errors.Is(err, ErrJobProcessDone):
+		if errors.As(err, &jp) && jp.err != nil {
+			return ExitFailure // it could not serve its job
+		}
 		return ExitOK
 	case errors.As(err, &oe):
 		return ExitUsage
@@ -67,14 +75,16 @@ func ExitCode(err error) int {
 //
 // It returns nil after a drain, a *SignalError (wrapping ErrInterrupted)
 // when a second signal cut the drain short, or what Run returns when the
-// worker stopped on its own. [ExitCode] maps the result to an exit code:
+// worker stopped on its own; in a job process ([Processes]),
+// [ErrJobProcessDone] once it served its job. [ExitCode] maps the result
+// to an exit code:
 //
 //	func main() {
 //		w, err := worker.New(opts, handle)
 //		if err == nil {
 //			err = w.RunUntilSignal(context.Background())
 //		}
-//		if err != nil {
+//		if err != nil && !errors.Is(err, worker.ErrJobProcessDone) {
 //			fmt.Fprintln(os.Stderr, err)
 //		}
 //		os.Exit(worker.ExitCode(err))

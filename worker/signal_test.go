@@ -26,6 +26,7 @@ func TestExitCode(t *testing.T) {
 		{&worker.SignalError{Signal: syscall.SIGTERM}, worker.ExitInterrupted},
 		{fmt.Errorf("worker: %w", worker.ErrUnauthorized), worker.ExitFailure},
 		{errors.New("anything else"), worker.ExitFailure},
+		{worker.ErrJobProcessDone, worker.ExitOK},
 	} {
 		if got := worker.ExitCode(tc.err); got != tc.want {
 			t.Errorf("ExitCode(%v) = %d, want %d", tc.err, got, tc.want)

@@ -109,17 +109,18 @@ func (w *Worker) Snapshot() Snapshot {
 		Registered:   w.connected,
 		Draining:     w.draining,
 		GaveUp:       w.gaveUp,
-		Queued:       len(w.queue),
-		Jobs:         make([]JobSnapshot, 0, len(w.jobs)),
+		Queued:       w.table.queued(),
+		Jobs:         make([]JobSnapshot, 0, w.table.assigned()),
 		LastActivity: w.lastLoop,
 		Hint:         w.hint,
 	}
 	s.Load, _ = w.loadLocked(userLoad, hasUserLoad)
 	procs := map[int]*jobproc.Proc{}
-	for _, a := range w.jobs {
+	for _, a := range w.table.jobs {
+		queued := a.state == stateQueued
 		js := JobSnapshot{ID: a.info.GetId(), Room: a.info.GetRoom().GetName(), Identity: a.identity,
-			StartedAt: a.started, Age: now.Sub(a.started), Queued: a.queued, IgnoringTermination: a.ignoring}
-		if a.queued {
+			StartedAt: a.started, Age: now.Sub(a.started), Queued: queued, IgnoringTermination: a.ignoring}
+		if queued {
 			js.QueuedAt, js.Age = a.queuedAt, now.Sub(a.queuedAt)
 		}
 		if a.proc != nil {

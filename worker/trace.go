@@ -72,10 +72,7 @@ func (w *Worker) tracer() trace.Tracer {
 // carrying it. It runs on the job's goroutine, before the handler.
 func (w *Worker) startSpan(a *activeJob) context.Context {
 	info, t := a.info, a.params.Timing
-	executor := "in_process"
-	if w.useProcs {
-		executor = "processes"
-	}
+	executor := w.exec.kind()
 	launched := a.started
 	if launched.IsZero() { // never launched: it left the queue now
 		launched = time.Now()

@@ -35,7 +35,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/lkagent/lkagent/internal/config"
-	"github.com/lkagent/lkagent/internal/jobproc"
 	"github.com/lkagent/lkagent/internal/restart"
 	"github.com/lkagent/lkagent/internal/sdklog"
 	"github.com/lkagent/lkagent/job"
@@ -57,10 +56,7 @@ type Worker struct {
 	hookRest  *restart.Restarter              // the webhook's, with Options.Webhook
 	webhook   atomic.Pointer[restart.Webhook] // the current run's webhook receiver
 	heldSweep *heldState                      // nil with Held.Disabled (held.go)
-	procOpts  ProcessOptions                  // with the Processes executor
-	useProcs  bool                            // jobs run in job processes
-	pool      atomic.Pointer[jobproc.Pool]    // the current run's job processes
-	poolErr   atomic.Pointer[error]           // why job processes cannot start, nil when they can
+	exec      jobRunner                       // where jobs run: Options.Executor's strategy
 	warm      warmState                       // what Options.Prewarm made (prewarm.go)
 	tracing   tracing                         // the jobs' tracer (trace.go)
 	// statusDelay is StatusDelay; tests against a fake without the
@@ -70,23 +66,19 @@ type Worker struct {
 	runMu   sync.Mutex  // held from Start until the run ended
 	running atomic.Bool // a run is on (for /healthz)
 
-	mu         sync.Mutex
-	run        *runState // the current or last run; nil before the first
-	draining   bool
-	sess       *session // registered session, nil while disconnected
-	workerID   string
-	connected  bool
-	gaveUp     bool
-	hint       string                // why registrations keep failing, for /readyz; "" when nothing is known
-	jobs       map[string]*activeJob // running and queued
-	queue      []*activeJob          // queued jobs, oldest first
-	reserved   map[string]*reservation
-	recent     recentSet // jobs that ended, so a repeated assignment never reruns one
-	held       int       // job statuses held back by their StatusDelay
-	seq        uint64
-	jobsChange chan struct{} // closed and replaced whenever a job ends
-	lastLoop   time.Time     // last time a worker loop turned (for /healthz)
-	httpAddr   string        // bound address of the HTTP endpoints
+	mu        sync.Mutex
+	run       *runState // the current or last run; nil before the first
+	draining  bool
+	sess      *session // registered session, nil while disconnected
+	workerID  string
+	connected bool
+	gaveUp    bool
+	hint      string   // why registrations keep failing, for /readyz; "" when nothing is known
+	table     jobTable // the jobs, from their reservation to their end (jobtable.go)
+	held      int      // job statuses held back by their StatusDelay
+	seq       uint64
+	lastLoop  time.Time // last time a worker loop turned (for /healthz)
+	httpAddr  string    // bound address of the HTTP endpoints
 
 	events eventHub // job events to the subscriptions
 
@@ -121,15 +113,13 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (_
 		base:        time.Now(),
 		loads:       newLoadSampler(o.LoadFunc),
 		statusDelay: StatusDelay,
-		jobs:        make(map[string]*activeJob),
-		reserved:    make(map[string]*reservation),
-		recent:      newRecentSet(4096),
-		jobsChange:  make(chan struct{}),
+		table:       newJobTable(4096),
 	}
 	w.log = o.Logger.With(slog.String("agent_name", o.AgentName), slog.String("deployment", o.Deployment))
-	if p, ok := o.Executor.(processes); ok {
-		w.useProcs, w.procOpts = true, p.o
+	if o.Executor == nil {
+		o.Executor = InProcess()
 	}
+	w.exec = o.Executor.runner(w)
 	if !o.KeepSDKLogger {
 		sdklog.Install(o.Logger.With(slog.String("component", "livekit-sdk")))
 	}
@@ -187,6 +177,10 @@ func newWorker(opts Options, handler job.Handler, getenv func(string) string) (_
 // while one runs returns ErrAlreadyRunning; a worker can Run again after
 // Run returned. Bad options are reported by [New], never by Run, except
 // an HTTPAddr that cannot be bound.
+//
+// In a job process (see [Processes]) Run serves the one job the process
+// was started for and returns [ErrJobProcessDone]; the program's main
+// then exits.
 func (w *Worker) Run(ctx context.Context) error {
 	// The server may assign jobs as soon as it answered the registration,
 	// before Start sees it: ctx ending even then drains.
@@ -217,7 +211,9 @@ func (w *Worker) Run(ctx context.Context) error {
 // stopped). ctx bounds the wait only; its values reach every job. The
 // worker runs until [Worker.Stop] or [Worker.StopAndCancel], or until the
 // connection cannot be restored ([Worker.Done] and [Worker.Err] tell).
-// Start while the worker runs returns ErrAlreadyRunning.
+// Start while the worker runs returns ErrAlreadyRunning. In a job process
+// (see [Processes]) Start serves the job, as Run does, and returns
+// [ErrJobProcessDone].
 func (w *Worker) Start(ctx context.Context) error {
 	return w.startRun(ctx, func() { _ = w.StopAndCancel(context.Background()) })
 }
@@ -225,20 +221,20 @@ func (w *Worker) Start(ctx context.Context) error {
 // startRun starts the worker and waits until it is registered; if ctx ends
 // first, it stops the worker with stop.
 func (w *Worker) startRun(ctx context.Context, stop func()) error {
-	if w.useProcs && jobproc.IsChild() {
-		w.serveJobProcess(ctx) // exits the process
+	if w.exec.child() {
+		return w.serveJobProcess(ctx) // ErrJobProcessDone: main exits
 	}
 	if !w.runMu.TryLock() {
 		return ErrAlreadyRunning
 	}
-	if !w.useProcs { // Options.Prewarm; job processes run it themselves
-		if err := w.prewarm(ctx); err != nil {
-			w.runMu.Unlock()
-			return err
-		}
-	}
-	rs, err := w.begin(ctx)
+	closeExec, err := w.exec.open(ctx)
 	if err != nil {
+		w.runMu.Unlock()
+		return err
+	}
+	rs, err := w.begin(ctx, closeExec)
+	if err != nil {
+		closeExec()
 		w.runMu.Unlock()
 		return err
 	}
@@ -322,8 +318,9 @@ type runState struct {
 }
 
 // begin starts a run: the HTTP endpoints, the load sampler, the
-// connection loop, and the goroutine that ends them all.
-func (w *Worker) begin(ctx context.Context) (*runState, error) {
+// connection loop, and the goroutine that ends them all, closeExec
+// included.
+func (w *Worker) begin(ctx context.Context, closeExec func()) (*runState, error) {
 	w.mu.Lock()
 	w.draining, w.gaveUp, w.hint, w.lastLoop = false, false, "", time.Now()
 	w.mu.Unlock()
@@ -336,22 +333,6 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 		}
 		w.log.Info("serving HTTP endpoints", slog.String("addr", ln.Addr().String()))
 		stopHTTP = w.serveHTTP(ln)
-	}
-	closePool := func() {}
-	if w.useProcs {
-		pool, err := w.newPool(w.procOpts)
-		if err != nil {
-			stopHTTP()
-			return nil, err
-		}
-		w.pool.Store(pool)
-		closePool = func() {
-			w.pool.Store(nil)
-			ctx, cancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
-			defer cancel()
-			_ = pool.Close(ctx)
-			w.poolErr.Store(nil)
-		}
 	}
 	closeWebhook := func() {}
 	if w.hookRest != nil {
@@ -416,7 +397,7 @@ func (w *Worker) begin(ctx context.Context) (*runState, error) {
 		w.waitOnRequests()
 		w.bg.Wait()
 		closeWebhook()
-		closePool()
+		closeExec()
 		stopLoads()
 		stopHTTP()
 		rs.err = connErr
@@ -566,14 +547,14 @@ func (w *Worker) setDraining(v bool) {
 func (w *Worker) runningJobs() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.jobs)
+	return w.table.assigned()
 }
 
 // waitJobs waits until no job runs; false if ctx ended first.
 func (w *Worker) waitJobs(ctx context.Context) bool {
 	for {
 		w.mu.Lock()
-		n, ch := len(w.jobs), w.jobsChange
+		n, ch := w.table.assigned(), w.table.changed
 		w.mu.Unlock()
 		if n == 0 {
 			return true
@@ -590,12 +571,12 @@ func (w *Worker) waitJobs(ctx context.Context) bool {
 // which will never start; it returns how many jobs there were.
 func (w *Worker) cancelAllJobs(cause error) int {
 	w.mu.Lock()
-	n := len(w.jobs)
-	queued := append([]*activeJob(nil), w.queue...)
+	n := w.table.assigned()
+	queued := append([]*activeJob(nil), w.table.queue...)
 	for _, a := range queued {
 		w.unqueueLocked(a)
 	}
-	for _, a := range w.jobs {
+	for _, a := range w.table.jobs {
 		a.cancel(cause)
 	}
 	w.mu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/lkagent/lkagent/internal/deploy"
+	"github.com/lkagent/lkagent/worker"
 )
 
 // Exit codes.
@@ -136,6 +137,10 @@ func finish(e *env, name string, err error) int {
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return exitOK
+	case errors.Is(err, worker.ErrJobProcessDone):
+		// A job process of "lkagent worker --processes" served its job
+		// (or logged why it could not): nothing to print.
+		return worker.ExitCode(err)
 	}
 	fmt.Fprintf(e.stderr, "lkagent: %s: %s\n", name, oneLine(err.Error()))
 	var ue *usageError

@@ -79,7 +79,11 @@ func main() {
 	if serr := tp.Shutdown(sctx); serr != nil {
 		log.Warn("could not export the last spans", slog.Any("error", serr))
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, worker.ErrJobProcessDone):
+		// This was a job process (-processes): it served its job.
+		os.Exit(worker.ExitCode(err))
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "otel:", err)
 		os.Exit(1)
 	}

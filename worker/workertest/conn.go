@@ -12,9 +12,10 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/livekit/protocol/livekit"
 
-	"github.com/lkagent/lkagent/internal/wire"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/lkagent/lkagent/internal/wire"
 )
 
 // Token is the room token [Conn.Dispatch] assigns jobs with. It is not a

@@ -33,7 +33,7 @@ func main() {
 	if err == nil {
 		err = w.RunUntilSignal(context.Background())
 	}
-	if err != nil {
+	if err != nil && !errors.Is(err, worker.ErrJobProcessDone) { // a job process served its job
 		fmt.Fprintln(os.Stderr, "parityagent:", err)
 	}
 	os.Exit(worker.ExitCode(err))

@@ -112,7 +112,11 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := w.Run(ctx); err != nil {
+	err = w.Run(ctx)
+	switch {
+	case errors.Is(err, worker.ErrJobProcessDone): // a job process served its job
+		return worker.ExitCode(err)
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "procagent:", err)
 		return 1
 	}

@@ -29,6 +29,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -82,7 +83,11 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := w.Run(ctx); err != nil {
+	err = w.Run(ctx)
+	switch {
+	case errors.Is(err, worker.ErrJobProcessDone): // a job process served its job
+		return worker.ExitCode(err)
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "restartagent:", err)
 		return 1
 	}

@@ -68,8 +68,11 @@ func ServeJobProcess() {
 		fmt.Fprintln(os.Stderr, "bench job process:", err)
 		os.Exit(2)
 	}
-	_ = w.Run(context.Background()) // serves the job, then exits the process
-	fmt.Fprintln(os.Stderr, "bench job process: the worker did not serve the job")
+	err = w.Run(context.Background()) // serves the job, then returns ErrJobProcessDone
+	if errors.Is(err, worker.ErrJobProcessDone) {
+		os.Exit(worker.ExitCode(err))
+	}
+	fmt.Fprintln(os.Stderr, "bench job process: the worker did not serve the job:", err)
 	os.Exit(2)
 }
 
