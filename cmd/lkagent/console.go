@@ -153,10 +153,26 @@ func console(ctx context.Context, out io.Writer, in io.Reader, c *conn, t consol
 	say("type a message and Enter to send it; Ctrl-D or Ctrl-C ends")
 	defer func() {
 		// Ending the dispatch ends the agent's job: it leaves the room.
+		// The dispatch may have been replaced meanwhile (a held dispatch
+		// served by a worker that registered after it was made): delete
+		// the agent's dispatches of this deployment in the room, whatever
+		// their IDs.
 		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 		defer dcancel()
-		if _, err := api.DeleteDispatch(dctx, &livekit.DeleteAgentDispatchRequest{Room: t.room, DispatchId: d.GetId()}); err == nil {
-			say("deleted dispatch %s", d.GetId())
+		res, err := api.ListDispatch(dctx, &livekit.ListAgentDispatchRequest{Room: t.room})
+		if err != nil {
+			say("could not list the room's dispatches to end the agent's: %v", err)
+			return
+		}
+		for _, ld := range res.GetAgentDispatches() {
+			if ld.GetAgentName() != t.agentName || ld.GetDeployment() != t.deployment {
+				continue
+			}
+			if _, err := api.DeleteDispatch(dctx, &livekit.DeleteAgentDispatchRequest{Room: t.room, DispatchId: ld.GetId()}); err != nil {
+				say("could not delete dispatch %s: %v", ld.GetId(), err)
+				continue
+			}
+			say("deleted dispatch %s", ld.GetId())
 		}
 	}()
 
