@@ -260,15 +260,28 @@ func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
 		status = StatusPanicked
 		log.Error("job handler panicked", slog.Any("panic", pe.Value), slog.String("stack", string(pe.Stack)))
 	}
+	terminated := false
+	upd := &livekit.UpdateJobStatus{JobId: j.ID(), Status: livekit.JobStatus_JS_SUCCESS}
 	hctx, cancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
-	outcome := ctl.Finish(hctx, err)
+	outcome := ctl.FinishReporting(hctx, err, func(outcome error) {
+		upd.JoinTiming = ctl.Timing().Proto(w.base)
+		if outcome != nil {
+			upd.Status, upd.Error = livekit.JobStatus_JS_FAILED, outcome.Error()
+		}
+		// A job the server terminated is already over for the server: it
+		// recorded the end when it sent the termination and would drop a
+		// status as one of an unknown job. Any other end is reported
+		// before the agent leaves its room, which would make the server
+		// record the end itself (jobrt.Control.FinishReporting).
+		terminated = errors.Is(context.Cause(ctl.Context()), job.ErrTerminated)
+		if !terminated {
+			w.report(&a.line, upd)
+			w.awaitSent(&a.line, upd, reportBeforeLeave)
+		}
+	})
 	cancel()
-	upd := &livekit.UpdateJobStatus{JobId: j.ID(), Status: livekit.JobStatus_JS_SUCCESS,
-		JoinTiming: ctl.Timing().Proto(w.base)}
-	terminated := errors.Is(context.Cause(ctl.Context()), job.ErrTerminated)
 	switch {
 	case outcome != nil:
-		upd.Status, upd.Error = livekit.JobStatus_JS_FAILED, outcome.Error()
 		if status != StatusPanicked {
 			status = StatusFailed
 		}
@@ -281,12 +294,6 @@ func (w *Worker) endJob(a *activeJob, ctl *jobrt.Control, err error) {
 		warnQuickReturn(log, ctl, onItsOwn, err)
 	}
 	a.endSpan(string(status), upd.GetError())
-	// A job the server terminated is already over for the server: it
-	// recorded the end when it sent the termination and would drop a
-	// status as one of an unknown job.
-	if !terminated {
-		w.report(&a.line, upd)
-	}
 	w.jobEnded(a, jobEnd{status: status, took: time.Since(a.started), err: outcome, cause: cause})
 	w.restart(a, status, ctl.Timing().Connected)
 }

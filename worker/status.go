@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"slices"
 	"time"
 
 	"github.com/livekit/protocol/livekit"
@@ -53,6 +54,28 @@ func (w *Worker) flushLine(l *statusLine) {
 	w.mu.Unlock()
 	if s != nil {
 		s.kickOutbox()
+	}
+}
+
+// reportBeforeLeave bounds how long a job's end waits for its status to
+// be written before the agent leaves its room.
+const reportBeforeLeave = time.Second
+
+// awaitSent waits, up to d, until the status u reported on l was written
+// to its connection (or dropped, its connection gone).
+func (w *Worker) awaitSent(l *statusLine, u *livekit.UpdateJobStatus, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for {
+		w.mu.Lock()
+		waiting := slices.Contains(l.pending, u)
+		if s := l.sess; s != nil && w.sess == s && !waiting {
+			waiting = slices.Contains(s.outbox, u) || s.writing > 0
+		}
+		w.mu.Unlock()
+		if !waiting || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -130,7 +130,7 @@ func TestSIGTERMDrainsWorkerProcess(t *testing.T) {
 
 	room := uniq("room")
 	d := createDispatch(t, agent, room, "staging")
-	waitFor(t, 30*time.Second, "the job's agent in its room", func() bool { _, ok := joinedJob(t, d); return ok })
+	waitFor(t, 30*time.Second, "the job's agent active in its room", func() bool { _, ok := joinedJob(t, d); return ok })
 
 	other := newRecorder("staging", true)
 	startWorker(t, worker.Options{AgentName: agent, Deployment: "staging"}, other.handle)

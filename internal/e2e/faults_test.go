@@ -135,6 +135,19 @@ func agentInRoom(t *testing.T, s *lkserver.Server, room, identity string) bool {
 	return false
 }
 
+// agentActive says whether identity is in room with its connection up
+// (state ACTIVE). An agent that leaves before that is removed by the
+// server at once, which then records the job's end itself ("agent worker
+// left the room") before the worker's own report can arrive.
+func agentActive(t *testing.T, s *lkserver.Server, room, identity string) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := lksdk.NewRoomServiceClient(s.HTTPURL(), s.APIKey(), s.APISecret()).
+		GetParticipant(ctx, &livekit.RoomParticipantIdentity{Room: room, Identity: identity})
+	return err == nil && p.GetState() == livekit.ParticipantInfo_ACTIVE
+}
+
 func dispatchOn(t *testing.T, s *lkserver.Server, agentName, room, deployment, metadata string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)

@@ -196,7 +196,7 @@ func testDefaults(t *testing.T, o *worker.Options) {
 }
 
 // joinedJob returns the id of d's job once the server lists the job and
-// its agent in the room; false until then.
+// its agent active in the room (its connection up); false until then.
 func joinedJob(t *testing.T, d *livekit.AgentDispatch) (string, bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -207,7 +207,7 @@ func joinedJob(t *testing.T, d *livekit.AgentDispatch) (string, bool) {
 	}
 	for _, x := range res.GetAgentDispatches() {
 		for _, j := range x.GetState().GetJobs() {
-			if id := j.GetState().GetParticipantIdentity(); id != "" && agentInRoom(t, srv, d.GetRoom(), id) {
+			if id := j.GetState().GetParticipantIdentity(); id != "" && agentActive(t, srv, d.GetRoom(), id) {
 				return j.GetId(), true
 			}
 		}

@@ -16,6 +16,30 @@ import (
 	"github.com/lkagent/lkagent/worker"
 )
 
+// waitListed waits until the server lists j in its dispatch, with its
+// agent's identity.
+func waitListed(ctx context.Context, j *job.Job) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		res, err := dispatchClient().ListDispatch(ctx, &livekit.ListAgentDispatchRequest{Room: j.RoomName()})
+		if err == nil {
+			for _, d := range res.GetAgentDispatches() {
+				for _, lj := range d.GetState().GetJobs() {
+					if lj.GetId() == j.ID() && lj.GetState().GetParticipantIdentity() != "" {
+						return nil
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the server never listed the job: %w", context.Cause(ctx))
+		case <-tick.C:
+		}
+	}
+}
+
 // A job whose handler joins its room, stays a while and returns is
 // recorded by the server with its own outcome: success, or failure with
 // the handler's error. The agent leaves the room as its job ends, before
@@ -32,12 +56,13 @@ func TestJobEndRecordedWithItsOutcome(t *testing.T) {
 		if _, err := j.Connect(ctx, lksdk.NewRoomCallback()); err != nil {
 			return err
 		}
-		// Long enough for the server to have put the job on its room's
-		// record, which it does once the worker accepted it.
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(time.Second):
+		// Until the server lists the job in its dispatch: it has then put
+		// the agent on its room's record (its launch is complete, seconds
+		// after the agent joined), and from then on the agent leaving the
+		// room makes the server record the job's end itself, as "agent
+		// worker left the room", unless the worker's report came first.
+		if err := waitListed(ctx, j); err != nil {
+			return err
 		}
 		var err error
 		if strings.HasPrefix(j.Metadata(), "fail") {

@@ -31,7 +31,7 @@ func TestSecondSIGTERMCancelsAndReports(t *testing.T) {
 	room := uniq("room")
 	d := createDispatch(t, agent, room, "staging")
 	var jobID string
-	waitFor(t, 30*time.Second, "the job's agent in its room", func() bool {
+	waitFor(t, 30*time.Second, "the job's agent active in its room", func() bool {
 		var ok bool
 		jobID, ok = joinedJob(t, d)
 		return ok
@@ -69,7 +69,7 @@ func TestSecondSIGTERMCancelsAndReports(t *testing.T) {
 	line := waitServerLine(t, 30*time.Second, "job ended", jobID)
 	for _, want := range []string{"JS_FAILED", "worker stopped"} {
 		if !regexp.MustCompile(regexp.QuoteMeta(want)).MatchString(line) {
-			t.Errorf("the server recorded %s; want %q in it", line, want)
+			t.Errorf("the server recorded %s; want %q in it\n%s", line, want, out.String())
 		}
 	}
 }

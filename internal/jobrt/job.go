@@ -393,7 +393,14 @@ func (c *Control) Run(h func(ctx context.Context) error) (err error) {
 // outcome: nil for success, or the error to report; a goroutine started
 // with Go that failed makes the job fail even if the handler returned nil.
 // Finish is idempotent.
-func (c *Control) Finish(ctx context.Context, err error) error {
+func (c *Control) Finish(ctx context.Context, err error) error { return c.FinishReporting(ctx, err, nil) }
+
+// FinishReporting is Finish, calling report with the job's outcome after
+// its goroutines and shutdown hooks are done and before it leaves the
+// room. The LiveKit server records a job's end itself, as "agent worker
+// left the room", when the agent of a job whose launch it completed
+// leaves its room: the job's end must reach the server first.
+func (c *Control) FinishReporting(ctx context.Context, err error, report func(outcome error)) error {
 	j := c.job
 	j.mu.Lock()
 	if j.ended {
@@ -431,10 +438,14 @@ func (c *Control) Finish(ctx context.Context, err error) error {
 			fn(ctx, reason)
 		}()
 	}
+	outcome = j.withFailure(outcome)
+	if report != nil {
+		report(outcome)
+	}
 	if room != nil {
 		room.Disconnect()
 	}
-	return j.withFailure(outcome)
+	return outcome
 }
 
 // Timing returns the instants recorded so far.
