@@ -393,7 +393,9 @@ func (c *Control) Run(h func(ctx context.Context) error) (err error) {
 // outcome: nil for success, or the error to report; a goroutine started
 // with Go that failed makes the job fail even if the handler returned nil.
 // Finish is idempotent.
-func (c *Control) Finish(ctx context.Context, err error) error { return c.FinishReporting(ctx, err, nil) }
+func (c *Control) Finish(ctx context.Context, err error) error {
+	return c.FinishReporting(ctx, err, nil)
+}
 
 // FinishReporting is Finish, calling report with the job's outcome after
 // its goroutines and shutdown hooks are done and before it leaves the
