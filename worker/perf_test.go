@@ -255,6 +255,10 @@ func sequential(tb testing.TB, n int) seqResult {
 	for i := range warmUp {
 		cycle(i)
 	}
+	// A job's final status reaches the server before the job leaves its
+	// room and the worker's table: wait for the last one to be gone.
+	noJobs := func() bool { return len(r.w.Snapshot().Jobs) == 0 }
+	r.waitFor("the warm-up jobs to end", noJobs)
 	time.Sleep(20 * time.Millisecond) // the last warm-up job's goroutine ends
 	g0, m0 := runtime.NumGoroutine(), memInUse()
 	var mHalf int64
@@ -265,6 +269,7 @@ func sequential(tb testing.TB, n int) seqResult {
 		cycle(warmUp + i)
 	}
 	var res seqResult
+	r.waitFor("the jobs to end", noJobs)
 	g := settleGoroutines(g0)
 	m := memInUse()
 	res.goroutines, res.growth, res.steadyGrowth = g-g0, m-m0, m-mHalf
