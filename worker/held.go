@@ -68,10 +68,12 @@ type HeldOptions struct {
 	Disabled bool
 	// After is how long after its creation a dispatch with no job is
 	// taken as dropped, when it was created before the worker was last
-	// unable to take it (not registered yet, or full). Default 10s. One
-	// created while the worker could take it is given 6 × After (60s):
-	// the server may still hold it in its queue of job requests, which a
-	// burst of CreateDispatch into new rooms backs up for tens of seconds.
+	// unable to take it (not registered yet, or in the seconds after a
+	// registration while the server starts routing to it, or full).
+	// Default 10s. One created while the worker could take it is given
+	// 6 × After (60s): the server may still hold it in its queue of job
+	// requests, which a burst of CreateDispatch into new rooms backs up
+	// for tens of seconds.
 	After time.Duration
 	// Interval is about how often a fleet of workers of this agent name
 	// and deployment looks, between them. Default 30s.
@@ -150,6 +152,24 @@ func (w *Worker) newHeld() (*heldState, error) {
 	return h, nil
 }
 
+// heldRoutingSettle is how long after a registration the server may still
+// drop a dispatch of this agent name and deployment while it refreshes its
+// cache of agent names (about 5 s measured on v1.13.5): one created then
+// was made while the worker could not take it yet.
+const heldRoutingSettle = 6 * time.Second
+
+// unavailableUntil records that the worker could not take a job until t
+// (a later record is never moved back).
+func (h *heldState) unavailableUntil(t time.Time) {
+	n := t.UnixNano()
+	for {
+		cur := h.unavailable.Load()
+		if n <= cur || h.unavailable.CompareAndSwap(cur, n) {
+			return
+		}
+	}
+}
+
 // heldAfterFor is how old a dispatch created at created must be to be
 // taken as held (see heldBusyFactor).
 func (h *heldState) heldAfterFor(after time.Duration, created time.Time) time.Duration {
@@ -180,13 +200,16 @@ func (w *Worker) kickHeld(registered bool) {
 		wasFull := w.o.MaxJobs > 0 && w.table.held()+1 >= w.o.MaxJobs+w.o.queueCap()
 		w.mu.Unlock()
 		if wasFull {
-			w.heldSweep.unavailable.Store(time.Now().UnixNano()) // full until now
+			w.heldSweep.unavailableUntil(time.Now()) // full until now
 		} else if !w.heldSweep.suspect.Load() {
 			return
 		}
 	}
 	if registered {
-		w.heldSweep.unavailable.Store(time.Now().UnixNano()) // unregistered until now
+		// Unregistered until now, and not yet routed to for a moment: the
+		// server drops a dispatch made while it refreshes its cache of
+		// agent names after a registration (seconds).
+		w.heldSweep.unavailableUntil(time.Now().Add(heldRoutingSettle))
 		// A registration replaces a pending slot kick: it matters more.
 		select {
 		case <-w.heldSweep.kick:
@@ -251,7 +274,7 @@ func (w *Worker) runHeld(ctx context.Context) {
 		}
 		limit, ok := w.heldCapacity()
 		if !ok {
-			h.unavailable.Store(time.Now().UnixNano())
+			h.unavailableUntil(time.Now())
 			continue
 		}
 		acquired, _, err := h.lease.Acquire(ctx, gap)

@@ -70,6 +70,21 @@ func TestHeldAfterForAvailability(t *testing.T) {
 	if got := w.heldSweep.heldAfterFor(w.o.Held.After, registered.Add(time.Second)); got != heldBusyFactor*DefaultHeldAfter {
 		t.Fatalf("a dispatch made while the worker was available: held after %s, want %s", got, heldBusyFactor*DefaultHeldAfter)
 	}
+	// A registration: the server may still drop a dispatch made in the
+	// moment it needs to route to the new worker.
+	w.kickHeld(true)
+	regAt := time.Now()
+	if got := w.heldSweep.heldAfterFor(w.o.Held.After, regAt.Add(heldRoutingSettle/2)); got != DefaultHeldAfter {
+		t.Fatalf("a dispatch made just after a registration: held after %s, want %s", got, DefaultHeldAfter)
+	}
+	if got := w.heldSweep.heldAfterFor(w.o.Held.After, regAt.Add(heldRoutingSettle+time.Second)); got != heldBusyFactor*DefaultHeldAfter {
+		t.Fatalf("a dispatch made once the worker was routed to: held after %s, want %s", got, heldBusyFactor*DefaultHeldAfter)
+	}
+	// A later, earlier mark never moves it back.
+	w.heldSweep.unavailableUntil(regAt)
+	if got := w.heldSweep.heldAfterFor(w.o.Held.After, regAt.Add(heldRoutingSettle/2)); got != DefaultHeldAfter {
+		t.Fatalf("after an earlier mark: held after %s, want %s", got, DefaultHeldAfter)
+	}
 }
 
 // /worker shows how many held dispatches the worker served.
