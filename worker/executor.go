@@ -248,7 +248,7 @@ func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
 		base: base.Handler(),
 	})
 	if pool == nil { // the run ended before its job started
-		w.endJobProcess(a, log, jobproc.End{Kind: jobproc.EndStartFailed, Error: "the worker stopped"})
+		w.endJobProcess(a, log, jobproc.End{Kind: jobproc.EndStartFailed, Error: "the worker stopped"}, false)
 		return
 	}
 	p := a.params
@@ -261,7 +261,7 @@ func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
 		if errors.As(err, &ee) {
 			end = ee.End
 		}
-		w.endJobProcess(a, log, end)
+		w.endJobProcess(a, log, end, false)
 		return
 	}
 	w.mu.Lock()
@@ -269,6 +269,7 @@ func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
 	w.mu.Unlock()
 	log.Info("job started", slog.String("identity", p.Identity), slog.Int("pid", pr.Pid()), slog.Bool("warm", pr.Warm()))
 	relayed := make(chan struct{})
+	reported := false // the job's end was reported when the job process told it
 	go func() {
 		defer close(relayed)
 		for ev := range pr.Events() {
@@ -279,6 +280,16 @@ func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
 				w.report(&a.line, ev.Status)
 			case jobproc.EventMemoryWarn: // logged by the pool
 				w.obs.memoryWarning()
+			case jobproc.EventEnd:
+				// The job process waits in its room until the end is
+				// written to the server, as an in-process job does.
+				w.jobEnding(a)
+				if upd, _, terminated := w.processEnd(a, ev.End); !terminated {
+					w.report(&a.line, upd)
+					w.awaitSent(&a.line, upd, reportBeforeLeave)
+				}
+				reported = true
+				_ = pr.Reported()
 			}
 		}
 	}()
@@ -290,14 +301,15 @@ func (w *Worker) runJobProcess(a *activeJob, pool *jobproc.Pool) {
 	end := pr.Wait()
 	stop()
 	<-relayed
-	w.endJobProcess(a, log, end)
+	w.endJobProcess(a, log, end, reported)
 }
 
-// endJobProcess reports how a job process ended and forgets the job.
-func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) {
-	w.jobEnding(a)
-	took := time.Since(a.started)
-	cause := context.Cause(a.ctx)
+// processEnd is the final status of a job whose process ended as end, what
+// cancelled the job (nil if nothing did), and whether the server
+// terminated it (then the status is not to be sent: the server recorded
+// the end when it sent the termination).
+func (w *Worker) processEnd(a *activeJob, end jobproc.End) (upd *livekit.UpdateJobStatus, cause error, terminated bool) {
+	cause = context.Cause(a.ctx)
 	if end.Reported() {
 		// The job process knows what cancelled its job first, if anything:
 		// a termination that reached the worker after the job ended on
@@ -308,8 +320,23 @@ func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) 
 			cause = causeFrom(jobproc.Cause{Code: end.Cause})
 		}
 	}
-	terminated := errors.Is(cause, job.ErrTerminated)
-	upd := &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_SUCCESS, JoinTiming: end.Timing}
+	upd = &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_SUCCESS, JoinTiming: end.Timing}
+	switch end.Kind {
+	case jobproc.EndSucceeded:
+	case jobproc.EndFailed, jobproc.EndPanicked:
+		upd.Status, upd.Error = livekit.JobStatus_JS_FAILED, end.String()
+	default: // the process died
+		upd.Status, upd.Error = livekit.JobStatus_JS_FAILED, processFailure(end)
+	}
+	return upd, cause, errors.Is(cause, job.ErrTerminated)
+}
+
+// endJobProcess reports how a job process ended (unless its end was
+// reported when the process told it) and forgets the job.
+func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End, reported bool) {
+	w.jobEnding(a)
+	took := time.Since(a.started)
+	upd, cause, terminated := w.processEnd(a, end)
 	status := StatusSuccess
 	switch end.Kind {
 	case jobproc.EndSucceeded:
@@ -325,19 +352,17 @@ func (w *Worker) endJobProcess(a *activeJob, log *slog.Logger, end jobproc.End) 
 			status = StatusPanicked
 			log.Error("job handler panicked", slog.String("panic", end.Error), slog.String("stack", string(end.Stack)))
 		}
-		upd.Status, upd.Error = livekit.JobStatus_JS_FAILED, end.String()
 		log.Warn("job failed", slog.String("error", end.String()), slog.Duration("took", took))
 	default:
 		// The process died: it ends only this job.
 		status = processEndStatus(end.Kind)
-		upd.Status, upd.Error = livekit.JobStatus_JS_FAILED, processFailure(end)
 		log.Error("job process ended without finishing its job", slog.String("cause", end.String()),
 			slog.String("kind", end.Kind.String()), slog.Int("pid", end.Pid), slog.Int("exit_code", end.ExitCode),
 			slog.String("signal", end.Signal), slog.Int64("max_rss", end.MaxRSS), slog.String("stderr", end.Stderr),
 			slog.Duration("took", took))
 	}
 	a.endSpan(string(status), upd.GetError())
-	if !terminated {
+	if !terminated && !reported {
 		w.report(&a.line, upd)
 	}
 	var failure error
@@ -461,23 +486,32 @@ func (w *Worker) runInJobProcess(ctx context.Context, s jobproc.Spec, r *jobproc
 		},
 	})
 	err := ctl.Run(func(ctx context.Context) error { return w.handler(ctx, (*job.Job)(ctl.Job())) })
-	hctx, hcancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
-	outcome := ctl.Finish(hctx, err)
-	hcancel()
-	w.flushTraces(log) // the process exits once the job's end is sent
-	var out jobproc.Outcome
-	var pe *jobrt.PanicError
-	switch {
-	case errors.As(outcome, &pe):
-		out = jobproc.PanicOutcome(pe.Value, pe.Stack)
-	default:
-		out = jobproc.Failure(outcome)
+	outcomeOf := func(outcome error) jobproc.Outcome {
+		var out jobproc.Outcome
+		var pe *jobrt.PanicError
+		switch {
+		case errors.As(outcome, &pe):
+			out = jobproc.PanicOutcome(pe.Value, pe.Stack)
+		default:
+			out = jobproc.Failure(outcome)
+		}
+		out.Timing = ctl.Timing().Proto(s.Base)
+		// What cancelled the job first, as endJob reads it in process:
+		// once the job ended, whose own cancellation is no cause.
+		out.Cause = causeCode(context.Cause(ctl.Context()))
+		return out
 	}
-	out.Timing = ctl.Timing().Proto(s.Base)
-	// What cancelled the job first, as endJob reads it in process: after
-	// Finish, whose own cancellation is no cause.
-	out.Cause = causeCode(context.Cause(ctl.Context()))
-	return out
+	hctx, hcancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)
+	defer hcancel()
+	outcome := ctl.FinishReporting(hctx, err, func(outcome error) {
+		// As in process, the end reaches the server before the agent
+		// leaves its room: the worker reports it and then lets this
+		// process go on (jobrt.Control.FinishReporting).
+		w.flushTraces(log) // the process exits soon after
+		r.End(outcomeOf(outcome), 2*reportBeforeLeave)
+	})
+	// Sent already by End, unless the job had ended before.
+	return outcomeOf(outcome)
 }
 
 // timingFrom converts join timing in microseconds since base back to

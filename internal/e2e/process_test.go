@@ -584,3 +584,34 @@ func BenchmarkJobProcessMemory(b *testing.B) {
 	}
 	b.ReportMetric(0, "ns/op")
 }
+
+// A job that ends in a job process is recorded by the server with its own
+// outcome, as in process (TestJobEndRecordedWithItsOutcome): the job
+// process stays in its room until the worker has written the job's end to
+// the server.
+func TestJobProcessEndRecordedWithItsOutcome(t *testing.T) {
+	t.Parallel()
+	bin := buildProcAgent(t)
+	agent := uniq("procend")
+	a := runProcAgent(t, bin, "--agent-name", agent, "--processes", "--idle", "2")
+	rooms := map[string]string{} // room → metadata
+	for _, meta := range jobEndCases(6) {
+		room := uniq("room")
+		rooms[room] = meta
+		a.dispatch(t, agent, room, meta)
+	}
+	jobs := map[string]string{} // job ID → metadata
+	for room, meta := range rooms {
+		f := procFields(a.waitLine(t, time.Minute, a.stdout, "listed room="+room+" "))
+		jobs[f["job_id"]] = meta
+	}
+	checkRecordedEnds(t, jobs)
+	// The worker logs each end as in process.
+	for id, meta := range jobs {
+		msg := `msg="job finished"`
+		if strings.Contains(meta, ":") {
+			msg = `msg="job failed"`
+		}
+		a.waitLine(t, 30*time.Second, a.stderr, msg, "job_id="+id)
+	}
+}

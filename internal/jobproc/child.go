@@ -116,7 +116,8 @@ func (o ServeOptions) Serve(ctx context.Context, run RunFunc) error {
 	if err != nil {
 		return fmt.Errorf("jobproc: the channel to the parent: %w", err)
 	}
-	c := &child{conn: conn, jobs: make(chan *jobMsg, 1), gone: make(chan struct{}), readerDone: make(chan struct{})}
+	c := &child{conn: conn, jobs: make(chan *jobMsg, 1), gone: make(chan struct{}), readerDone: make(chan struct{}),
+		reported: make(chan struct{})}
 	defer func() {
 		conn.Close()
 		<-c.readerDone
@@ -160,7 +161,7 @@ func (o ServeOptions) Serve(ctx context.Context, run RunFunc) error {
 		c.orphan.Stop()
 	}
 	c.mu.Unlock()
-	if err := c.write(out.frame()); err != nil {
+	if _, err := r.sendEnd(out); err != nil {
 		return ErrParentGone
 	}
 	return nil
@@ -229,6 +230,8 @@ type child struct {
 	gone       chan struct{} // closed once the channel closed
 	readerDone chan struct{}
 
+	reported chan struct{} // closed once the parent's "reported" frame came
+
 	mu       sync.Mutex
 	cancel   context.CancelCauseFunc
 	cause    *CauseError // a cancellation that came before cancel was set
@@ -296,6 +299,13 @@ func (c *child) read() {
 			}
 			gotJob = true
 			c.jobs <- msg.(*jobMsg)
+		case frameReported:
+			select {
+			case <-c.reported:
+				return // a second one: the parent broke the protocol
+			default:
+				close(c.reported)
+			}
 		case frameCancel:
 			m := msg.(cancelMsg)
 			c.cancelWith(&CauseError{Cause{Code: m.code, Text: m.text}})
@@ -323,10 +333,50 @@ func (c *child) lost() {
 	}
 }
 
-// Reporter carries a job's statuses and log records to the parent.
+// Reporter carries a job's statuses, log records and end to the parent.
 type Reporter struct {
 	c *child
 	h *logHandler
+
+	endMu  sync.Mutex
+	ended  bool  // the End frame was sent
+	endErr error // of that send
+}
+
+// End sends the job's end to the parent ahead of the run function's return,
+// and waits up to wait (at most [MaxReportWait]) until the parent has
+// passed it on: the LiveKit server records a job's end itself, as the
+// agent leaving its room, when the agent leaves before the worker's
+// status came. Call it just before the job leaves its room. It reports
+// whether the parent confirmed in time; false means it did not, or is
+// gone. The run function's Outcome is then not sent again: what End sent
+// is the job's end. Only the first call sends.
+func (r *Reporter) End(o Outcome, wait time.Duration) bool {
+	if sent, err := r.sendEnd(o); !sent || err != nil {
+		return false
+	}
+	t := time.NewTimer(min(wait, MaxReportWait))
+	defer t.Stop()
+	select {
+	case <-r.c.reported:
+		return true
+	case <-r.c.gone:
+	case <-t.C:
+	}
+	return false
+}
+
+// sendEnd sends the End frame unless it was sent; it reports whether this
+// call sent it, and the error of the send.
+func (r *Reporter) sendEnd(o Outcome) (bool, error) {
+	r.endMu.Lock()
+	defer r.endMu.Unlock()
+	if r.ended {
+		return false, r.endErr
+	}
+	r.ended = true
+	r.endErr = r.c.write(o.frame())
+	return true, r.endErr
 }
 
 // Status sends a job status to the parent, which delivers it as an

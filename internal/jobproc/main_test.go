@@ -196,6 +196,15 @@ func testJob(ctx context.Context, s Spec, r *Reporter) Outcome {
 	case "closefd":
 		r.c.conn.Close()
 		time.Sleep(time.Hour)
+	case "early":
+		// Report the end ahead, wait up to arg for the parent, say how
+		// that went, and return another outcome, which must not be sent.
+		d, _ := time.ParseDuration(arg)
+		t0 := time.Now()
+		ok := r.End(Outcome{Error: "early end", Cause: "terminated", Timing: &livekit.JobJoinTiming{ConnectedUs: 77}}, d)
+		_ = r.Status(&livekit.UpdateJobStatus{JobId: s.Job.GetId(), Status: livekit.JobStatus_JS_RUNNING,
+			Error: fmt.Sprintf("confirmed=%t waited=%s", ok, time.Since(t0).Round(time.Millisecond))})
+		return Failure(errors.New("the outcome returned after End"))
 	case "sleep":
 		d, _ := time.ParseDuration(arg)
 		select {

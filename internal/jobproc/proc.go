@@ -79,6 +79,7 @@ type Proc struct {
 	killed        *killInfo
 	startTimedOut bool
 	report        *Outcome
+	acked         bool // Reported was sent
 	warned        bool
 	timers        []*time.Timer
 }
@@ -315,9 +316,13 @@ func (pr *Proc) handle(t frameType, payload []byte) error {
 			return malformed("second end")
 		}
 		pr.report = &o
-		pr.afterLocked(pr.pool.o.ExitTimeout, func() {
-			pr.kill(EndKilled, fmt.Sprintf("it did not exit within %s of reporting its end", pr.pool.o.ExitTimeout), 0)
+		// The child waits for Reported (MaxReportWait at most), then
+		// leaves its room and exits.
+		limit := pr.pool.o.ExitTimeout + MaxReportWait
+		pr.afterLocked(limit, func() {
+			pr.kill(EndKilled, fmt.Sprintf("it did not exit within %s of reporting its end", limit), 0)
 		})
+		pr.emit(Event{Kind: EventEnd, At: time.Now(), End: reportedEnd(o, pr.pid)})
 	default:
 		return malformed("unexpected %v frame from a job process", t)
 	}
@@ -504,16 +509,8 @@ func (pr *Proc) settle(state procState) End {
 	}
 	switch k := pr.killed; {
 	case pr.report != nil:
-		o := pr.report
-		e.Error, e.Stack, e.Timing, e.Cause = o.Error, o.Stack, o.Timing, o.Cause
-		switch {
-		case o.Panicked:
-			e.Kind = EndPanicked
-		case o.Error != "":
-			e.Kind = EndFailed
-		default:
-			e.Kind = EndSucceeded
-		}
+		r := reportedEnd(*pr.report, pr.pid)
+		e.Kind, e.Error, e.Stack, e.Timing, e.Cause = r.Kind, r.Error, r.Stack, r.Timing, r.Cause
 	case state == stStarting:
 		e.Kind = EndStartFailed
 		if k != nil {
@@ -538,6 +535,20 @@ func (pr *Proc) settle(state procState) End {
 		if state == stRunning {
 			e.Error += " before the job ended"
 		}
+	}
+	return e
+}
+
+// reportedEnd is the End of a job whose child reported o.
+func reportedEnd(o Outcome, pid int) End {
+	e := End{Pid: pid, Error: o.Error, Stack: o.Stack, Timing: o.Timing, Cause: o.Cause}
+	switch {
+	case o.Panicked:
+		e.Kind = EndPanicked
+	case o.Error != "":
+		e.Kind = EndFailed
+	default:
+		e.Kind = EndSucceeded
 	}
 	return e
 }
@@ -570,6 +581,25 @@ func (pr *Proc) Cancel(c Cause) error {
 	default:
 	}
 	return pr.write(cancelMsg{code: c.Code, text: c.Text}.frame())
+}
+
+// Reported tells the child that its job's end ([EventEnd]) was passed
+// on: the child then leaves the job's room and exits. Calls after the
+// first, and calls before the end was reported, do nothing.
+func (pr *Proc) Reported() error {
+	pr.mu.Lock()
+	ok := pr.report != nil && !pr.acked
+	pr.acked = pr.acked || ok
+	pr.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	select {
+	case <-pr.done:
+		return errEnded
+	default:
+	}
+	return pr.write(newFrame(frameReported, nil))
 }
 
 // Kill kills the process and what it started in its process group, now.

@@ -325,6 +325,9 @@ func TestStatusEvents(t *testing.T) {
 	if e.Kind != EndSucceeded || e.Timing.GetConnectedUs() != 99 {
 		t.Errorf("end %v, timing %v", e.Kind, e.Timing)
 	}
+	if ev, open := <-pr.Events(); !open || ev.Kind != EventEnd || ev.End.Timing.GetConnectedUs() != 99 {
+		t.Errorf("event %+v after the statuses; want the end", ev)
+	}
 	if _, open := <-pr.Events(); open {
 		t.Error("events not closed after the end")
 	}
@@ -514,5 +517,70 @@ func TestSignalsIgnored(t *testing.T) {
 	_ = pr.Cancel(Cause{Code: "done", Text: "by the parent"})
 	if e := wait(t, pr, 60*time.Second); e.Kind != EndFailed || e.Error != "cancelled with done: by the parent" {
 		t.Errorf("end %v %q", e.Kind, e.Error)
+	}
+}
+
+// A job that reports its end ahead (Reporter.End) waits for the parent's
+// Reported before it goes on, and the end it reported is the job's end,
+// not the outcome its function returns later; without Reported it goes on
+// after its wait.
+func TestEndReportedAhead(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		wait    string
+		confirm bool
+	}{
+		{name: "confirmed", wait: "4s", confirm: true},
+		{name: "unconfirmed", wait: "300ms", confirm: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPool(t, testOptions(nil))
+			pr := start(t, p, "early:"+tc.wait, nil)
+			waitStarted(t, pr)
+			ev := nextEvent(t, pr)
+			if ev.Kind != EventEnd || ev.End.Kind != EndFailed || ev.End.Error != "early end" || ev.End.Cause != "terminated" ||
+				ev.End.Timing.GetConnectedUs() != 77 || ev.End.Pid != pr.Pid() {
+				t.Fatalf("first event after the start: %+v; want the end reported ahead", ev)
+			}
+			if tc.confirm {
+				// The child holds until it is told.
+				select {
+				case ev := <-pr.Events():
+					t.Fatalf("the child went on before Reported: %+v", ev)
+				case <-pr.Done():
+					t.Fatal("the child exited before Reported")
+				case <-time.After(500 * time.Millisecond):
+				}
+				if err := pr.Reported(); err != nil {
+					t.Fatal(err)
+				}
+				if err := pr.Reported(); err != nil { // a second call does nothing
+					t.Fatal(err)
+				}
+			}
+			ev = nextEvent(t, pr)
+			want := fmt.Sprintf("confirmed=%t", tc.confirm)
+			if ev.Kind != EventStatus || !strings.HasPrefix(ev.Status.GetError(), want) {
+				t.Fatalf("event %+v; want a status saying %s", ev, want)
+			}
+			e := wait(t, pr, 60*time.Second)
+			if e.Kind != EndFailed || e.Error != "early end" || e.Cause != "terminated" || e.ExitCode != 0 {
+				t.Errorf("end %+v; want the end reported ahead, and the process to exit 0", e)
+			}
+		})
+	}
+}
+
+func nextEvent(t *testing.T, pr *Proc) Event {
+	t.Helper()
+	select {
+	case ev, ok := <-pr.Events():
+		if !ok {
+			t.Fatal("events closed")
+		}
+		return ev
+	case <-time.After(60 * time.Second):
+		t.Fatal("no event within 60s")
+		return Event{}
 	}
 }

@@ -278,6 +278,11 @@ const (
 	// EventMemoryWarn: the process's resident set passed MemoryWarn (RSS);
 	// sent once per process.
 	EventMemoryWarn
+	// EventEnd: the child reported its job's end (End, as [Proc.Wait]
+	// will give it, without the process's exit) and waits, still in the
+	// job's room, until the parent calls [Proc.Reported] or
+	// [MaxReportWait] passed.
+	EventEnd
 )
 
 // Event is something a running job process did.
@@ -287,4 +292,11 @@ type Event struct {
 	At     time.Time
 	Status *livekit.UpdateJobStatus
 	RSS    int64
+	End    End
 }
+
+// MaxReportWait bounds how long a child that reported its job's end
+// ([Reporter.End]) waits for the parent's [Proc.Reported] before it goes
+// on; the parent gives such a child this long on top of ExitTimeout to
+// exit.
+const MaxReportWait = 5 * time.Second

@@ -21,7 +21,7 @@ import (
 // processes. The parent passes it in the child's environment and the child
 // answers with its own in its hello; a process that speaks another version
 // (a binary replaced on disk by another build) is not used.
-const ProtocolVersion = 2
+const ProtocolVersion = 3
 
 // Frames: a 4-byte big-endian length n, then n bytes: one byte of frame
 // type and the payload, a protobuf message: one of package jobprocpb's
@@ -53,6 +53,9 @@ const (
 	frameLog frameType = 8
 	// child → parent, jobprocpb.End: how the job's function ended.
 	frameEnd frameType = 9
+	// parent → child, no payload: the parent has passed the job's end on
+	// (to the server); the child may leave the job's room.
+	frameReported frameType = 10
 )
 
 func (t frameType) String() string {
@@ -75,6 +78,8 @@ func (t frameType) String() string {
 		return "log"
 	case frameEnd:
 		return "end"
+	case frameReported:
+		return "reported"
 	}
 	return fmt.Sprintf("frame type %d", byte(t))
 }
@@ -522,8 +527,8 @@ func truncate(s string, n int) string {
 }
 
 // decodeFrame decodes the payload of a frame of type t into its message:
-// helloMsg, *jobMsg, cancelMsg, uint64 (ping, pong), nil (started),
-// *livekit.UpdateJobStatus, *logMsg, Outcome.
+// helloMsg, *jobMsg, cancelMsg, uint64 (ping, pong), nil (started,
+// reported), *livekit.UpdateJobStatus, *logMsg, Outcome.
 func decodeFrame(t frameType, p []byte) (any, error) {
 	switch t {
 	case frameHello:
@@ -534,7 +539,7 @@ func decodeFrame(t frameType, p []byte) (any, error) {
 		return decodeCancel(p)
 	case framePing, framePong:
 		return decodePing(p)
-	case frameStarted:
+	case frameStarted, frameReported:
 		return nil, nil
 	case frameStatus:
 		return decodeStatus(p)

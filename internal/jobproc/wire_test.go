@@ -37,6 +37,7 @@ func seedFrames() [][]byte {
 		Outcome{Error: "boom"}.frame(),
 		Outcome{Error: "v", Panicked: true, Stack: []byte("stack"), Timing: &livekit.JobJoinTiming{ConnectedUs: 1}, Cause: "terminated"}.frame(),
 		Success().frame(),
+		newFrame(frameReported, nil),
 	}
 }
 
@@ -105,6 +106,9 @@ func TestFrameRoundTrip(t *testing.T) {
 	}
 	if o := got[10].(Outcome); !reflect.DeepEqual(o, Outcome{}) {
 		t.Errorf("success %+v", o)
+	}
+	if len(got) != 12 || got[11] != nil {
+		t.Errorf("%d frames, the last %v; want 12, the last the reported frame (no message)", len(got), got[len(got)-1])
 	}
 }
 

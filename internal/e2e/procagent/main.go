@@ -14,9 +14,16 @@
 //	alloc      allocates and touches memory until it is killed (it stops
 //	           at 2 GiB and waits)
 //	hang       waits for its context, then ignores its cancellation forever
+//	listed     returns once the server lists the job in its dispatch (its
+//	           launch complete: leaving the room would end the job then)
+//	listed:E   the same, returning the error E
 //
 // A job that is to crash first waits until the server lists its agent as
-// active (see waitActive). A job prints one line once it is in its room,
+// active (agentstate.Active): the crashes are of an agent in its call. A
+// process that dies before that is removed from its room at once, and the
+// server then records its job's end itself ("agent worker left the room")
+// and drops the worker's report of the cause, which comes a few
+// milliseconds later. A job prints one line once it is in its room,
 // one when its context ends and one just before it crashes, with its
 // process id:
 //
@@ -48,9 +55,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/livekit/protocol/livekit"
 	lksdk "github.com/livekit/server-sdk-go/v2"
 
+	"github.com/lkagent/lkagent/internal/testkit/agentstate"
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/worker"
 )
@@ -140,7 +147,7 @@ func handle(ctx context.Context, j *job.Job) error {
 	pid := os.Getpid()
 	say("job room=%s identity=%s job_id=%s pid=%d", j.RoomName(), j.Identity(), j.ID(), pid)
 	crash := func(how string) {
-		if err := waitActive(ctx, j); err != nil {
+		if err := agentstate.Active(ctx, j); err != nil {
 			say("not active room=%s job_id=%s error=%q pid=%d", j.RoomName(), j.ID(), err, pid)
 		}
 		say("crash room=%s job_id=%s how=%s pid=%d", j.RoomName(), j.ID(), how, pid)
@@ -163,6 +170,15 @@ func handle(ctx context.Context, j *job.Job) error {
 		}
 	case "ok":
 		return nil
+	case "listed":
+		if err := agentstate.Listed(ctx, j); err != nil {
+			return err
+		}
+		say("listed room=%s job_id=%s pid=%d", j.RoomName(), j.ID(), pid)
+		if arg != "" {
+			return errors.New(arg)
+		}
+		return nil
 	case "mapwrites":
 		crash(what)
 		writeMapConcurrently()
@@ -181,32 +197,6 @@ func handle(ctx context.Context, j *job.Job) error {
 	}
 	say("cancelled room=%s job_id=%s cause=%q pid=%d", j.RoomName(), j.ID(), context.Cause(ctx), pid)
 	return nil
-}
-
-// waitActive waits until the server lists the job's agent as active: its
-// media connection is up on the server's side too. The crashes are of an
-// agent in its call. A process that dies before that is removed from its
-// room at once, and the server then records its job's end itself ("agent
-// worker left the room") and drops the worker's report of the cause, which
-// comes a few milliseconds later.
-func waitActive(ctx context.Context, j *job.Job) error {
-	api, err := j.API()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		p, err := api.Room.GetParticipant(ctx, &livekit.RoomParticipantIdentity{Room: j.RoomName(), Identity: j.Identity()})
-		if err == nil && p.State == livekit.ParticipantInfo_ACTIVE {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the server does not list the agent as active: %w (last: %v)", context.Cause(ctx), err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }
 
 // writeMapConcurrently writes one map from several goroutines: the runtime

@@ -5,8 +5,8 @@
 // Each message travels in a frame: a 4-byte big-endian length n, then n
 // bytes: one byte of frame type and the message. The frame type says which
 // message follows (see jobproc's frameType); Ping serves ping and pong,
-// livekit.UpdateJobStatus is sent as it is, and the "started" frame has no
-// message.
+// livekit.UpdateJobStatus is sent as it is, and the "started" and
+// "reported" frames have no message.
 //
 // Text is bytes, not string, throughout (the RFC 3339 time excepted): it
 // travels exactly as it was, and encoding never fails on text that is not
@@ -662,7 +662,11 @@ func (x *Group) GetAttrs() []*Attr {
 	return nil
 }
 
-// End: child to parent, how the job's function ended.
+// End: child to parent, how the job's function ended. The child sends it
+// before it leaves the job's room and waits (a few seconds at most) for the
+// parent's "reported" frame: the parent has passed the end on to the
+// server, which would otherwise record the agent's departure as the job's
+// end.
 type End struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Kind   End_Kind               `protobuf:"varint,1,opt,name=kind,proto3,enum=lkagent.jobproc.End_Kind" json:"kind,omitempty"`
