@@ -316,7 +316,10 @@ func (w *Worker) processEnd(a *activeJob, end jobproc.End) (upd *livekit.UpdateJ
 		// its own (it left its room, and the server ended the job for
 		// that) is not why the job ended, as in process.
 		cause = nil
-		if end.Cause != "" {
+		switch {
+		case end.Cause == causeCodes[job.ErrShutdown]:
+			cause = &job.ShutdownError{Reason: end.CauseText}
+		case end.Cause != "":
 			cause = causeFrom(jobproc.Cause{Code: end.Cause})
 		}
 	}
@@ -498,7 +501,12 @@ func (w *Worker) runInJobProcess(ctx context.Context, s jobproc.Spec, r *jobproc
 		out.Timing = ctl.Timing().Proto(s.Base)
 		// What cancelled the job first, as endJob reads it in process:
 		// once the job ended, whose own cancellation is no cause.
-		out.Cause = causeCode(context.Cause(ctl.Context()))
+		cause := context.Cause(ctl.Context())
+		out.Cause = causeCode(cause)
+		var se *job.ShutdownError
+		if errors.As(cause, &se) {
+			out.CauseText = se.Reason
+		}
 		return out
 	}
 	hctx, hcancel := context.WithTimeout(context.Background(), w.o.ShutdownTimeout)

@@ -140,6 +140,9 @@ func TestExecutorParity(t *testing.T) {
 			rep.errText = e.Err.Error()
 		}
 		rep.cause = causeName(e.Cause)
+		if e.Cause != nil {
+			rep.cause += " (" + e.Cause.Error() + ")"
+		}
 		if e.Status != worker.StatusTerminated {
 			// A status after the server's termination reaches it as one of
 			// an unknown job, as on LiveKit's server.

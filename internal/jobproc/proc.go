@@ -510,7 +510,7 @@ func (pr *Proc) settle(state procState) End {
 	switch k := pr.killed; {
 	case pr.report != nil:
 		r := reportedEnd(*pr.report, pr.pid)
-		e.Kind, e.Error, e.Stack, e.Timing, e.Cause = r.Kind, r.Error, r.Stack, r.Timing, r.Cause
+		e.Kind, e.Error, e.Stack, e.Timing, e.Cause, e.CauseText = r.Kind, r.Error, r.Stack, r.Timing, r.Cause, r.CauseText
 	case state == stStarting:
 		e.Kind = EndStartFailed
 		if k != nil {
@@ -541,7 +541,7 @@ func (pr *Proc) settle(state procState) End {
 
 // reportedEnd is the End of a job whose child reported o.
 func reportedEnd(o Outcome, pid int) End {
-	e := End{Pid: pid, Error: o.Error, Stack: o.Stack, Timing: o.Timing, Cause: o.Cause}
+	e := End{Pid: pid, Error: o.Error, Stack: o.Stack, Timing: o.Timing, Cause: o.Cause, CauseText: o.CauseText}
 	switch {
 	case o.Panicked:
 		e.Kind = EndPanicked

@@ -98,6 +98,10 @@ type Outcome struct {
 	// runtime's own); "" when the job ended on its own. Only the child
 	// knows which came first, its job's end or the parent's cancel.
 	Cause string
+	// CauseText is the cause's own words where its code alone does not
+	// say all (the runtime's: the reason a job gave to end itself); "" if
+	// none.
+	CauseText string
 }
 
 // Success is the outcome of a job that succeeded.
@@ -198,8 +202,10 @@ type End struct {
 	// Timing is the join timing the child reported with its end, in
 	// microseconds since the Spec's Base; nil if it sent none.
 	Timing *livekit.JobJoinTiming
-	// Cause is the child's Outcome.Cause (reported ends only).
-	Cause string
+	// Cause and CauseText are the child's Outcome.Cause and
+	// Outcome.CauseText (reported ends only).
+	Cause     string
+	CauseText string
 	// Pid is the process's id.
 	Pid int
 	// ExitCode is the process's exit code; -1 if a signal killed it or

@@ -359,6 +359,9 @@ func (o Outcome) frame() []byte {
 		Timing: o.Timing,
 		Cause:  []byte(truncate(o.Cause, maxText)),
 	}
+	if o.CauseText != "" {
+		e.CauseText = []byte(truncate(o.CauseText, maxText))
+	}
 	switch {
 	case o.Panicked:
 		e.Kind = jobprocpb.End_KIND_PANIC
@@ -376,7 +379,8 @@ func decodeEnd(p []byte) (Outcome, error) {
 	if err := unmarshal(p, &e); err != nil {
 		return Outcome{}, err
 	}
-	o := Outcome{Error: string(e.GetError()), Stack: e.GetStack(), Timing: e.GetTiming(), Cause: string(e.GetCause())}
+	o := Outcome{Error: string(e.GetError()), Stack: e.GetStack(), Timing: e.GetTiming(), Cause: string(e.GetCause()),
+		CauseText: string(e.GetCauseText())}
 	switch e.GetKind() {
 	case jobprocpb.End_KIND_SUCCESS:
 		o.Error, o.Stack = "", nil

@@ -35,7 +35,7 @@ func seedFrames() [][]byte {
 			slog.Group("g", slog.String("k", "v"), slog.Group("h", slog.Int("z", 1))), slog.Any("e", errors.New("x")),
 		}}).frame(),
 		Outcome{Error: "boom"}.frame(),
-		Outcome{Error: "v", Panicked: true, Stack: []byte("stack"), Timing: &livekit.JobJoinTiming{ConnectedUs: 1}, Cause: "terminated"}.frame(),
+		Outcome{Error: "v", Panicked: true, Stack: []byte("stack"), Timing: &livekit.JobJoinTiming{ConnectedUs: 1}, Cause: "shutdown", CauseText: "done"}.frame(),
 		Success().frame(),
 		newFrame(frameReported, nil),
 	}
@@ -101,7 +101,7 @@ func TestFrameRoundTrip(t *testing.T) {
 	if o := got[8].(Outcome); o.Error != "boom" || o.Panicked {
 		t.Errorf("failure %+v", o)
 	}
-	if o := got[9].(Outcome); !o.Panicked || o.Error != "v" || string(o.Stack) != "stack" || o.Timing.GetConnectedUs() != 1 || o.Cause != "terminated" {
+	if o := got[9].(Outcome); !o.Panicked || o.Error != "v" || string(o.Stack) != "stack" || o.Timing.GetConnectedUs() != 1 || o.Cause != "shutdown" || o.CauseText != "done" {
 		t.Errorf("panic %+v", o)
 	}
 	if o := got[10].(Outcome); !reflect.DeepEqual(o, Outcome{}) {

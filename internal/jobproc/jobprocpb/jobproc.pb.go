@@ -675,7 +675,10 @@ type End struct {
 	Timing *livekit.JobJoinTiming `protobuf:"bytes,4,opt,name=timing,proto3" json:"timing,omitempty"`
 	// The code of the cause the job's context was cancelled with before the
 	// job ended; empty when the job ended on its own.
-	Cause         []byte `protobuf:"bytes,5,opt,name=cause,proto3" json:"cause,omitempty"`
+	Cause []byte `protobuf:"bytes,5,opt,name=cause,proto3" json:"cause,omitempty"`
+	// The cause's own words, where its code alone does not say all (the
+	// reason given to a job's Shutdown); empty otherwise.
+	CauseText     []byte `protobuf:"bytes,6,opt,name=cause_text,json=causeText,proto3" json:"cause_text,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -745,6 +748,13 @@ func (x *End) GetCause() []byte {
 	return nil
 }
 
+func (x *End) GetCauseText() []byte {
+	if x != nil {
+		return x.CauseText
+	}
+	return nil
+}
+
 var File_jobproc_proto protoreflect.FileDescriptor
 
 const file_jobproc_proto_rawDesc = "" +
@@ -792,13 +802,15 @@ const file_jobproc_proto_rawDesc = "" +
 	"\x05group\x18\t \x01(\v2\x16.lkagent.jobproc.GroupH\x00R\x05groupB\a\n" +
 	"\x05value\"4\n" +
 	"\x05Group\x12+\n" +
-	"\x05attrs\x18\x01 \x03(\v2\x15.lkagent.jobproc.AttrR\x05attrs\"\xf8\x01\n" +
+	"\x05attrs\x18\x01 \x03(\v2\x15.lkagent.jobproc.AttrR\x05attrs\"\x97\x02\n" +
 	"\x03End\x12-\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x19.lkagent.jobproc.End.KindR\x04kind\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\fR\x05error\x12\x14\n" +
 	"\x05stack\x18\x03 \x01(\fR\x05stack\x12.\n" +
 	"\x06timing\x18\x04 \x01(\v2\x16.livekit.JobJoinTimingR\x06timing\x12\x14\n" +
-	"\x05cause\x18\x05 \x01(\fR\x05cause\"P\n" +
+	"\x05cause\x18\x05 \x01(\fR\x05cause\x12\x1d\n" +
+	"\n" +
+	"cause_text\x18\x06 \x01(\fR\tcauseText\"P\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fKIND_SUCCESS\x10\x01\x12\x10\n" +
