@@ -22,7 +22,7 @@ import (
 // A job that ends itself with j.Shutdown from its participant entrypoint
 // after its caller left, while an observer stays in the room, ends the
 // same in process and in a job process: "job finished", with the same
-// attributes, each once. The race that made it "job terminated by server"
+// attributes, each once, and recorded by the server as JS_SUCCESS. The race that made it "job terminated by server"
 // in a job process (the server's termination overtaking the job's own end)
 // did not show in these runs; worker's TestExecutorParity forces it with
 // the fake server.
@@ -40,8 +40,9 @@ func TestShutdownAfterCallerLeftSameInBothExecutors(t *testing.T) {
 		t.Fatalf("build the parity agent: %v\n%s", err, out)
 	}
 	type end struct {
-		msg  string
-		keys []string
+		msg    string
+		keys   []string
+		server string // the status the server recorded
 	}
 	run := func(t *testing.T, procs bool) end {
 		agent := uniq("parity")
@@ -102,13 +103,19 @@ func TestShutdownAfterCallerLeftSameInBothExecutors(t *testing.T) {
 		}
 		slices.Sort(keys)
 		t.Logf("processes=%v: %s", procs, line)
-		return end{msg: msg, keys: keys}
+		id := regexp.MustCompile(`job_id=(\S+)`).FindStringSubmatch(line)[1]
+		recorded := waitServerLine(t, 30*time.Second, "job ended", id)
+		server := regexp.MustCompile(`"status": "([A-Z_]+)"`).FindStringSubmatch(recorded)
+		if server == nil {
+			t.Fatalf("no status in the server's line %s", recorded)
+		}
+		return end{msg: msg, keys: keys, server: server[1]}
 	}
 	in, proc := run(t, false), run(t, true)
-	if in.msg != "job finished" {
-		t.Errorf("in process the job ended with %q, want \"job finished\"", in.msg)
+	if in.msg != "job finished" || in.server != "JS_SUCCESS" {
+		t.Errorf("in process the job ended with %q, recorded %s; want \"job finished\", JS_SUCCESS", in.msg, in.server)
 	}
-	if in.msg != proc.msg || !slices.Equal(in.keys, proc.keys) {
+	if in.msg != proc.msg || !slices.Equal(in.keys, proc.keys) || in.server != proc.server {
 		t.Errorf("the job ended differently: in process %+v, in a job process %+v", in, proc)
 	}
 }
