@@ -199,7 +199,12 @@ func causeFor(err error) jobproc.Cause {
 	return jobproc.Cause{Code: "worker_stopped", Text: fmt.Sprint(err)}
 }
 
+// causeFrom is the cause error of a code: the sentinel, or for a
+// shutdown a *job.ShutdownError whose reason is c.Text.
 func causeFrom(c jobproc.Cause) error {
+	if c.Code == causeCodes[job.ErrShutdown] {
+		return &job.ShutdownError{Reason: c.Text}
+	}
 	for e, code := range causeCodes {
 		if c.Code == code {
 			return e
@@ -316,11 +321,8 @@ func (w *Worker) processEnd(a *activeJob, end jobproc.End) (upd *livekit.UpdateJ
 		// its own (it left its room, and the server ended the job for
 		// that) is not why the job ended, as in process.
 		cause = nil
-		switch {
-		case end.Cause == causeCodes[job.ErrShutdown]:
-			cause = &job.ShutdownError{Reason: end.CauseText}
-		case end.Cause != "":
-			cause = causeFrom(jobproc.Cause{Code: end.Cause})
+		if end.Cause != "" {
+			cause = causeFrom(jobproc.Cause{Code: end.Cause, Text: end.CauseText})
 		}
 	}
 	upd = &livekit.UpdateJobStatus{JobId: a.info.GetId(), Status: livekit.JobStatus_JS_SUCCESS, JoinTiming: end.Timing}

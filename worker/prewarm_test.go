@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -15,8 +13,6 @@ import (
 	"time"
 
 	"github.com/livekit/protocol/livekit"
-
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/lkagent/lkagent/job"
 	"github.com/lkagent/lkagent/livekittest"
@@ -223,22 +219,7 @@ func TestPrewarmFailsJobProcess(t *testing.T) {
 	srv := workertest.NewServer(t)
 	o := processOptions(srv, worker.ProcessOptions{Env: []string{envChildPrewarm + "=fail"}})
 	r := startWorker(t, o, misbehave)
-	c := mustConn(t, srv)
-	ctx := waitCtx(t)
-	if _, err := c.WaitWorkerStatus(ctx, func(u *livekit.UpdateWorkerStatus) bool {
-		return u.GetStatus() == livekit.WorkerStatus_WS_FULL
-	}); err != nil {
-		t.Fatalf("no full status while prewarm fails in job processes: %v", err)
-	}
-	if res, err := c.Offer(ctx, procJob("prewarm")); err != nil || res.GetAvailable() {
-		t.Fatalf("offer while job processes cannot start: %v %v, want declined", res, err)
-	}
-	rec := httptest.NewRecorder()
-	r.w.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
-	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "job processes cannot start") ||
-		!strings.Contains(rec.Body.String(), "the model would not load") {
-		t.Fatalf("/readyz = %d %q, want 503 saying job processes cannot start, and the prewarm's error", rec.Code, rec.Body.String())
-	}
+	expectUnstartable(t, r, mustConn(t, srv), "the model would not load")
 	eventually(t, "the failed start logged with the prewarm's error", func() bool {
 		return r.logs.count(slog.LevelWarn, "the model would not load") > 0
 	})
@@ -307,30 +288,9 @@ func TestPrewarmRealServer(t *testing.T) {
 				o.Prewarm = childPrewarm
 			}
 			// In process, the handler is the one job processes run.
-			w, err := worker.New(o, configureTestChild(&worker.Options{}, misbehave))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- w.Run(ctx) }()
-			t.Cleanup(func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("Run: %v", err)
-				}
-			})
+			startWorker(t, o, configureTestChild(&worker.Options{}, misbehave))
 			d := srv.Dispatch(t, livekittest.UniqueName("room"), agent, "", "prewarm")
-			var s sdktrace.ReadOnlySpan
-			eventually(t, "the job's span", func() bool {
-				for _, e := range sr.Ended() {
-					if e.Name() == worker.SpanName && attr(e, "lkagent.dispatch.id") == d.GetId() {
-						s = e
-						return true
-					}
-				}
-				return false
-			})
+			s := jobSpanWith(t, sr, "lkagent.dispatch.id", d.GetId())
 			if got := attr(s, "lkagent.job.outcome"); got != "success" {
 				t.Fatalf("job outcome %q (%s), want success: the job saw its prewarmed value", got, s.Status().Description)
 			}

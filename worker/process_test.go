@@ -485,7 +485,14 @@ func TestUnstartableJobProcessesMakeTheWorkerFull(t *testing.T) {
 	srv := workertest.NewServer(t)
 	o := processOptions(srv, worker.ProcessOptions{Env: []string{envChildFails + "=1"}})
 	r := startWorker(t, o, misbehave)
-	c := mustConn(t, srv)
+	expectUnstartable(t, r, mustConn(t, srv))
+}
+
+// expectUnstartable checks that a worker whose job processes cannot start
+// reports itself full, declines an offer, and says why on /readyz, with
+// each of why in the answer.
+func expectUnstartable(t *testing.T, r *running, c *workertest.Conn, why ...string) {
+	t.Helper()
 	ctx := waitCtx(t)
 	if _, err := c.WaitWorkerStatus(ctx, func(u *livekit.UpdateWorkerStatus) bool {
 		return u.GetStatus() == livekit.WorkerStatus_WS_FULL
@@ -497,7 +504,9 @@ func TestUnstartableJobProcessesMakeTheWorkerFull(t *testing.T) {
 	}
 	rec := httptest.NewRecorder()
 	r.w.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
-	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "job processes cannot start") {
-		t.Fatalf("/readyz = %d %q, want 503 saying job processes cannot start", rec.Code, rec.Body.String())
+	for _, want := range append([]string{"job processes cannot start"}, why...) {
+		if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), want) {
+			t.Fatalf("/readyz = %d %q, want 503 saying %q", rec.Code, rec.Body.String(), want)
+		}
 	}
 }

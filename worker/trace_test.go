@@ -122,10 +122,16 @@ func newRecorderProvider(t *testing.T) (*sdktrace.TracerProvider, *tracetest.Spa
 // jobSpan returns the ended span of job id.
 func jobSpan(t *testing.T, sr *tracetest.SpanRecorder, id string) sdktrace.ReadOnlySpan {
 	t.Helper()
+	return jobSpanWith(t, sr, "lkagent.job.id", id)
+}
+
+// jobSpanWith waits for the ended job span whose attribute key is value.
+func jobSpanWith(t *testing.T, sr *tracetest.SpanRecorder, key, value string) sdktrace.ReadOnlySpan {
+	t.Helper()
 	var found sdktrace.ReadOnlySpan
-	eventually(t, "the span of job "+id, func() bool {
+	eventually(t, "the job span with "+key+"="+value, func() bool {
 		for _, s := range sr.Ended() {
-			if s.Name() == worker.SpanName && attr(s, "lkagent.job.id") == id {
+			if s.Name() == worker.SpanName && attr(s, key) == value {
 				found = s
 				return true
 			}
@@ -338,31 +344,10 @@ func TestTraceRealServer(t *testing.T) {
 			if procs {
 				o.Executor = worker.Processes(worker.ProcessOptions{Env: []string{envChildSpans + "=" + spans}})
 			}
-			w, err := worker.New(o, handler)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- w.Run(ctx) }()
-			t.Cleanup(func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("Run: %v", err)
-				}
-			})
+			startWorker(t, o, handler)
 			room := livekittest.UniqueName("room")
 			d := srv.Dispatch(t, room, agent, "staging", "trace-join")
-			var s sdktrace.ReadOnlySpan
-			eventually(t, "the job's span", func() bool {
-				for _, e := range sr.Ended() {
-					if e.Name() == worker.SpanName && attr(e, "lkagent.dispatch.id") == d.GetId() {
-						s = e
-						return true
-					}
-				}
-				return false
-			})
+			s := jobSpanWith(t, sr, "lkagent.dispatch.id", d.GetId())
 			for key, want := range map[string]string{"livekit.room": room, "lkagent.agent.name": agent,
 				"lkagent.deployment": "staging", "lkagent.job.outcome": "success"} {
 				if got := attr(s, key); got != want {

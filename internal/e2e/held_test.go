@@ -34,15 +34,7 @@ func TestHeldDispatchesServedOnceCluster(t *testing.T) {
 		t.Skip("real server")
 	}
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	redis, err := lkserver.StartRedis(ctx)
-	if err != nil {
-		t.Fatalf("start redis: %v", err)
-	}
-	t.Cleanup(func() { _ = redis.Stop() })
-	nodeA := lkserver.StartTB(t, lkserver.Options{RedisAddr: redis.Addr()})
-	nodeB := lkserver.StartTB(t, lkserver.Options{RedisAddr: redis.Addr(), APIKey: nodeA.APIKey(), APISecret: nodeA.APISecret()})
+	nodeA, nodeB := startCluster(t)
 	heldScenario(t, nodeA, nodeB)
 }
 

@@ -214,3 +214,19 @@ func joinedJob(t *testing.T, d *livekit.AgentDispatch) (string, bool) {
 	}
 	return "", false
 }
+
+// startCluster starts two server nodes that share a Redis (and their API
+// key), stopped at the test's end.
+func startCluster(t *testing.T) (nodeA, nodeB *lkserver.Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	redis, err := lkserver.StartRedis(ctx)
+	if err != nil {
+		t.Fatalf("start redis: %v", err)
+	}
+	t.Cleanup(func() { _ = redis.Stop() })
+	nodeA = lkserver.StartTB(t, lkserver.Options{RedisAddr: redis.Addr()})
+	nodeB = lkserver.StartTB(t, lkserver.Options{RedisAddr: redis.Addr(), APIKey: nodeA.APIKey(), APISecret: nodeA.APISecret()})
+	return nodeA, nodeB
+}

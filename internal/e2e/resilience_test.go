@@ -139,15 +139,7 @@ func createDispatchAndWait(t *testing.T, agent string, runs chan ran) ran {
 // node A never sees it.
 func TestTwoNodeClusterRoutesByDeployment(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	redis, err := lkserver.StartRedis(ctx)
-	if err != nil {
-		t.Fatalf("start redis: %v", err)
-	}
-	t.Cleanup(func() { _ = redis.Stop() })
-	nodeA := lkserver.StartTB(t, lkserver.Options{RedisAddr: redis.Addr()})
-	nodeB := lkserver.StartTB(t, lkserver.Options{RedisAddr: redis.Addr(), APIKey: nodeA.APIKey(), APISecret: nodeA.APISecret()})
+	nodeA, nodeB := startCluster(t)
 
 	agent := uniq("cluster")
 	staging, prod := newRecorder("staging", true), newRecorder("", true)
@@ -158,7 +150,7 @@ func TestTwoNodeClusterRoutesByDeployment(t *testing.T) {
 	dc := lksdk.NewAgentDispatchServiceClient(nodeA.HTTPURL(), nodeA.APIKey(), nodeA.APISecret())
 	for range 3 {
 		room := uniq("room")
-		if _, err := dc.CreateDispatch(ctx, &livekit.CreateAgentDispatchRequest{AgentName: agent, Room: room, Deployment: "staging"}); err != nil {
+		if _, err := dc.CreateDispatch(t.Context(), &livekit.CreateAgentDispatchRequest{AgentName: agent, Room: room, Deployment: "staging"}); err != nil {
 			t.Fatal(err)
 		}
 		got := waitRun(t, 30*time.Second, staging.runs, prod.runs)

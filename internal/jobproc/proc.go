@@ -509,8 +509,7 @@ func (pr *Proc) settle(state procState) End {
 	}
 	switch k := pr.killed; {
 	case pr.report != nil:
-		r := reportedEnd(*pr.report, pr.pid)
-		e.Kind, e.Error, e.Stack, e.Timing, e.Cause, e.CauseText = r.Kind, r.Error, r.Stack, r.Timing, r.Cause, r.CauseText
+		pr.report.fill(&e)
 	case state == stStarting:
 		e.Kind = EndStartFailed
 		if k != nil {
@@ -539,9 +538,18 @@ func (pr *Proc) settle(state procState) End {
 	return e
 }
 
-// reportedEnd is the End of a job whose child reported o.
+// reportedEnd is the End of a job whose child reported o, before the
+// process exited.
 func reportedEnd(o Outcome, pid int) End {
-	e := End{Pid: pid, Error: o.Error, Stack: o.Stack, Timing: o.Timing, Cause: o.Cause, CauseText: o.CauseText}
+	e := End{Pid: pid}
+	o.fill(&e)
+	return e
+}
+
+// fill sets what the child's report o says of e: its kind, error, stack,
+// timing and cause.
+func (o *Outcome) fill(e *End) {
+	e.Error, e.Stack, e.Timing, e.Cause, e.CauseText = o.Error, o.Stack, o.Timing, o.Cause, o.CauseText
 	switch {
 	case o.Panicked:
 		e.Kind = EndPanicked
@@ -550,7 +558,6 @@ func reportedEnd(o Outcome, pid int) End {
 	default:
 		e.Kind = EndSucceeded
 	}
-	return e
 }
 
 // Pid is the process's id.

@@ -353,14 +353,12 @@ func decodeStatus(p []byte) (*livekit.UpdateJobStatus, error) {
 
 func (o Outcome) frame() []byte {
 	e := &jobprocpb.End{
-		Kind:   jobprocpb.End_KIND_SUCCESS,
-		Error:  []byte(truncate(o.Error, maxText)),
-		Stack:  o.Stack[:min(len(o.Stack), maxText)],
-		Timing: o.Timing,
-		Cause:  []byte(truncate(o.Cause, maxText)),
-	}
-	if o.CauseText != "" {
-		e.CauseText = []byte(truncate(o.CauseText, maxText))
+		Kind:      jobprocpb.End_KIND_SUCCESS,
+		Error:     []byte(truncate(o.Error, maxText)),
+		Stack:     o.Stack[:min(len(o.Stack), maxText)],
+		Timing:    o.Timing,
+		Cause:     []byte(truncate(o.Cause, maxText)),
+		CauseText: []byte(truncate(o.CauseText, maxText)),
 	}
 	switch {
 	case o.Panicked:
