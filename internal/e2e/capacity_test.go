@@ -122,10 +122,21 @@ func (c *tally) peakRunning() int {
 	return c.peak
 }
 
-func (c *tally) endedCount() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.ended
+// waitEvents waits until sub delivered n events, none dropped.
+func waitEvents(t *testing.T, sub *worker.Subscription, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for got := 0; got < n; got++ {
+		select {
+		case <-sub.C:
+		case <-deadline.C:
+			t.Fatalf("%d of %d events within %s", got, n, timeout)
+		}
+	}
+	if d := sub.Dropped(); d > 0 {
+		t.Fatalf("%d events dropped", d)
+	}
 }
 
 // queueWaits is, per job that started, the time from its offer being
@@ -246,12 +257,16 @@ func TestBurstQueuedNoneLost(t *testing.T) {
 	c := newTally(2 * time.Second)
 	w := startWorker(t, worker.Options{AgentName: agent, Deployment: "staging", MaxJobs: 20, MaxQueued: n,
 		QueueTimeout: 5 * time.Minute, OnRequest: c.onRequest, DrainTimeout: time.Minute}, c.handle)
+	ended := w.Subscribe(worker.EventEnded)
+	defer ended.Close()
 	start := time.Now()
 	rooms := dispatchAtOnce(t, agent, "staging", n)
 	t.Logf("%d dispatches created in %s", n, time.Since(start).Round(time.Millisecond))
 	waitFor(t, 5*time.Minute, "300 jobs to start", func() bool { ran, _ := c.ran(rooms); return ran == n })
 	lastStart := time.Since(start)
-	waitFor(t, time.Minute, "300 jobs to end", func() bool { return c.endedCount() == n })
+	// Each job's end is counted once the worker is done with it (its
+	// status reported, its room left), after its handler returned.
+	waitEvents(t, ended, n, time.Minute)
 	ran, twice := c.ran(rooms)
 	waits := c.queueWaits()
 	t.Logf("%d ran, %d twice, peak running %d; first dispatch → last start %s; queue wait (offer accepted → handler start) p50 %s, p99 %s, n %d",
