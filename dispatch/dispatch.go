@@ -89,7 +89,9 @@ type createOptions struct {
 }
 
 // WaitForJob makes Create return only once a worker took the dispatch's job
-// (see [Client.Wait]); bound the wait with ctx. Without it Create returns
+// (see [Client.Wait]); bound the wait with ctx. Create then returns the
+// dispatch whose job was taken: the replacement, if the server dropped the
+// first and a held-dispatch sweep re-created it. Without it Create returns
 // as soon as the dispatch exists.
 func WaitForJob() CreateOption { return func(o *createOptions) { o.wait = true } }
 
@@ -136,9 +138,8 @@ func (c *Client) Create(ctx context.Context, req *livekit.CreateAgentDispatchReq
 		return nil, err
 	}
 	if o.wait {
-		if _, err := c.Wait(ctx, d); err != nil {
-			return d, err
-		}
+		cur, _, err := c.wait(ctx, d)
+		return cur, err
 	}
 	return d, nil
 }
@@ -239,26 +240,33 @@ func (c *Client) Delete(ctx context.Context, room, dispatchID string) error {
 // second of the worker accepting it, up to ~5 s while it refreshes its
 // cache of agent names.
 func (c *Client) Wait(ctx context.Context, d *livekit.AgentDispatch) (*livekit.Job, error) {
+	_, j, err := c.wait(ctx, d)
+	return j, err
+}
+
+// wait is Wait, also returning the dispatch it followed d to (d itself, or
+// its replacement), as last listed.
+func (c *Client) wait(ctx context.Context, d *livekit.AgentDispatch) (*livekit.AgentDispatch, *livekit.Job, error) {
 	t := time.NewTicker(c.poll)
 	defer t.Stop()
 	cur := d
 	for {
 		ds, err := c.List(ctx, d.GetRoom())
 		if err != nil {
-			return nil, err
+			return cur, nil, err
 		}
 		next := follow(ds, cur)
 		if next == nil {
-			return nil, fmt.Errorf("%w: dispatch %s of room %q", ErrGone, cur.GetId(), cur.GetRoom())
+			return cur, nil, fmt.Errorf("%w: dispatch %s of room %q", ErrGone, cur.GetId(), cur.GetRoom())
 		}
 		cur = next
 		if jobs := cur.GetState().GetJobs(); len(jobs) > 0 {
-			return jobs[0], nil
+			return cur, jobs[0], nil
 		}
 		select {
 		case <-t.C:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("dispatch: waiting for a worker to take the job of dispatch %s: %w", cur.GetId(), context.Cause(ctx))
+			return cur, nil, fmt.Errorf("dispatch: waiting for a worker to take the job of dispatch %s: %w", cur.GetId(), context.Cause(ctx))
 		}
 	}
 }

@@ -205,6 +205,70 @@ func TestCreateWaitForJob(t *testing.T) {
 	}
 }
 
+// A dispatch made while no worker of its deployment exists is dropped by
+// the server; a worker started later serves it as a held dispatch (a new
+// dispatch). Create with WaitForJob follows it there and returns the
+// dispatch whose job the worker took, not the dropped one.
+func TestCreateWaitForJobFollowsHeld(t *testing.T) {
+	srv := server(t)
+	agentName := livekittest.UniqueName("late")
+	room := livekittest.UniqueName("held")
+	c := dispatch.NewClient(srv.URL, srv.APIKey, srv.APISecret)
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	type created struct {
+		d   *livekit.AgentDispatch
+		err error
+	}
+	done := make(chan created, 1)
+	go func() {
+		d, err := c.Create(ctx, &livekit.CreateAgentDispatchRequest{Room: room, AgentName: agentName, Deployment: "staging"},
+			dispatch.WaitForJob())
+		done <- created{d, err}
+	}()
+	var first string
+	for first == "" {
+		if ds := srv.ListDispatches(t, room); len(ds) == 1 {
+			first = ds[0].GetId()
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the dispatch was never listed")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	started := make(chan string, 4)
+	w, err := worker.New(worker.Options{
+		URL: srv.URL, APIKey: srv.APIKey, APISecret: srv.APISecret,
+		AgentName: agentName, Deployment: "staging", Logger: livekittest.Logger(t),
+		Held: worker.HeldOptions{After: time.Second},
+	}, func(ctx context.Context, j *job.Job) error {
+		started <- j.Info().GetDispatchId()
+		<-ctx.Done()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.StopAndCancel(context.Background()) })
+	var ran string
+	select {
+	case ran = <-started:
+	case <-ctx.Done():
+		t.Fatal("the handler never started")
+	}
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	if ran == first || res.d.GetId() != ran {
+		t.Fatalf("the job ran dispatch %q (the dropped one: %q); Create returned %q, want the one that ran", ran, first, res.d.GetId())
+	}
+}
+
 func TestWaitGone(t *testing.T) {
 	srv := server(t)
 	c := dispatch.NewClient(srv.URL, srv.APIKey, srv.APISecret)
