@@ -135,8 +135,10 @@ func (c *Caller) changedLocked() {
 // Leave disconnects the caller from the room. Later calls do nothing.
 func (c *Caller) Leave() {
 	c.leave.Do(func() {
-		c.Room.Disconnect()
+		// Recorded first: the disconnection's own callback (its reason
+		// "leave requested by user") must not be what the waits report.
 		c.notify(errors.New("left the room"))
+		c.Room.Disconnect()
 	})
 }
 

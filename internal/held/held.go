@@ -133,10 +133,7 @@ type Config struct {
 	// HeldAfterFor, if set, says how old a dispatch created at created
 	// must be to be taken as held, instead of HeldAfter: a worker that was
 	// available all along since then asks for longer, since the server may
-	// still be working through its queue of job requests. A dispatch it
-	// gives HeldAfter or less was made while the worker could not take it
-	// (the server drops those), and is worth a look once it can be held
-	// however young it is now.
+	// still be working through its queue of job requests.
 	HeldAfterFor func(created time.Time) time.Duration
 	// Concurrency: see DefaultConcurrency.
 	Concurrency int
@@ -248,19 +245,17 @@ func (s *Sweeper) Sweep(ctx context.Context, limit int) (Result, error) {
 				return nil
 			}
 			for _, d := range ds {
-				after, unavailable := s.c.HeldAfter, false
+				after := s.c.HeldAfter
 				if s.c.HeldAfterFor != nil {
 					after = s.c.HeldAfterFor(CreatedAt(d))
-					unavailable = after <= s.c.HeldAfter
 				}
 				switch Classify(d, now, after, s.c.Mine) {
 				case Pending:
 					res.Unserved[KeyOf(d)]++
 					// Most pending dispatches get their job within a
-					// second; one still waiting, or one made while the
-					// worker could not take it, is worth a look when it
+					// second; one still waiting is worth a look when it
 					// can be held.
-					if now.Sub(CreatedAt(d)) < SuspectAfter && !unavailable {
+					if now.Sub(CreatedAt(d)) < SuspectAfter {
 						break
 					}
 					if at := CreatedAt(d).Add(after); res.NextHeld.IsZero() || at.Before(res.NextHeld) {

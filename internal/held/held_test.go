@@ -336,23 +336,6 @@ func TestSweepNextHeld(t *testing.T) {
 	if !res.NextHeld.IsZero() {
 		t.Fatalf("NextHeld = %v for a dispatch in flight, want none", res.NextHeld)
 	}
-	// The same young dispatch, made while the worker could not take it
-	// (HeldAfterFor gives HeldAfter, not longer): the server drops those,
-	// so the sweep says when it can be held. Made while the worker could
-	// take it (longer): in flight, as above.
-	for _, tc := range []struct {
-		after time.Duration
-		want  time.Time
-	}{
-		{10 * time.Second, now.Add(9 * time.Second)},
-		{60 * time.Second, time.Time{}},
-	} {
-		res, _ = New(Config{API: f2, Mine: mineOnly(canary), Now: func() time.Time { return now }, HeldAfter: 10 * time.Second,
-			HeldAfterFor: func(time.Time) time.Duration { return tc.after }}).Sweep(t.Context(), -1)
-		if !res.NextHeld.Equal(tc.want) {
-			t.Errorf("HeldAfterFor %s: NextHeld = %v, want %v", tc.after, res.NextHeld, tc.want)
-		}
-	}
 }
 
 func TestLease(t *testing.T) {
